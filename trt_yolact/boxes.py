@@ -1,0 +1,93 @@
+"""Box arithmetic shared by post-processing and the loss.
+
+Boxes are either *center form* ``(cx, cy, w, h)`` (priors) or *point form* ``(x1, y1, x2, y2)``, both
+relative to the network input size. Every function works on any leading batch dimensions and on CPU or
+CUDA tensors alike.
+"""
+from __future__ import annotations
+
+import torch
+
+# SSD box-coding variances used by YOLACT for centre offsets and log-scale sizes.
+VARIANCES = (0.1, 0.2)
+
+
+def point_form(boxes: torch.Tensor) -> torch.Tensor:
+    """``(cx, cy, w, h)`` -> ``(x1, y1, x2, y2)``."""
+    return torch.cat((boxes[..., :2] - boxes[..., 2:] / 2, boxes[..., :2] + boxes[..., 2:] / 2), dim=-1)
+
+
+def center_size(boxes: torch.Tensor) -> torch.Tensor:
+    """``(x1, y1, x2, y2)`` -> ``(cx, cy, w, h)``."""
+    return torch.cat(((boxes[..., 2:] + boxes[..., :2]) / 2, boxes[..., 2:] - boxes[..., :2]), dim=-1)
+
+
+def decode(loc: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
+    """Decode regression offsets ``loc [..., P, 4]`` against ``priors [P, 4]`` into point-form boxes.
+
+    The arithmetic follows the original order of operations exactly (centre, size, then corners), so
+    boxes match the reference implementation bit for bit on the same device.
+    """
+    centers = priors[..., :2] + loc[..., :2] * VARIANCES[0] * priors[..., 2:]
+    sizes = priors[..., 2:] * torch.exp(loc[..., 2:] * VARIANCES[1])
+    top_left = centers - sizes / 2
+    return torch.cat((top_left, sizes + top_left), dim=-1)
+
+
+def encode(matched: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`decode`: point-form ground truth ``[..., P, 4]`` -> regression targets."""
+    gt_center = (matched[..., :2] + matched[..., 2:]) / 2
+    gt_size = matched[..., 2:] - matched[..., :2]
+    offset = (gt_center - priors[..., :2]) / (VARIANCES[0] * priors[..., 2:])
+    log_scale = torch.log(gt_size / priors[..., 2:]) / VARIANCES[1]
+    return torch.cat((offset, log_scale), dim=-1)
+
+
+def box_area(boxes: torch.Tensor) -> torch.Tensor:
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def pairwise_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor, crowd: bool = False) -> torch.Tensor:
+    """IoU between every pair of point-form boxes: ``[..., A, 4] x [..., B, 4] -> [..., A, B]``.
+
+    With ``crowd=True`` the result is intersection over the area of ``boxes_a`` (COCO crowd semantics).
+    """
+    top_left = torch.max(boxes_a[..., :, None, :2], boxes_b[..., None, :, :2])
+    bottom_right = torch.min(boxes_a[..., :, None, 2:], boxes_b[..., None, :, 2:])
+    intersection = torch.clamp(bottom_right - top_left, min=0).prod(dim=-1)
+    area_a = box_area(boxes_a)[..., :, None]
+    if crowd:
+        return intersection / area_a
+    area_b = box_area(boxes_b)[..., None, :]
+    return intersection / (area_a + area_b - intersection)
+
+
+def sanitize_coordinates(
+    low: torch.Tensor, high: torch.Tensor, size: int, padding: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale relative coordinates to pixels, order them, pad and clamp to ``[0, size]``.
+
+    As in the original, only the lower edge is clamped at 0 and only the upper edge at ``size``.
+    """
+    low = low * size
+    high = high * size
+    first = torch.min(low, high)
+    second = torch.max(low, high)
+    return torch.clamp(first - padding, min=0), torch.clamp(second + padding, max=size)
+
+
+def crop_masks(masks: torch.Tensor, boxes: torch.Tensor, padding: int = 1) -> torch.Tensor:
+    """Zero every mask outside its (padded) box.
+
+    ``masks [..., H, W, N]`` (prototype layout) and relative point-form ``boxes [..., N, 4]``.
+    """
+    height, width = masks.shape[-3], masks.shape[-2]
+    x1, x2 = sanitize_coordinates(boxes[..., 0], boxes[..., 2], width, padding)
+    y1, y2 = sanitize_coordinates(boxes[..., 1], boxes[..., 3], height, padding)
+    columns = torch.arange(width, device=masks.device, dtype=x1.dtype).view(width, 1)
+    rows = torch.arange(height, device=masks.device, dtype=y1.dtype).view(height, 1)
+    # [..., W, N] and [..., H, N] masks, combined by broadcasting into [..., H, W, N].
+    inside_x = (columns >= x1[..., None, :]) & (columns < x2[..., None, :])
+    inside_y = (rows >= y1[..., None, :]) & (rows < y2[..., None, :])
+    inside = inside_y[..., :, None, :] & inside_x[..., None, :, :]
+    return masks * inside.to(masks.dtype)

@@ -1,0 +1,172 @@
+"""Checkpoints: reading released YOLACT files and our own, choosing the config, strict loading.
+
+Our own checkpoints are a dict ``{"model": state_dict, "config": config dict, ...}`` so they carry their
+config; released files are plain state dicts whose config follows from the file name.
+"""
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ConfigError, YolactConfig, get_config, infer_config_name
+from .files import atomic_write_bytes
+from .model import Yolact
+
+EMBEDDED_MODELS = ("yolact_shapes", "yolact_shapes_pruned")
+DEFAULT_MODEL = "yolact_shapes"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit its config."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    state_dict: dict[str, torch.Tensor]
+    config: YolactConfig | None  # embedded in the file, if it was one of ours
+    path: Path
+    extra: dict[str, Any]
+
+
+def embedded_model_path(name: str) -> Path:
+    return Path(str(resources.files("trt_yolact") / "weights" / f"{name}.pth"))
+
+
+def resolve_weights(weights: str | os.PathLike | None) -> Path:
+    """A checkpoint path from a path or an embedded model name (``yolact_shapes``); None -> the default."""
+    name = DEFAULT_MODEL if weights is None else str(weights)
+    if name in EMBEDDED_MODELS:
+        path = embedded_model_path(name)
+        if not path.is_file():
+            raise CheckpointError(f"embedded model {name!r} is not shipped in this installation ({path})")
+        return path
+    path = Path(name)
+    if not path.is_file():
+        hint = f" (embedded models: {', '.join(EMBEDDED_MODELS)})"
+        raise CheckpointError(f"checkpoint {path} does not exist{hint}")
+    return path
+
+
+def read_checkpoint(weights: str | os.PathLike | None) -> Checkpoint:
+    """Load a checkpoint file safely (``weights_only=True``) into a float32 state dict."""
+    path = resolve_weights(weights)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - one line for any unreadable file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {reason[:200]}") from None
+    config = None
+    extra: dict[str, Any] = {}
+    if isinstance(data, Mapping) and "model" in data and isinstance(data["model"], Mapping):
+        extra = {k: v for k, v in data.items() if k not in ("model", "config")}
+        if data.get("config") is not None:
+            config = YolactConfig.from_dict(dict(data["config"]))
+        data = data["model"]
+    if not isinstance(data, Mapping) or not data or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()
+    ):
+        raise CheckpointError(f"{path} does not hold a YOLACT state dict (a mapping of names to tensors)")
+    state_dict = {k: (v.float() if v.is_floating_point() else v) for k, v in data.items()}
+    return Checkpoint(state_dict, config, path, extra)
+
+
+def choose_config(checkpoint: Checkpoint, config: str | os.PathLike | YolactConfig | None) -> YolactConfig:
+    """Explicit config > config stored in the checkpoint > config inferred from the file name."""
+    if isinstance(config, YolactConfig):
+        return config
+    if config is not None:
+        return get_config(config)
+    if checkpoint.config is not None:
+        return checkpoint.config
+    name = infer_config_name(checkpoint.path)
+    if name is None:
+        raise ConfigError(
+            f"cannot tell the config of {checkpoint.path.name}: name it with --config "
+            "(an official name like yolact_base, or a .yaml/.json file)"
+        )
+    return get_config(name)
+
+
+def clean_state_dict(state_dict: Mapping[str, torch.Tensor], config: YolactConfig) -> dict[str, torch.Tensor]:
+    """Drop what the original loader drops: torchvision-style ``backbone.layerN`` keys and FPN
+    downsample layers beyond the config's count (released files carry a stray ``downsample_layers.2``)."""
+    cleaned = {}
+    for key, value in state_dict.items():
+        if key.startswith("backbone.layer") and not key.startswith("backbone.layers"):
+            continue
+        if key.startswith("fpn.downsample_layers.") and int(key.split(".")[2]) >= config.fpn_downsample:
+            continue
+        cleaned[key] = value
+    return cleaned
+
+
+def _describe_mismatch(
+    expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], config: YolactConfig, source: str
+) -> str | None:
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    misshaped = sorted(
+        f"{k}: checkpoint {list(given[k].shape)} vs model {list(expected[k].shape)}"
+        for k in set(expected) & set(given)
+        if given[k].shape != expected[k].shape
+    )
+    if not (missing or unexpected or misshaped):
+        return None
+
+    def listing(title: str, items: list[str]) -> str:
+        shown = "".join(f"\n    {item}" for item in items[:12])
+        more = f"\n    ... and {len(items) - 12} more" if len(items) > 12 else ""
+        return f"\n  {title} ({len(items)}):{shown}{more}" if items else ""
+
+    return (
+        f"{source} does not fit config {config.name!r}; pass the right --config."
+        + listing("missing keys", missing)
+        + listing("unexpected keys", unexpected)
+        + listing("misshaped keys", misshaped)
+    )
+
+
+def build_model(
+    state_dict: Mapping[str, torch.Tensor], config: YolactConfig, source: str = "checkpoint"
+) -> Yolact:
+    """Build a model whose internal widths follow ``state_dict`` and load it strictly (eval mode)."""
+    state_dict = clean_state_dict(state_dict, config)
+    model = Yolact(config, state_dict)
+    problem = _describe_mismatch(model.state_dict(), state_dict, config, source)
+    if problem:
+        raise CheckpointError(problem)
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()
+
+
+def load_model(
+    weights: str | os.PathLike | None = None,
+    config: str | os.PathLike | YolactConfig | None = None,
+    device: str | torch.device = "cpu",
+) -> Yolact:
+    """Checkpoint (path or embedded name) -> YOLACT in eval mode on ``device``."""
+    checkpoint = read_checkpoint(weights)
+    chosen = choose_config(checkpoint, config)
+    model = build_model(checkpoint.state_dict, chosen, source=str(checkpoint.path))
+    return model.to(device)
+
+
+def save_checkpoint(
+    path: str | os.PathLike, model: Yolact, half: bool = False, **extra: Any
+) -> Path:
+    """Write ``{"model", "config", **extra}`` atomically. ``half`` stores floating tensors as fp16."""
+    state = {
+        k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
+        for k, v in model.state_dict().items()
+    }
+    payload = {"model": state, "config": model.config.to_dict(), **extra}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())

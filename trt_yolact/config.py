@@ -1,0 +1,228 @@
+"""Model configurations as immutable dataclasses.
+
+The four released YOLACT configurations are reproduced exactly; custom models are described by a YAML or
+JSON file with the same fields. Nothing here is global or mutable: a config is passed to whatever needs it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+COCO_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
+    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
+# COCO's category ids of the 80 classes above (the ids have gaps).
+COCO_CATEGORY_IDS = (
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28,
+    31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55,
+    56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84,
+    85, 86, 87, 88, 89, 90,
+)  # fmt: skip
+
+# ImageNet statistics in BGR order, as the released models were trained with.
+MEAN_BGR = (103.94, 116.78, 123.68)
+STD_BGR = (57.38, 57.12, 58.40)
+
+BACKBONE_KINDS = ("resnet", "darknet")
+INPUT_NORMALIZATIONS = ("mean_std", "scale")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot describe a YOLACT model."""
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Backbone layout.
+
+    ``kind="resnet"``: bottleneck stages of ``layers[i]`` blocks; stage ``i`` outputs ``4 * widths[i]``
+    channels. ``kind="darknet"``: a stride-2 conv then ``layers[i]`` residual blocks per stage; stage ``i``
+    outputs ``2 * widths[i]`` channels. Block-internal widths are only defaults: a checkpoint's tensor
+    shapes override them (pruned models).
+    """
+
+    kind: str = "resnet"
+    layers: tuple[int, ...] = (3, 4, 23, 3)
+    widths: tuple[int, ...] = (64, 128, 256, 512)
+    stem_channels: int = 64
+    selected_layers: tuple[int, ...] = (1, 2, 3)
+
+    @property
+    def expansion(self) -> int:
+        return 4 if self.kind == "resnet" else 2
+
+    @property
+    def stage_channels(self) -> tuple[int, ...]:
+        return tuple(self.expansion * w for w in self.widths)
+
+
+@dataclass(frozen=True)
+class YolactConfig:
+    """Everything that defines a YOLACT network and its input transform."""
+
+    name: str
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    max_size: int = 550
+    class_names: tuple[str, ...] = COCO_CLASSES
+    # Dataset category id of each class (COCO ids for COCO models); used for COCO-format results.
+    category_ids: tuple[int, ...] = COCO_CATEGORY_IDS
+    fpn_channels: int = 256
+    fpn_downsample: int = 2
+    proto_channels: int = 256
+    mask_dim: int = 32
+    head_channels: int = 256
+    pred_scales: tuple[tuple[int, ...], ...] = ((24,), (48,), (96,), (192,), (384,))
+    pred_aspect_ratios: tuple[float, ...] = (1.0, 0.5, 2.0)
+    use_pixel_scales: bool = True
+    preapply_sqrt: bool = False
+    use_square_anchors: bool = True
+    normalization: str = "mean_std"
+    mean: tuple[float, float, float] = MEAN_BGR
+    std: tuple[float, float, float] = STD_BGR
+
+    def __post_init__(self) -> None:
+        if self.backbone.kind not in BACKBONE_KINDS:
+            raise ConfigError(f"backbone.kind must be one of {BACKBONE_KINDS}, got {self.backbone.kind!r}")
+        if len(self.backbone.layers) != len(self.backbone.widths):
+            raise ConfigError("backbone.layers and backbone.widths must have the same length")
+        if any(not 0 <= i < len(self.backbone.layers) for i in self.backbone.selected_layers):
+            raise ConfigError(f"backbone.selected_layers {self.backbone.selected_layers} out of range")
+        if self.normalization not in INPUT_NORMALIZATIONS:
+            raise ConfigError(f"normalization must be one of {INPUT_NORMALIZATIONS}")
+        if len(self.category_ids) != len(self.class_names):
+            raise ConfigError(
+                f"{len(self.class_names)} class_names but {len(self.category_ids)} category_ids"
+            )
+        if len(self.pred_scales) != self.num_levels:
+            raise ConfigError(
+                f"pred_scales has {len(self.pred_scales)} levels, the FPN has {self.num_levels} "
+                f"({len(self.backbone.selected_layers)} backbone levels + {self.fpn_downsample} downsamples)"
+            )
+        if self.max_size < 32:
+            raise ConfigError(f"max_size must be at least 32, got {self.max_size}")
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including the background class at index 0."""
+        return len(self.class_names) + 1
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.backbone.selected_layers) + self.fpn_downsample
+
+    @property
+    def priors_per_location(self) -> int:
+        return len(self.pred_scales[0]) * len(self.pred_aspect_ratios)
+
+    def replace(self, **changes: Any) -> "YolactConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "YolactConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config fields {unknown}; known fields: {sorted(known)}")
+        if "name" not in data:
+            raise ConfigError("a config needs a 'name'")
+        values = dict(data)
+        backbone = values.pop("backbone", {})
+        if isinstance(backbone, dict):
+            bb_known = {f.name for f in dataclasses.fields(BackboneConfig)}
+            bb_unknown = sorted(set(backbone) - bb_known)
+            if bb_unknown:
+                raise ConfigError(f"unknown backbone fields {bb_unknown}; known: {sorted(bb_known)}")
+            backbone = BackboneConfig(**{k: _tuplify(v) for k, v in backbone.items()})
+        return cls(backbone=backbone, **{k: _tuplify(v) for k, v in values.items()})
+
+
+def _tuplify(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuplify(v) for v in value)
+    return value
+
+
+RESNET101 = BackboneConfig(kind="resnet", layers=(3, 4, 23, 3))
+RESNET50 = BackboneConfig(kind="resnet", layers=(3, 4, 6, 3))
+DARKNET53 = BackboneConfig(
+    kind="darknet",
+    layers=(1, 2, 8, 8, 4),
+    widths=(32, 64, 128, 256, 512),
+    stem_channels=32,
+    selected_layers=(2, 3, 4),
+)
+# The original scales anchor sizes to the larger input and truncates to int.
+_IM700_SCALES = tuple((int(s[0] / 550 * 700),) for s in ((24,), (48,), (96,), (192,), (384,)))
+
+OFFICIAL_CONFIGS: dict[str, YolactConfig] = {
+    "yolact_base": YolactConfig(name="yolact_base", backbone=RESNET101),
+    "yolact_resnet50": YolactConfig(name="yolact_resnet50", backbone=RESNET50),
+    "yolact_darknet53": YolactConfig(name="yolact_darknet53", backbone=DARKNET53, normalization="scale"),
+    "yolact_im700": YolactConfig(
+        name="yolact_im700", backbone=RESNET101, max_size=700, pred_scales=_IM700_SCALES
+    ),
+}
+
+
+def config_names() -> list[str]:
+    return sorted(OFFICIAL_CONFIGS)
+
+
+def load_config_file(path: str | Path) -> YolactConfig:
+    """Read a custom config from a ``.yaml``/``.yml``/``.json`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - any parse failure becomes one clear message
+        raise ConfigError(f"cannot parse config file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of config fields")
+    return YolactConfig.from_dict(data)
+
+
+def get_config(name_or_path: str | Path) -> YolactConfig:
+    """A config by official name (``yolact_base``) or from a YAML/JSON file."""
+    key = str(name_or_path)
+    if key in OFFICIAL_CONFIGS:
+        return OFFICIAL_CONFIGS[key]
+    if key.endswith("_config") and key[: -len("_config")] in OFFICIAL_CONFIGS:
+        return OFFICIAL_CONFIGS[key[: -len("_config")]]
+    if Path(key).suffix.lower() in (".yaml", ".yml", ".json"):
+        return load_config_file(key)
+    raise ConfigError(f"unknown config {key!r}: use one of {config_names()} or a .yaml/.json file")
+
+
+def infer_config_name(checkpoint_path: str | Path) -> str | None:
+    """``yolact_base_54_800000.pth`` -> ``yolact_base``; None when the name matches no official config."""
+    stem = Path(checkpoint_path).stem
+    match = re.match(r"^(.*?)_\d+_\d+(?:_interrupt)?$", stem)
+    candidate = match.group(1) if match else stem
+    # Longest official name that prefixes the file name ("yolact_im700" before "yolact").
+    for name in sorted(OFFICIAL_CONFIGS, key=len, reverse=True):
+        if candidate == name or candidate.startswith(name + "_"):
+            return name
+    return None

@@ -1,0 +1,312 @@
+"""The YOLACT network: backbone, FPN, protonet and the shared prediction head.
+
+Module and parameter names match the released checkpoints exactly, so their state dicts load strictly.
+Block-internal widths are not fixed: pass ``state_dict`` and every bottleneck / residual block takes its
+internal widths from the checkpoint's tensor shapes (as after channel pruning).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import YolactConfig
+from .structures import RawOutputs, TrainOutputs
+
+WidthLookup = Callable[[str, int], int]
+
+
+def _width_lookup(state_dict: Mapping[str, torch.Tensor] | None) -> WidthLookup:
+    """Output channels of the conv whose weight is ``key``, from the checkpoint when it has that key."""
+
+    def lookup(key: str, default: int) -> int:
+        if state_dict is not None and key in state_dict and state_dict[key].dim() >= 1:
+            return int(state_dict[key].shape[0])
+        return default
+
+    return lookup
+
+
+# --------------------------------------------------------------------------------------------- backbones
+class Bottleneck(nn.Module):
+    """ResNet bottleneck (stride on the 3x3 conv) with free internal widths ``mid1`` and ``mid2``."""
+
+    def __init__(self, in_ch: int, mid1: int, mid2: int, out_ch: int, stride: int, downsample: bool):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, mid1, kernel_size=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid1)
+        self.conv2 = nn.Conv2d(mid1, mid2, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid2)
+        self.conv3 = nn.Conv2d(mid2, out_ch, kernel_size=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = (
+            nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
+            if downsample
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNetBackbone(nn.Module):
+    def __init__(self, config: YolactConfig, width: WidthLookup):
+        super().__init__()
+        bb = config.backbone
+        self.conv1 = nn.Conv2d(3, bb.stem_channels, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(bb.stem_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layers = nn.ModuleList()
+        in_ch = bb.stem_channels
+        for stage, (num_blocks, planes) in enumerate(zip(bb.layers, bb.widths)):
+            out_ch = planes * bb.expansion
+            blocks = []
+            for index in range(num_blocks):
+                stride = 2 if stage > 0 and index == 0 else 1
+                prefix = f"backbone.layers.{stage}.{index}"
+                blocks.append(
+                    Bottleneck(
+                        in_ch,
+                        width(f"{prefix}.conv1.weight", planes),
+                        width(f"{prefix}.conv2.weight", planes),
+                        out_ch,
+                        stride,
+                        downsample=index == 0 and (stride != 1 or in_ch != out_ch),
+                    )
+                )
+                in_ch = out_ch
+            self.layers.append(nn.Sequential(*blocks))
+        self.channels = bb.stage_channels
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        outs = []
+        for layer in self.layers:
+            x = layer(x)
+            outs.append(x)
+        return outs
+
+
+def _darknet_conv(in_ch: int, out_ch: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.LeakyReLU(0.1, inplace=True),
+    )
+
+
+class DarkNetBlock(nn.Module):
+    """DarkNet residual block: 1x1 down to a free internal width ``mid``, 3x3 back to ``channels``."""
+
+    def __init__(self, channels: int, mid: int):
+        super().__init__()
+        self.conv1 = _darknet_conv(channels, mid, 1)
+        self.conv2 = _darknet_conv(mid, channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.conv1(x)) + x
+
+
+class DarkNetBackbone(nn.Module):
+    def __init__(self, config: YolactConfig, width: WidthLookup):
+        super().__init__()
+        bb = config.backbone
+        self._preconv = _darknet_conv(3, bb.stem_channels, 3)
+        self.layers = nn.ModuleList()
+        in_ch = bb.stem_channels
+        for stage, (num_blocks, channels) in enumerate(zip(bb.layers, bb.widths)):
+            out_ch = channels * bb.expansion
+            modules: list[nn.Module] = [_darknet_conv(in_ch, out_ch, 3, stride=2)]
+            for index in range(1, num_blocks + 1):
+                mid = width(f"backbone.layers.{stage}.{index}.conv1.0.weight", channels)
+                modules.append(DarkNetBlock(out_ch, mid))
+            self.layers.append(nn.Sequential(*modules))
+            in_ch = out_ch
+        self.channels = bb.stage_channels
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self._preconv(x)
+        outs = []
+        for layer in self.layers:
+            x = layer(x)
+            outs.append(x)
+        return outs
+
+
+# ------------------------------------------------------------------------------------------------- FPN
+class FPN(nn.Module):
+    """Top-down FPN on C3..C5 with ReLU'd 3x3 smoothing, then stride-2 convs (no ReLU) for P6, P7."""
+
+    def __init__(self, in_channels: list[int], channels: int, num_downsample: int):
+        super().__init__()
+        # Lateral and smoothing layers are stored from the deepest level to the shallowest.
+        self.lat_layers = nn.ModuleList(nn.Conv2d(c, channels, kernel_size=1) for c in reversed(in_channels))
+        self.pred_layers = nn.ModuleList(
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1) for _ in in_channels
+        )
+        self.downsample_layers = nn.ModuleList(
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1, stride=2) for _ in range(num_downsample)
+        )
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        num = len(features)
+        merged: list[torch.Tensor] = [features[0]] * num
+        top: torch.Tensor | None = None
+        for offset, lateral in enumerate(self.lat_layers):
+            level = num - 1 - offset
+            lat = lateral(features[level])
+            if top is not None:
+                top = F.interpolate(top, size=lat.shape[-2:], mode="bilinear", align_corners=False)
+                lat = top + lat
+            top = lat
+            merged[level] = lat
+        outs = list(merged)
+        for offset, smooth in enumerate(self.pred_layers):
+            level = num - 1 - offset
+            outs[level] = F.relu(smooth(merged[level]))
+        for down in self.downsample_layers:
+            outs.append(down(outs[-1]))
+        return outs
+
+
+class Upsample2x(nn.Module):
+    """Parameter-free bilinear x2 upsampling (a module so that protonet indices match the checkpoints)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+def make_protonet(in_ch: int, channels: int, mask_dim: int) -> nn.Sequential:
+    """3 x (conv3x3 + ReLU), x2 upsample + ReLU, conv3x3 + ReLU, conv1x1 -> prototypes (ReLU applied later)."""
+    return nn.Sequential(
+        nn.Conv2d(in_ch, channels, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True),
+        Upsample2x(), nn.ReLU(inplace=True),
+        nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(channels, mask_dim, 1),
+    )  # fmt: skip
+
+
+class PredictionHead(nn.Module):
+    """The head shared by every FPN level: an extra conv3x3 + ReLU, then box, class and coefficient convs."""
+
+    def __init__(self, in_ch: int, channels: int, num_priors: int, num_classes: int, mask_dim: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.mask_dim = mask_dim
+        self.upfeature = nn.Sequential(nn.Conv2d(in_ch, channels, 3, padding=1), nn.ReLU(inplace=True))
+        self.bbox_layer = nn.Conv2d(channels, num_priors * 4, 3, padding=1)
+        self.conf_layer = nn.Conv2d(channels, num_priors * num_classes, 3, padding=1)
+        self.mask_layer = nn.Conv2d(channels, num_priors * mask_dim, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.upfeature(x)
+        batch = x.shape[0]
+        # NCHW -> NHWC -> [B, H*W*A, D]: priors ordered by row, column, then anchor.
+        loc = self.bbox_layer(x).permute(0, 2, 3, 1).reshape(batch, -1, 4)
+        conf = self.conf_layer(x).permute(0, 2, 3, 1).reshape(batch, -1, self.num_classes)
+        coeffs = torch.tanh(self.mask_layer(x).permute(0, 2, 3, 1).reshape(batch, -1, self.mask_dim))
+        return loc, conf, coeffs
+
+
+# ---------------------------------------------------------------------------------------------- priors
+def make_priors(config: YolactConfig, feature_sizes: list[tuple[int, int]]) -> np.ndarray:
+    """Prior boxes ``(cx, cy, w, h)`` relative to the input, ordered level, row, column, scale, ratio.
+
+    Reproduces the original exactly, quirks included: with ``use_square_anchors`` the height is set to the
+    width (the aspect ratio only changes the size), and pixel scales are relative to ``max_size``. The
+    arithmetic is done in float64 like Python's, then stored as float32.
+    """
+    rows = []
+    for (conv_h, conv_w), scales in zip(feature_sizes, config.pred_scales):
+        ys, xs = np.meshgrid(np.arange(conv_h, dtype=np.float64), np.arange(conv_w, dtype=np.float64), indexing="ij")
+        centers_x = ((xs + 0.5) / conv_w).reshape(-1, 1)
+        centers_y = ((ys + 0.5) / conv_h).reshape(-1, 1)
+        sizes = []
+        for scale in scales:
+            for ratio in config.pred_aspect_ratios:
+                ratio = ratio if config.preapply_sqrt else math.sqrt(ratio)
+                if config.use_pixel_scales:
+                    w = scale * ratio / config.max_size
+                    h = scale / ratio / config.max_size
+                else:
+                    w = scale * ratio / conv_w
+                    h = scale / ratio / conv_h
+                sizes.append((w, w if config.use_square_anchors else h))
+        num_anchors = len(sizes)
+        level = np.empty((conv_h * conv_w, num_anchors, 4), dtype=np.float64)
+        level[:, :, 0] = centers_x
+        level[:, :, 1] = centers_y
+        level[:, :, 2:] = np.asarray(sizes, dtype=np.float64)[None]
+        rows.append(level.reshape(-1, 4))
+    return np.concatenate(rows).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- YOLACT
+class Yolact(nn.Module):
+    """YOLACT. ``forward`` returns :class:`RawOutputs` for inference and export; training uses
+    :meth:`forward_train`."""
+
+    def __init__(self, config: YolactConfig, state_dict: Mapping[str, torch.Tensor] | None = None):
+        super().__init__()
+        self.config = config
+        width = _width_lookup(state_dict)
+        backbone_cls = ResNetBackbone if config.backbone.kind == "resnet" else DarkNetBackbone
+        self.backbone = backbone_cls(config, width)
+        selected = [self.backbone.channels[i] for i in config.backbone.selected_layers]
+        self.fpn = FPN(selected, config.fpn_channels, config.fpn_downsample)
+        self.proto_net = make_protonet(config.fpn_channels, config.proto_channels, config.mask_dim)
+        # Only the first head holds weights; the original shares it across levels.
+        self.prediction_layers = nn.ModuleList(
+            [
+                PredictionHead(
+                    config.fpn_channels,
+                    config.head_channels,
+                    config.priors_per_location,
+                    config.num_classes,
+                    config.mask_dim,
+                )
+            ]
+        )
+        self.semantic_seg_conv = nn.Conv2d(config.fpn_channels, config.num_classes - 1, kernel_size=1)
+        self._prior_cache: dict[tuple, torch.Tensor] = {}
+
+    def priors(self, feature_sizes: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
+        key = (tuple(feature_sizes), str(device))
+        if key not in self._prior_cache:
+            self._prior_cache[key] = torch.from_numpy(make_priors(self.config, feature_sizes)).to(device)
+        return self._prior_cache[key]
+
+    def _heads(self, images: torch.Tensor):
+        features = self.backbone(images)
+        pyramid = self.fpn([features[i] for i in self.config.backbone.selected_layers])
+        proto = F.relu(self.proto_net(pyramid[0])).permute(0, 2, 3, 1).contiguous()
+        head = self.prediction_layers[0]
+        outs = [head(level) for level in pyramid]
+        loc = torch.cat([o[0] for o in outs], dim=1)
+        conf = torch.cat([o[1] for o in outs], dim=1)
+        coeffs = torch.cat([o[2] for o in outs], dim=1)
+        sizes = [(int(level.shape[-2]), int(level.shape[-1])) for level in pyramid]
+        return pyramid, loc, conf, coeffs, proto, self.priors(sizes, images.device)
+
+    def forward(self, images: torch.Tensor) -> RawOutputs:
+        _, loc, conf, coeffs, proto, priors = self._heads(images)
+        return RawOutputs(loc, F.softmax(conf, dim=-1), coeffs, proto, priors)
+
+    def forward_train(self, images: torch.Tensor) -> TrainOutputs:
+        pyramid, loc, conf, coeffs, proto, priors = self._heads(images)
+        return TrainOutputs(loc, conf, coeffs, proto, priors, self.semantic_seg_conv(pyramid[0]))

@@ -1,0 +1,210 @@
+"""Raw head outputs -> detections, for a whole batch in one pass, on CPU or CUDA alike.
+
+Two stages: :func:`select_detections` (decode, threshold, Fast NMS, top-N) works on padded ``[B, D]``
+tensors with no per-image Python loop; :func:`assemble_masks` combines prototypes and coefficients into
+masks and splits the batch into one :class:`Detections` per image. The results equal the original YOLACT's
+``Detect`` + ``postprocess`` (per-class Fast NMS, same ordering), image for image.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .boxes import crop_masks, decode, pairwise_iou, sanitize_coordinates
+from .structures import RawOutputs
+
+_INVALID = -1.0  # below any probability: marks padded slots
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    conf_threshold: float = 0.05  # a prior is a candidate when its best class beats this
+    nms_threshold: float = 0.5
+    top_k: int = 200  # candidates per class entering Fast NMS
+    max_detections: int = 100  # per image, after NMS
+    cross_class_nms: bool = False  # one NMS over all classes instead of per class
+    score_threshold: float = 0.0  # final filter on detection scores (the original's postprocess)
+    crop_masks: bool = True
+    full_resolution_masks: bool = True  # False: low-resolution mask probabilities, faster
+
+
+@dataclass
+class SelectedDetections:
+    """Padded per-batch detections before mask assembly; slot ``d`` of image ``b`` is real iff
+    ``d < num_detections[b]``. Boxes are relative point form."""
+
+    boxes: torch.Tensor  # [B, D, 4]
+    scores: torch.Tensor  # [B, D]
+    classes: torch.Tensor  # [B, D] 0-based, without background
+    coeffs: torch.Tensor  # [B, D, K]
+    num_detections: torch.Tensor  # [B]
+
+
+@dataclass
+class Detections:
+    """Detections of one image, best first."""
+
+    boxes: torch.Tensor  # [N, 4] int64 pixel corners x1, y1, x2, y2
+    scores: torch.Tensor  # [N] float
+    classes: torch.Tensor  # [N] int64, 0-based without background
+    masks: torch.Tensor  # [N, H, W] bool at image size, or [N, H', W'] float probabilities (low-res)
+    image_size: tuple[int, int]  # (h, w)
+    boxes_relative: torch.Tensor | None = None  # [N, 4] float, relative to the image
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def to(self, device: str | torch.device) -> "Detections":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Detections(
+            move(self.boxes), move(self.scores), move(self.classes), move(self.masks), self.image_size,
+            move(self.boxes_relative),
+        )  # fmt: skip
+
+
+def _gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values [B, P, F]`` gathered at ``index [B, ...]`` -> ``[B, ..., F]``."""
+    batch = values.shape[0]
+    flat = index.reshape(batch, -1)
+    gathered = torch.gather(values, 1, flat[..., None].expand(-1, -1, values.shape[-1]))
+    return gathered.reshape(*index.shape, values.shape[-1])
+
+
+def _candidates(conf: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices ``[B, M]`` of the priors whose best class beats ``threshold``, in prior order, padded to the
+    largest count in the batch, and the validity mask ``[B, M]``. Compacting first keeps the sorts small."""
+    candidate = conf[..., 1:].max(dim=-1).values > threshold
+    counts = candidate.sum(dim=1)
+    width = max(int(counts.max()), 1)
+    # A stable sort of "not a candidate" puts candidates first and keeps their prior order.
+    order = torch.sort((~candidate).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+    valid = torch.arange(width, device=conf.device)[None] < counts[:, None]
+    return order, valid
+
+
+def _per_class_fast_nms(boxes, scores, valid, cfg: PostprocessConfig):
+    """Per-class Fast NMS. ``boxes [B,M,4]``, ``scores [B,M,C]`` (no background), ``valid [B,M]``.
+
+    Returns flat per-image candidates ``(scores [B,C*K], class [B,C*K], index [B,C*K], keep [B,C*K])`` in
+    class-major order, as the original flattens them.
+    """
+    class_scores = scores.transpose(1, 2).masked_fill(~valid[:, None, :], _INVALID)  # [B, C, M]
+    top = min(cfg.top_k, class_scores.shape[-1])
+    sorted_scores, order = torch.sort(class_scores, dim=-1, descending=True, stable=True)
+    sorted_scores, order = sorted_scores[..., :top], order[..., :top]  # [B, C, K]
+    class_boxes = _gather_rows(boxes, order)  # [B, C, K, 4]
+    iou = pairwise_iou(class_boxes, class_boxes).triu_(diagonal=1)
+    # Each box is suppressed by any higher-scoring box of its class that overlaps it too much.
+    keep = (iou.max(dim=-2).values <= cfg.nms_threshold) & (sorted_scores > _INVALID)
+    batch, num_classes, _ = sorted_scores.shape
+    classes = torch.arange(num_classes, device=scores.device).view(1, -1, 1).expand_as(order)
+    return (
+        sorted_scores.reshape(batch, -1),
+        classes.reshape(batch, -1),
+        order.reshape(batch, -1),
+        keep.reshape(batch, -1),
+    )
+
+
+def _cross_class_fast_nms(boxes, scores, valid, cfg: PostprocessConfig):
+    """Fast NMS over all classes at once: each prior competes with its best class only."""
+    best_scores, best_classes = scores.max(dim=-1)  # [B, M]
+    best_scores = best_scores.masked_fill(~valid, _INVALID)
+    top = min(cfg.top_k, best_scores.shape[-1])
+    sorted_scores, order = torch.sort(best_scores, dim=-1, descending=True, stable=True)
+    sorted_scores, order = sorted_scores[:, :top], order[:, :top]
+    top_boxes = _gather_rows(boxes, order)
+    iou = pairwise_iou(top_boxes, top_boxes).triu_(diagonal=1)
+    keep = (iou.max(dim=-2).values <= cfg.nms_threshold) & (sorted_scores > _INVALID)
+    return sorted_scores, torch.gather(best_classes, 1, order), order, keep
+
+
+def select_detections(raw: RawOutputs, cfg: PostprocessConfig = PostprocessConfig()) -> SelectedDetections:
+    """Decode, threshold, Fast NMS and keep the best ``max_detections`` per image, batched."""
+    boxes = decode(raw.loc, raw.priors)  # [B, P, 4]
+    index, valid = _candidates(raw.conf, cfg.conf_threshold)  # [B, M]
+    cand_boxes = _gather_rows(boxes, index)
+    cand_scores = _gather_rows(raw.conf[..., 1:], index)
+    nms = _cross_class_fast_nms if cfg.cross_class_nms else _per_class_fast_nms
+    flat_scores, flat_classes, flat_index, keep = nms(cand_boxes, cand_scores, valid, cfg)
+    # Best kept detections first; a stable sort keeps the original's class-major order among equal scores.
+    ranked = flat_scores.masked_fill(~keep, _INVALID - 1)
+    ranked_scores, ranked_order = torch.sort(ranked, dim=1, descending=True, stable=True)
+    limit = min(cfg.max_detections, ranked_order.shape[1])
+    ranked_scores, ranked_order = ranked_scores[:, :limit], ranked_order[:, :limit]
+    is_real = ranked_scores > _INVALID
+    if cfg.score_threshold > 0:
+        is_real &= ranked_scores > cfg.score_threshold
+    num_detections = is_real.sum(dim=1)
+    # Shrink the padding to the largest real count so that mask work scales with real detections.
+    width = int(num_detections.max()) if num_detections.numel() else 0
+    ranked_order = ranked_order[:, :width]
+    candidate_slot = torch.gather(flat_index, 1, ranked_order)  # index into the candidate list
+    prior_index = torch.gather(index, 1, candidate_slot)
+    return SelectedDetections(
+        boxes=_gather_rows(boxes, prior_index),
+        scores=ranked_scores[:, :width],
+        classes=torch.gather(flat_classes, 1, ranked_order),
+        coeffs=_gather_rows(raw.coeffs, prior_index),
+        num_detections=num_detections,
+    )
+
+
+def assemble_masks(
+    raw: RawOutputs,
+    selected: SelectedDetections,
+    image_sizes: list[tuple[int, int]],
+    cfg: PostprocessConfig = PostprocessConfig(),
+) -> list[Detections]:
+    """Masks = sigmoid(proto @ coeffs^T), cropped to the box, upsampled to each image's own size."""
+    if len(image_sizes) != selected.scores.shape[0]:
+        raise ValueError(f"{len(image_sizes)} image sizes for a batch of {selected.scores.shape[0]}")
+    proto = raw.proto  # [B, H', W', K]
+    batch, proto_h, proto_w, _ = proto.shape
+    masks = torch.sigmoid(torch.matmul(proto.reshape(batch, proto_h * proto_w, -1), selected.coeffs.transpose(1, 2)))
+    masks = masks.reshape(batch, proto_h, proto_w, -1)  # [B, H', W', D]
+    if cfg.crop_masks:
+        masks = crop_masks(masks, selected.boxes)
+    masks = masks.permute(0, 3, 1, 2).contiguous()  # [B, D, H', W']
+    counts = selected.num_detections.tolist()
+
+    full: dict[int, torch.Tensor] = {}
+    if cfg.full_resolution_masks and masks.shape[1] == 0:
+        full = {b: torch.zeros((0, h, w), dtype=torch.bool, device=masks.device) for b, (h, w) in enumerate(image_sizes)}
+    elif cfg.full_resolution_masks:
+        groups: dict[tuple[int, int], list[int]] = {}
+        for b, size in enumerate(image_sizes):
+            groups.setdefault(tuple(size), []).append(b)
+        # One interpolation per distinct image size: bilinear resampling depends on the target size.
+        for (height, width), members in groups.items():
+            upsampled = F.interpolate(masks[members], (height, width), mode="bilinear", align_corners=False)
+            for slot, b in enumerate(members):
+                full[b] = upsampled[slot, : counts[b]] > 0.5
+
+    results = []
+    for b, (height, width) in enumerate(image_sizes):
+        n = counts[b]
+        rel = selected.boxes[b, :n]
+        x1, x2 = sanitize_coordinates(rel[:, 0], rel[:, 2], width)
+        y1, y2 = sanitize_coordinates(rel[:, 1], rel[:, 3], height)
+        pixel_boxes = torch.stack((x1, y1, x2, y2), dim=1).long()
+        results.append(
+            Detections(
+                boxes=pixel_boxes,
+                scores=selected.scores[b, :n],
+                classes=selected.classes[b, :n],
+                masks=full[b] if cfg.full_resolution_masks else masks[b, :n],
+                image_size=(int(height), int(width)),
+                boxes_relative=rel,
+            )
+        )
+    return results
+
+
+def postprocess(
+    raw: RawOutputs, image_sizes: list[tuple[int, int]], cfg: PostprocessConfig = PostprocessConfig()
+) -> list[Detections]:
+    """Raw outputs of a batch -> one :class:`Detections` per image."""
+    return assemble_masks(raw, select_detections(raw, cfg), image_sizes, cfg)
