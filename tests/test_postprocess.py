@@ -1,0 +1,152 @@
+"""Batched post-processing: Fast NMS against a brute-force reference, batch == singles, options."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trt_yolact.boxes import decode, pairwise_iou
+from trt_yolact.postprocess import PostprocessConfig, postprocess, select_detections
+from trt_yolact.preprocess import preprocess
+from trt_yolact.structures import RawOutputs
+
+
+def random_raw(seed: int, batch: int, priors: int, classes: int, proto: int = 8, k: int = 4) -> RawOutputs:
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.rand(priors, 2, generator=g)
+    sizes = torch.rand(priors, 1, generator=g) * 0.3 + 0.05
+    return RawOutputs(
+        loc=torch.randn(batch, priors, 4, generator=g) * 0.5,
+        conf=torch.softmax(torch.randn(batch, priors, classes, generator=g) * 3, dim=-1),
+        coeffs=torch.tanh(torch.randn(batch, priors, k, generator=g)),
+        proto=torch.relu(torch.randn(batch, proto, proto, k, generator=g)),
+        priors=torch.cat([centers, sizes, sizes], dim=1),
+    )
+
+
+def brute_force_fast_nms(raw: RawOutputs, b: int, cfg: PostprocessConfig):
+    """Per-class Fast NMS written out with plain loops, as the original defines it."""
+    boxes = decode(raw.loc[b], raw.priors).numpy().astype(np.float64)
+    conf = raw.conf[b, :, 1:].numpy()
+    candidates = [p for p in range(conf.shape[0]) if conf[p].max() > cfg.conf_threshold]
+    kept = []  # (score, class, prior), in class-major order
+    for c in range(conf.shape[1]):
+        ranked = sorted(candidates, key=lambda p: -conf[p, c])[: cfg.top_k]
+        for j, pj in enumerate(ranked):
+            suppressed = False
+            for pi in ranked[:j]:
+                a, bb = boxes[pi], boxes[pj]
+                iw = max(0.0, min(a[2], bb[2]) - max(a[0], bb[0]))
+                ih = max(0.0, min(a[3], bb[3]) - max(a[1], bb[1]))
+                inter = iw * ih
+                union = (a[2] - a[0]) * (a[3] - a[1]) + (bb[2] - bb[0]) * (bb[3] - bb[1]) - inter
+                if inter / union > cfg.nms_threshold:
+                    suppressed = True
+                    break
+            if not suppressed:
+                kept.append((float(conf[pj, c]), c, pj))
+    kept = sorted(kept, key=lambda t: -t[0])[: cfg.max_detections]
+    return kept
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    priors=st.integers(1, 40),
+    classes=st.integers(2, 5),
+    top_k=st.integers(1, 12),
+    max_dets=st.integers(1, 20),
+    nms=st.sampled_from([0.3, 0.5, 0.7]),
+)
+def test_fast_nms_matches_brute_force(seed, priors, classes, top_k, max_dets, nms):
+    raw = random_raw(seed, batch=2, priors=priors, classes=classes)
+    cfg = PostprocessConfig(conf_threshold=0.3, top_k=top_k, max_detections=max_dets, nms_threshold=nms)
+    selected = select_detections(raw, cfg)
+    for b in range(2):
+        expected = brute_force_fast_nms(raw, b, cfg)
+        n = int(selected.num_detections[b])
+        assert n == len(expected)
+        assert selected.classes[b, :n].tolist() == [c for _, c, _ in expected]
+        np.testing.assert_allclose(selected.scores[b, :n].numpy(), [s for s, _, _ in expected], rtol=0, atol=1e-7)
+        expected_boxes = decode(raw.loc[b], raw.priors)[[p for _, _, p in expected]]
+        assert torch.equal(selected.boxes[b, :n], expected_boxes.reshape(-1, 4))
+
+
+def test_cross_class_nms_keeps_one_box_per_cluster():
+    # Two identical boxes with different best classes: cross-class NMS keeps one, per-class keeps both.
+    loc = torch.zeros(1, 2, 4)
+    priors = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.5, 0.5, 0.2, 0.2]])
+    conf = torch.tensor([[[0.1, 0.8, 0.1], [0.1, 0.2, 0.7]]])
+    raw = RawOutputs(loc, conf, torch.zeros(1, 2, 4), torch.zeros(1, 4, 4, 4), priors)
+    per_class = select_detections(raw, PostprocessConfig())
+    cross = select_detections(raw, PostprocessConfig(cross_class_nms=True))
+    assert int(cross.num_detections[0]) == 1 and cross.classes[0, 0].item() == 0
+    assert int(per_class.num_detections[0]) >= 2
+
+
+def test_batch_equals_single_image_calls():
+    raw = random_raw(7, batch=4, priors=60, classes=4, proto=10)
+    sizes = [(40, 50), (33, 17), (40, 50), (64, 64)]
+    together = postprocess(raw, sizes)
+    for b, size in enumerate(sizes):
+        single_raw = RawOutputs(raw.loc[b : b + 1], raw.conf[b : b + 1], raw.coeffs[b : b + 1], raw.proto[b : b + 1], raw.priors)
+        (single,) = postprocess(single_raw, [size])
+        assert torch.equal(together[b].classes, single.classes)
+        assert torch.equal(together[b].boxes, single.boxes)
+        torch.testing.assert_close(together[b].scores, single.scores, rtol=0, atol=0)
+        assert together[b].masks.shape == (len(single), *size)
+        mismatch = (together[b].masks != single.masks).float().mean().item()
+        assert mismatch < 1e-3  # matmul blocking may move a pixel right at 0.5
+
+
+def test_batch_of_real_images_equals_singles(reference_dir, fixture_model):
+    images = [cv2.imread(str(reference_dir / n)) for n in ("chelsea.png", "shapes.png")]
+    images.append(cv2.flip(images[0], 1))
+    with torch.no_grad():
+        batch, sizes = preprocess(images, fixture_model.config)
+        together = postprocess(fixture_model(batch), sizes)
+        for image, dets in zip(images, together):
+            single_batch, single_sizes = preprocess([image], fixture_model.config)
+            (single,) = postprocess(fixture_model(single_batch), single_sizes)
+            assert dets.classes.tolist() == single.classes.tolist()
+            assert torch.equal(dets.boxes, single.boxes)
+            assert (dets.masks != single.masks).float().mean().item() < 1e-3
+
+
+def test_empty_detections_are_a_normal_result():
+    raw = random_raw(3, batch=2, priors=20, classes=3)
+    for cfg in (PostprocessConfig(conf_threshold=1.0), PostprocessConfig(score_threshold=1.0)):
+        results = postprocess(raw, [(30, 40), (20, 10)], cfg)
+        assert [len(r) for r in results] == [0, 0]
+        assert results[0].masks.shape == (0, 30, 40) and results[0].boxes.shape == (0, 4)
+
+
+def test_score_threshold_and_low_resolution_masks():
+    raw = random_raw(5, batch=1, priors=50, classes=3, proto=12)
+    full = postprocess(raw, [(48, 48)])[0]
+    filtered = postprocess(raw, [(48, 48)], PostprocessConfig(score_threshold=0.5))[0]
+    assert len(filtered) == int((full.scores > 0.5).sum())
+    assert torch.equal(filtered.classes, full.classes[: len(filtered)])
+    low = postprocess(raw, [(48, 48)], PostprocessConfig(full_resolution_masks=False))[0]
+    assert low.masks.shape == (len(full), 12, 12) and low.masks.dtype == torch.float32
+    assert float(low.masks.min()) >= 0 and float(low.masks.max()) <= 1
+
+
+def test_pairwise_iou_known_values():
+    a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+    b = torch.tensor([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 2.0, 2.0], [5.0, 5.0, 6.0, 6.0]])
+    iou = pairwise_iou(a, b)
+    torch.testing.assert_close(iou, torch.tensor([[1 / 7, 1.0, 0.0]]))
+    torch.testing.assert_close(pairwise_iou(a, b, crowd=True), torch.tensor([[0.25, 1.0, 0.0]]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_same_code_on_cuda():
+    raw = random_raw(11, batch=2, priors=80, classes=5)
+    cpu = postprocess(raw, [(30, 30), (30, 30)])
+    gpu = postprocess(RawOutputs(*(t.cuda() for t in raw)), [(30, 30), (30, 30)])
+    for a, b in zip(cpu, gpu):
+        assert a.classes.tolist() == b.classes.cpu().tolist()

@@ -1,0 +1,195 @@
+"""COCO box and mask AP of a model on an annotated image set (pycocotools, the original's protocol).
+
+    python -m trt_yolact.eval --weights CKPT --ann instances.json --images DIR [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from tqdm import tqdm
+
+from .files import atomic_write_text
+from .images import read_image
+from .postprocess import PostprocessConfig
+from .predict import Predictor, add_model_arguments
+from .preprocess import ImageError
+from .results import detections_to_coco
+
+METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+@dataclass
+class EvalResult:
+    bbox: dict[str, float]
+    segm: dict[str, float]
+    num_images: int
+    num_detections: int
+    seconds: float
+    skipped_images: list[str] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.num_images / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "fps": self.fps}
+
+
+def load_annotations(ann_file: str | Path) -> COCO:
+    path = Path(ann_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not JSON: {exc}") from None
+    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
+        raise ValueError(f"{path} is not a COCO annotation file (needs images, annotations, categories)")
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = data
+        coco.createIndex()
+    return coco
+
+
+def coco_metrics(coco_gt: COCO, results: list[dict], iou_type: str, image_ids: list[int]) -> dict[str, float]:
+    """AP, AP50, AP75, APs, APm, APl (as fractions) from pycocotools, quietly."""
+    if not results:
+        return {name: 0.0 for name in METRIC_NAMES}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(results)
+        evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+        evaluator.params.imgIds = image_ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: float(max(value, 0.0)) for name, value in zip(METRIC_NAMES, evaluator.stats[:6])}
+
+
+def check_categories(coco_gt: COCO, category_ids: Sequence[int], class_names: Sequence[str]) -> None:
+    known = set(coco_gt.getCatIds())
+    foreign = [cid for cid in category_ids if cid not in known]
+    if foreign:
+        raise ValueError(
+            f"the model's category ids {foreign[:10]} are not in the annotation file "
+            f"(model classes: {list(class_names)[:10]}...; annotation ids: {sorted(known)[:10]}...)"
+        )
+
+
+def evaluate(
+    predictor: Predictor,
+    ann_file: str | Path,
+    image_dir: str | Path,
+    batch_size: int = 4,
+    max_images: int | None = None,
+    progress: bool = True,
+) -> tuple[EvalResult, list[dict]]:
+    """Predict every annotated image and score the results: (metrics, COCO results list)."""
+    coco_gt = load_annotations(ann_file)
+    config = predictor.config
+    check_categories(coco_gt, config.category_ids, config.class_names)
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"image folder {image_dir} does not exist")
+    image_ids = sorted(coco_gt.getImgIds())[:max_images]
+    results: list[dict] = []
+    skipped: list[str] = []
+    evaluated: list[int] = []
+    start = time.perf_counter()
+    bar = tqdm(total=len(image_ids), desc="eval", unit="img", disable=not progress)
+    for first in range(0, len(image_ids), batch_size):
+        batch_ids, images = [], []
+        for image_id in image_ids[first : first + batch_size]:
+            info = coco_gt.imgs[image_id]
+            try:
+                images.append(read_image(image_dir / info["file_name"]))
+                batch_ids.append(image_id)
+            except ImageError as exc:
+                skipped.append(str(exc))
+        if images:
+            evaluated.extend(batch_ids)
+            for image_id, dets in zip(batch_ids, predictor(images)):
+                file_name = coco_gt.imgs[image_id]["file_name"]
+                results.extend(detections_to_coco(dets, image_id, config.category_ids, file_name))
+        bar.update(len(image_ids[first : first + batch_size]))
+    bar.close()
+    seconds = time.perf_counter() - start
+    metrics = EvalResult(
+        bbox=coco_metrics(coco_gt, results, "bbox", evaluated),
+        segm=coco_metrics(coco_gt, results, "segm", evaluated),
+        num_images=len(evaluated),
+        num_detections=len(results),
+        seconds=seconds,
+        skipped_images=skipped,
+    )
+    return metrics, results
+
+
+def format_table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def metrics_table(result: EvalResult) -> str:
+    rows = [
+        [kind, *(f"{100 * getattr(result, kind)[name]:.2f}" for name in METRIC_NAMES)]
+        for kind in ("bbox", "segm")
+    ]
+    return format_table(rows, ["", *METRIC_NAMES])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trt_yolact.eval", description=__doc__.splitlines()[0])
+    add_model_arguments(parser)
+    parser.add_argument("--ann", required=True, help="COCO instances JSON")
+    parser.add_argument("--images", required=True, help="folder of the annotated images")
+    parser.add_argument("--json", default=None, help="write the metrics here")
+    parser.add_argument("--results", default=None, help="also write the COCO results JSON here")
+    parser.add_argument("--max-images", type=int, default=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import torch
+
+    from .checkpoint import load_model
+    from .runners import TorchRunner
+
+    torch.set_grad_enabled(False)
+    args = build_parser().parse_args(argv)
+    try:
+        model = load_model(args.weights, args.config)
+        predictor = Predictor(
+            TorchRunner(model, args.device),
+            model.config,
+            PostprocessConfig(score_threshold=args.score_threshold, max_detections=args.top_k),
+        )
+        result, results = evaluate(predictor, args.ann, args.images, args.batch_size, args.max_images)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(metrics_table(result))
+    print(f"{result.num_images} images, {result.num_detections} detections, {result.fps:.2f} images/s end to end")
+    for message in result.skipped_images:
+        print(f"skipped: {message}", file=sys.stderr)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2))
+    if args.results:
+        atomic_write_text(args.results, json.dumps(results))
+    return 1 if result.skipped_images else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

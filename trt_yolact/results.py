@@ -1,0 +1,53 @@
+"""Detections -> COCO results entries (the format pycocotools' ``loadRes`` reads)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_util
+
+from .postprocess import Detections
+
+
+def encode_mask(mask: np.ndarray) -> dict[str, Any]:
+    """Binary ``[H, W]`` mask -> COCO RLE with ASCII counts."""
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def detections_to_coco(
+    detections: Detections,
+    image_id: int,
+    category_ids: Sequence[int],
+    file_name: str | None = None,
+) -> list[dict[str, Any]]:
+    """One entry per detection with box ``[x, y, w, h]`` and a full-resolution RLE mask.
+
+    As in the original evaluation, detections whose integer box has no area are left out.
+    """
+    if len(detections) and detections.masks.dtype.is_floating_point:
+        raise ValueError("COCO results need full-resolution masks (full_resolution_masks=True)")
+    boxes = detections.boxes.cpu().numpy()
+    scores = detections.scores.cpu().numpy()
+    classes = detections.classes.cpu().numpy()
+    masks = detections.masks.cpu().numpy()
+    entries = []
+    for i in range(len(scores)):
+        x1, y1, x2, y2 = (int(v) for v in boxes[i])
+        if (x2 - x1) * (y2 - y1) <= 0:
+            continue
+        class_index = int(classes[i])
+        entry: dict[str, Any] = {}
+        if file_name is not None:
+            entry["file_name"] = file_name
+        entry.update(
+            image_id=int(image_id),
+            category_id=int(category_ids[class_index]),
+            class_index=class_index,
+            score=float(scores[i]),
+            bbox=[float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+            segmentation=encode_mask(masks[i]),
+        )
+        entries.append(entry)
+    return entries

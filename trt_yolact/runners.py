@@ -1,0 +1,96 @@
+"""Inference runners: one interface for every backend.
+
+A runner takes a normalised ``[B,3,S,S]`` float32 batch and returns :class:`RawOutputs` on its own device,
+so one post-processing serves all backends. Loading (checkpoint, ONNX, engine) is kept apart from running.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from .model import Yolact
+from .structures import RawOutputs
+
+PRECISIONS = ("fp32", "fp16")
+
+
+class RunnerError(RuntimeError):
+    """A runner that cannot be created here (backend, device or file problem)."""
+
+
+class Runner(ABC):
+    backend: str = ""
+    precision: str = "fp32"
+    max_batch: int | None = None  # None: any batch size
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device: ...
+
+    @property
+    @abstractmethod
+    def input_size(self) -> int: ...
+
+    @abstractmethod
+    def infer(self, images: torch.Tensor) -> RawOutputs:
+        """Run one batch that fits ``max_batch``; outputs in float32 on :attr:`device`."""
+
+    def __call__(self, images: torch.Tensor) -> RawOutputs:
+        """Run a batch of any size, split into chunks of at most ``max_batch``."""
+        images = images.to(self.device)
+        if self.max_batch is None or images.shape[0] <= self.max_batch:
+            return self.infer(images)
+        chunks = [self.infer(part) for part in torch.split(images, self.max_batch)]
+        return RawOutputs(
+            loc=torch.cat([c.loc for c in chunks]),
+            conf=torch.cat([c.conf for c in chunks]),
+            coeffs=torch.cat([c.coeffs for c in chunks]),
+            proto=torch.cat([c.proto for c in chunks]),
+            priors=chunks[0].priors,
+        )
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (for honest timings)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunnerError("CUDA was requested but this torch sees no GPU: use --device cpu")
+    return device
+
+
+class TorchRunner(Runner):
+    backend = "torch"
+
+    def __init__(self, model: Yolact, device: str | torch.device | None = "cpu", precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise RunnerError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self._device = resolve_device(device)
+        if precision == "fp16" and self._device.type != "cuda":
+            raise RunnerError("fp16 torch inference needs a CUDA device; use --precision fp32 on the CPU")
+        self.precision = precision
+        self.model = model.to(self._device).eval()
+        if precision == "fp16":
+            self.model = self.model.half()
+        self.config = model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def input_size(self) -> int:
+        return self.config.max_size
+
+    @torch.inference_mode()
+    def infer(self, images: torch.Tensor) -> RawOutputs:
+        if self.precision == "fp16":
+            out = self.model(images.half())
+            return RawOutputs(*(t.float() for t in out))
+        return self.model(images.float())
