@@ -1,0 +1,44 @@
+"""The predict command end to end on the reference fixture model."""
+from __future__ import annotations
+
+import json
+import shutil
+
+from conftest import FIXTURE_CONFIG
+from trt_yolact.cli import main as cli_main
+from trt_yolact.predict import main as predict_main
+
+
+def test_predict_writes_coco_results_and_overlays(reference_dir, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(reference_dir / "chelsea.png", images / "000000000042.png")
+    shutil.copy(reference_dir / "shapes.png", images / "shapes.png")
+    (images / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "results.json"
+    code = predict_main([
+        "--weights", str(reference_dir / "yolact_fixture.pth"), "--config", str(FIXTURE_CONFIG),
+        "--batch-size", "2", "--score-threshold", "0.3", "--out", str(out), "--save-vis", str(tmp_path / "vis"),
+        str(images),
+    ])  # fmt: skip
+    assert code == 1  # one unreadable image: reported, others still predicted
+    assert "broken.png" in capsys.readouterr().err
+    results = json.loads(out.read_text())
+    assert {r["file_name"] for r in results} == {"000000000042.png", "shapes.png"}
+    first = results[0]
+    assert set(first) == {"file_name", "image_id", "category_id", "class_index", "score", "bbox", "segmentation"}
+    assert {r["image_id"] for r in results} == {42, 3}  # numeric stems are COCO ids, else the 1-based position
+    assert all(r["score"] > 0.3 for r in results)
+    assert all(r["category_id"] >= r["class_index"] + 1 for r in results)  # COCO ids
+    assert isinstance(first["segmentation"]["counts"], str)
+    assert sorted(p.name for p in (tmp_path / "vis").iterdir()) == ["000000000042.png", "shapes.png"]
+
+
+def test_predict_reports_a_missing_checkpoint(tmp_path, capsys):
+    code = predict_main(["--weights", str(tmp_path / "none.pth"), str(tmp_path)])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_console_entry_lists_commands(capsys):
+    assert cli_main(["--help"]) == 0
+    assert "predict" in capsys.readouterr().out
