@@ -180,8 +180,24 @@ OFFICIAL_CONFIGS: dict[str, YolactConfig] = {
 }
 
 
+# The small model trained here on the synthetic shapes dataset (the embedded demo model): the same family
+# as the released ones (bottleneck ResNet with batch norm, FPN, protonet, shared head), sized for a CPU.
+SHAPES_CONFIG = YolactConfig(
+    name="yolact_shapes",
+    backbone=BackboneConfig(kind="resnet", layers=(1, 2, 2, 1), widths=(16, 32, 64, 128), stem_channels=32),
+    max_size=256,
+    class_names=("circle", "rectangle", "triangle", "star", "ring"),
+    category_ids=(1, 2, 3, 4, 5),
+    fpn_channels=64,
+    proto_channels=64,
+    head_channels=64,
+    pred_scales=((12,), (24,), (48,), (96,), (192,)),
+)
+PRESET_CONFIGS: dict[str, YolactConfig] = {**OFFICIAL_CONFIGS, "yolact_shapes": SHAPES_CONFIG}
+
+
 def config_names() -> list[str]:
-    return sorted(OFFICIAL_CONFIGS)
+    return sorted(PRESET_CONFIGS)
 
 
 def load_config_file(path: str | Path) -> YolactConfig:
@@ -205,10 +221,10 @@ def load_config_file(path: str | Path) -> YolactConfig:
 
 
 def get_config(name_or_path: str | Path) -> YolactConfig:
-    """A config by official name (``yolact_base``) or from a YAML/JSON file."""
+    """A config by preset name (``yolact_base``, ``yolact_shapes``) or from a YAML/JSON file."""
     key = str(name_or_path)
-    if key in OFFICIAL_CONFIGS:
-        return OFFICIAL_CONFIGS[key]
+    if key in PRESET_CONFIGS:
+        return PRESET_CONFIGS[key]
     if key.endswith("_config") and key[: -len("_config")] in OFFICIAL_CONFIGS:
         return OFFICIAL_CONFIGS[key[: -len("_config")]]
     if Path(key).suffix.lower() in (".yaml", ".yml", ".json"):
