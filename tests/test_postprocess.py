@@ -150,3 +150,19 @@ def test_same_code_on_cuda():
     gpu = postprocess(RawOutputs(*(t.cuda() for t in raw)), [(30, 30), (30, 30)])
     for a, b in zip(cpu, gpu):
         assert a.classes.tolist() == b.classes.cpu().tolist()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    values=st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75, 1.0, -1.0]), min_size=1, max_size=40),
+    k=st.integers(1, 40),
+)
+def test_stable_topk_equals_a_stable_sort(values, k):
+    from trt_yolact.postprocess import stable_topk
+
+    scores = torch.tensor([values, values[::-1]])
+    k = min(k, len(values))
+    expected_values, expected_index = torch.sort(scores, dim=-1, descending=True, stable=True)
+    got_values, got_index = stable_topk(scores, k)
+    assert torch.equal(got_values, expected_values[:, :k])
+    assert torch.equal(got_index, expected_index[:, :k])

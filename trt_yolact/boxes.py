@@ -51,15 +51,22 @@ def pairwise_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor, crowd: bool = Fal
     """IoU between every pair of point-form boxes: ``[..., A, 4] x [..., B, 4] -> [..., A, B]``.
 
     With ``crowd=True`` the result is intersection over the area of ``boxes_a`` (COCO crowd semantics).
+    Works on contiguous coordinate planes with in-place ops: no ``[..., A, B, 2]`` temporaries and no
+    strided broadcasting, which matters for Fast NMS on ``[B, classes, 200, 200]``. The arithmetic is the
+    original's.
     """
-    top_left = torch.max(boxes_a[..., :, None, :2], boxes_b[..., None, :, :2])
-    bottom_right = torch.min(boxes_a[..., :, None, 2:], boxes_b[..., None, :, 2:])
-    intersection = torch.clamp(bottom_right - top_left, min=0).prod(dim=-1)
-    area_a = box_area(boxes_a)[..., :, None]
+    ax1, ay1, ax2, ay2 = (c.contiguous().unsqueeze(-1) for c in boxes_a.unbind(-1))
+    bx1, by1, bx2, by2 = (c.contiguous().unsqueeze(-2) for c in boxes_b.unbind(-1))
+    low = torch.max(ax1, bx1)
+    intersection = torch.min(ax2, bx2).sub_(low).clamp_(min=0)
+    torch.max(ay1, by1, out=low)
+    height = torch.min(ay2, by2).sub_(low).clamp_(min=0)
+    intersection.mul_(height)
+    area_a = (ax2 - ax1) * (ay2 - ay1)
     if crowd:
-        return intersection / area_a
-    area_b = box_area(boxes_b)[..., None, :]
-    return intersection / (area_a + area_b - intersection)
+        return intersection.div_(area_a)
+    union = torch.add(area_a, (bx2 - bx1) * (by2 - by1), out=height).sub_(intersection)
+    return intersection.div_(union)
 
 
 def sanitize_coordinates(

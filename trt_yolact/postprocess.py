@@ -72,6 +72,41 @@ def _gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return gathered.reshape(*index.shape, values.shape[-1])
 
 
+def stable_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``k`` of a stable descending sort along the last dim (ties: lower index first).
+
+    Equal to ``torch.sort(scores, descending=True, stable=True)[..., :k]`` but O(n) for most rows: one
+    ``topk``, then a reorder of the ``k`` winners; only rows with ties straddling the k-th place (where
+    ``topk`` may pick any of them) fall back to a full stable sort.
+    """
+    _, index = torch.topk(scores, k, dim=-1)
+    index = index.sort(dim=-1).values
+    values, order = torch.sort(torch.gather(scores, -1, index), dim=-1, descending=True, stable=True)
+    index = torch.gather(index, -1, order)
+    straddling = (scores >= values[..., -1:]).sum(dim=-1) > k
+    if bool(straddling.any()):
+        full_values, full_index = torch.sort(scores[straddling], dim=-1, descending=True, stable=True)
+        values[straddling] = full_values[..., :k]
+        index[straddling] = full_index[..., :k]
+    return values, index
+
+
+def fast_nms_keep(boxes: torch.Tensor, threshold: float, rows_per_chunk: int = 64) -> torch.Tensor:
+    """Fast NMS on score-sorted boxes ``[..., K, 4]``: box ``j`` survives unless a box ranked before it
+    overlaps it by more than ``threshold`` (the triangular IoU trick). Rows go in chunks so that the
+    ``K x K`` temporaries stay small; IoU is symmetric, so row ``j`` of the strictly lower triangle holds
+    the boxes ranked before ``j`` and the reduction runs along contiguous memory."""
+    leading, k = boxes.shape[:-2], boxes.shape[-2]
+    flat = boxes.reshape(-1, k, 4)
+    keep = torch.empty(flat.shape[:2], dtype=torch.bool, device=boxes.device)
+    not_before = torch.ones(k, k, dtype=torch.bool, device=boxes.device).triu_()
+    for start in range(0, flat.shape[0], rows_per_chunk):
+        chunk = flat[start : start + rows_per_chunk]
+        iou = pairwise_iou(chunk, chunk).masked_fill_(not_before, 0)
+        keep[start : start + rows_per_chunk] = iou.max(dim=-1).values <= threshold
+    return keep.reshape(*leading, k)
+
+
 def _candidates(conf: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices ``[B, M]`` of the priors whose best class beats ``threshold``, in prior order, padded to the
     largest count in the batch, and the validity mask ``[B, M]``. Compacting first keeps the sorts small."""
@@ -91,13 +126,9 @@ def _per_class_fast_nms(boxes, scores, valid, cfg: PostprocessConfig):
     class-major order, as the original flattens them.
     """
     class_scores = scores.transpose(1, 2).masked_fill(~valid[:, None, :], _INVALID)  # [B, C, M]
-    top = min(cfg.top_k, class_scores.shape[-1])
-    sorted_scores, order = torch.sort(class_scores, dim=-1, descending=True, stable=True)
-    sorted_scores, order = sorted_scores[..., :top], order[..., :top]  # [B, C, K]
-    class_boxes = _gather_rows(boxes, order)  # [B, C, K, 4]
-    iou = pairwise_iou(class_boxes, class_boxes).triu_(diagonal=1)
+    sorted_scores, order = stable_topk(class_scores, min(cfg.top_k, class_scores.shape[-1]))  # [B, C, K]
     # Each box is suppressed by any higher-scoring box of its class that overlaps it too much.
-    keep = (iou.max(dim=-2).values <= cfg.nms_threshold) & (sorted_scores > _INVALID)
+    keep = fast_nms_keep(_gather_rows(boxes, order), cfg.nms_threshold) & (sorted_scores > _INVALID)
     batch, num_classes, _ = sorted_scores.shape
     classes = torch.arange(num_classes, device=scores.device).view(1, -1, 1).expand_as(order)
     return (
@@ -112,12 +143,8 @@ def _cross_class_fast_nms(boxes, scores, valid, cfg: PostprocessConfig):
     """Fast NMS over all classes at once: each prior competes with its best class only."""
     best_scores, best_classes = scores.max(dim=-1)  # [B, M]
     best_scores = best_scores.masked_fill(~valid, _INVALID)
-    top = min(cfg.top_k, best_scores.shape[-1])
-    sorted_scores, order = torch.sort(best_scores, dim=-1, descending=True, stable=True)
-    sorted_scores, order = sorted_scores[:, :top], order[:, :top]
-    top_boxes = _gather_rows(boxes, order)
-    iou = pairwise_iou(top_boxes, top_boxes).triu_(diagonal=1)
-    keep = (iou.max(dim=-2).values <= cfg.nms_threshold) & (sorted_scores > _INVALID)
+    sorted_scores, order = stable_topk(best_scores, min(cfg.top_k, best_scores.shape[-1]))
+    keep = fast_nms_keep(_gather_rows(boxes, order), cfg.nms_threshold) & (sorted_scores > _INVALID)
     return sorted_scores, torch.gather(best_classes, 1, order), order, keep
 
 
