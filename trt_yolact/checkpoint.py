@@ -136,7 +136,12 @@ def _describe_mismatch(
 def build_model(
     state_dict: Mapping[str, torch.Tensor], config: YolactConfig, source: str = "checkpoint"
 ) -> Yolact:
-    """Build a model whose internal widths follow ``state_dict`` and load it strictly (eval mode)."""
+    """Build a model whose internal widths follow ``state_dict`` and load it strictly (eval mode).
+    Fused checkpoints (conv biases, no BN) are recognised and loaded into a fused model."""
+    from .fuse import is_fused_state_dict, load_fused_state  # fuse builds on this module
+
+    if is_fused_state_dict(state_dict):
+        return load_fused_state(config, state_dict, source)
     state_dict = clean_state_dict(state_dict, config)
     model = Yolact(config, state_dict)
     problem = _describe_mismatch(model.state_dict(), state_dict, config, source)

@@ -8,6 +8,9 @@ from collections.abc import Sequence
 COMMANDS = {
     "predict": "predict instance masks on images, write COCO results and overlays",
     "eval": "COCO box and mask AP on an annotated image set",
+    "train": "train or fine-tune on COCO-format data (sparsity training with --sparsity)",
+    "prune": "network slimming: remove channels with small BN scales",
+    "fuse": "fold every batch norm into its convolution",
 }
 
 
