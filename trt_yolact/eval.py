@@ -164,10 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
+    with torch.no_grad():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from .checkpoint import load_model
     from .runners import TorchRunner
 
-    torch.set_grad_enabled(False)
     args = build_parser().parse_args(argv)
     try:
         model = load_model(args.weights, args.config)

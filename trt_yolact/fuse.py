@@ -148,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@torch.no_grad()
 def main(argv: Sequence[str] | None = None) -> int:
-    torch.set_grad_enabled(False)
     args = build_parser().parse_args(argv)
     try:
         if args.check_size is not None and args.check_size != 0 and args.check_size < 32:

@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@torch.no_grad()
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1 or args.top_k < 1:
@@ -164,5 +165,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)
     sys.exit(main())

@@ -486,10 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@torch.no_grad()
 def main(argv: Sequence[str] | None = None) -> int:
     from .fuse import fuse_model, is_fused_state_dict
 
-    torch.set_grad_enabled(False)
     args = build_parser().parse_args(argv)
     try:
         options = PruneOptions(args.ratio, args.threshold, args.min_keep, args.round_to, True, args.input_size)
