@@ -196,11 +196,30 @@ def apply_sparsity_penalty(model: Yolact, strength: float) -> None:
             bn.weight.grad.add_(torch.sign(bn.weight.detach()), alpha=strength)
 
 
+def gamma_statistics(model: Yolact) -> dict[str, float]:
+    """Summary of |gamma| over the prunable BNs, to watch sparsity training work."""
+    from .prune import prunable_batchnorms
+
+    values = torch.cat([bn.weight.detach().abs().flatten().cpu() for bn in prunable_batchnorms(model)])
+    return {
+        "mean": float(values.mean()),
+        "median": float(values.median()),
+        "below_0.01": float((values < 0.01).float().mean()),
+        "below_0.1": float((values < 0.1).float().mean()),
+    }
+
+
 # ------------------------------------------------------------------------------------------- trainer
 @dataclass
 class TrainState:
     iteration: int = 0
     history: list[dict[str, float]] = field(default_factory=list)  # validation rows
+
+
+def _serialize(payload: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
 
 
 def rng_state() -> dict[str, Any]:
@@ -263,9 +282,7 @@ class Trainer:
             "train_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.tc).items()},
             "rng": rng_state(),
         }
-        buffer = io.BytesIO()
-        torch.save(payload, buffer)
-        atomic_write_bytes(self.out_dir / TRAIN_STATE, buffer.getvalue())
+        atomic_write_bytes(self.out_dir / TRAIN_STATE, _serialize(payload))
 
     def resume(self) -> None:
         path = self.out_dir / TRAIN_STATE
@@ -354,6 +371,14 @@ class Trainer:
             if self.state.iteration == 0 or not log_path.exists():
                 with open(log_path, "w", newline="") as handle:
                     csv.writer(handle).writerow(["iteration", "lr", *LOSS_TERMS, "seconds"])
+        gamma_log = self.out_dir / "gamma.csv"
+        if self.is_main and tc.sparsity > 0:
+            initial = self.out_dir / "gamma_initial.pth"
+            if not initial.exists():  # kept across --resume for the before/after histogram
+                atomic_write_bytes(initial, _serialize({k: v.detach().cpu() for k, v in self.model.state_dict().items()}))
+            if not gamma_log.exists():
+                with open(gamma_log, "w", newline="") as handle:
+                    csv.writer(handle).writerow(["iteration", *gamma_statistics(self.model)])
         bar = tqdm(total=tc.iters, initial=self.state.iteration, desc="train", unit="it", disable=not self.is_main)
         running: dict[str, float] = {}
         start = time.perf_counter()
@@ -374,6 +399,13 @@ class Trainer:
                         for k, v in losses.items():
                             writer.add_scalar(f"loss/{k}", v, it)
                         writer.add_scalar("lr", tc.lr_at(it - 1), it)
+                    if tc.sparsity > 0:
+                        stats = gamma_statistics(self.model)
+                        with open(gamma_log, "a", newline="") as handle:
+                            csv.writer(handle).writerow([it, *(f"{v:.5f}" for v in stats.values())])
+                        if writer:
+                            for k, v in stats.items():
+                                writer.add_scalar(f"gamma/{k}", v, it)
                 if self.is_main and self.val_set is not None and tc.val_every and (it % tc.val_every == 0 or it == tc.iters):
                     row = self.validate()
                     self.state.history.append(row)
@@ -390,6 +422,11 @@ class Trainer:
         if self.is_main:
             save_checkpoint(self.out_dir / FINAL_MODEL, self.model, iteration=self.state.iteration)
             plot_curves(log_path, self.state.history, self.out_dir / "curves.png")
+            if tc.sparsity > 0:
+                from .prune import plot_gamma_histograms
+
+                before = torch.load(self.out_dir / "gamma_initial.pth", map_location="cpu", weights_only=True)
+                plot_gamma_histograms([before, self.model], ["before", "after"], self.out_dir / "gamma_hist.png")
         return self.state
 
 
