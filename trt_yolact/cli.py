@@ -11,6 +11,7 @@ COMMANDS = {
     "train": "train or fine-tune on COCO-format data (sparsity training with --sparsity)",
     "prune": "network slimming: remove channels with small BN scales",
     "fuse": "fold every batch norm into its convolution",
+    "export": "ONNX export (raw heads or in-graph post-processing), FP16 ONNX",
 }
 
 
