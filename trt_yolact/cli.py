@@ -6,12 +6,14 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS = {
+    "build": "the whole pipeline: checkpoint -> fuse -> ONNX -> FP16 ONNX -> TensorRT engine, verified",
     "predict": "predict instance masks on images, write COCO results and overlays",
     "eval": "COCO box and mask AP on an annotated image set",
     "train": "train or fine-tune on COCO-format data (sparsity training with --sparsity)",
     "prune": "network slimming: remove channels with small BN scales",
     "fuse": "fold every batch norm into its convolution",
     "export": "ONNX export (raw heads or in-graph post-processing), FP16 ONNX",
+    "demo": "realtime video: threaded capture -> infer -> render -> write/display",
 }
 
 

@@ -56,6 +56,8 @@ class TrainConfig:
     log_every: int = 10
     sparsity: float = 0.0  # L1 penalty on prunable BN scales (network slimming)
     clip_grad: float = 0.0  # max gradient norm; 0 = off (the original does not clip; from scratch helps)
+    expand_max_ratio: float = 4.0  # augmentation zoom-out limit (the original's 4 suits COCO at 550 px)
+    min_box_size: float = 4.0  # objects smaller than this many pixels after augmentation are dropped
     amp: bool = True  # mixed precision on CUDA only
 
     def lr_at(self, iteration: int) -> float:
@@ -123,12 +125,16 @@ class PositionDataset(Dataset):
         return self.dataset[int(self._order[offset])]
 
 
-def build_datasets(train_arg: str, val_arg: str | None, config: YolactConfig):
+def build_datasets(train_arg: str, val_arg: str | None, config: YolactConfig, train_config: TrainConfig = TrainConfig()):
     from .data.augment import TrainTransform, ValTransform
     from .data.coco import CocoDetection
 
     train_ann, train_images = parse_data_argument(train_arg)
-    train = CocoDetection(train_ann, train_images, TrainTransform(config.max_size, normalize=config.normalization))
+    augment = TrainTransform(
+        config.max_size, normalize=config.normalization, min_box_size=train_config.min_box_size,
+        expand_max_ratio=train_config.expand_max_ratio,
+    )  # fmt: skip
+    train = CocoDetection(train_ann, train_images, augment)
     val = None
     if val_arg:
         val_ann, val_images = parse_data_argument(val_arg)
@@ -477,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val-every", type=int, default=d.val_every)
     parser.add_argument("--val-images", type=int, default=d.val_images)
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    parser.add_argument("--expand-max", type=float, default=d.expand_max_ratio, help="augmentation zoom-out limit")
+    parser.add_argument("--min-box-size", type=float, default=d.min_box_size, help="drop smaller objects (px)")
     parser.add_argument("--clip-grad", type=float, default=0.0, help="max gradient norm (0: no clipping)")
     parser.add_argument("--sparsity", type=float, default=0.0, metavar="LAMBDA", help="L1 penalty on BN scales")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -497,12 +505,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             lr_steps=tuple(float(s) for s in args.lr_steps.split(",") if s), seed=args.seed,
             workers=args.workers, val_every=args.val_every, val_images=args.val_images,
             checkpoint_every=args.checkpoint_every, sparsity=args.sparsity, clip_grad=args.clip_grad,
+            expand_max_ratio=args.expand_max, min_box_size=args.min_box_size,
         )  # fmt: skip
         out_dir = Path(args.out)
         if args.resume and not (out_dir / TRAIN_STATE).is_file():
             raise TrainingError(f"--resume: no checkpoint {out_dir / TRAIN_STATE}; train without --resume first")
         config = get_config(args.config)
-        train_set, val_set = build_datasets(args.data_train, args.data_val, config)
+        train_set, val_set = build_datasets(args.data_train, args.data_val, config, tc)
         # The dataset decides the classes; the config keeps the architecture.
         config = config.replace(class_names=train_set.class_names, category_ids=train_set.category_ids)
         from .runners import resolve_device

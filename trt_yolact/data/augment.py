@@ -262,13 +262,17 @@ class TrainTransform:
     resize, drop tiny boxes, normalise. Seeded through its own `numpy.random.Generator`."""
 
     def __init__(self, max_size: int = 550, seed: int | None = None, normalize: str = "mean_std",
-                 min_box_size: float = 4.0, max_attempts: int = 10) -> None:
+                 min_box_size: float = 4.0, max_attempts: int = 10, expand_max_ratio: float = 4.0,
+                 crop: bool = True) -> None:
         _check_config(max_size, normalize)
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         self.max_size = int(max_size)
         self.normalize = normalize
         self.min_box_size = float(min_box_size)
+        # Zoom-out limit: 4 as the original for COCO; smaller when objects are already small in pixels.
+        self.expand_max_ratio = float(expand_max_ratio)
+        self.crop = crop
         self.max_attempts = int(max_attempts)
         self.rng = np.random.default_rng(seed)
 
@@ -280,9 +284,10 @@ class TrainTransform:
         """One random pass of the geometric + photometric steps, before resizing."""
         rng = self.rng
         sample = replace(sample, image=photometric_distort(sample.image, rng))
-        if rng.random() < 0.5:
-            sample = expand(sample, rng)
-        sample = random_sample_crop(sample, rng)
+        if rng.random() < 0.5 and self.expand_max_ratio > 1:
+            sample = expand(sample, rng, self.expand_max_ratio)
+        if self.crop:
+            sample = random_sample_crop(sample, rng)
         sample = random_mirror(sample, rng)
         return drop_small(resize(sample, self.max_size), self.min_box_size)
 

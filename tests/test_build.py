@@ -1,0 +1,62 @@
+"""The build command: every artifact written whole, verified against torch, and reported."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trt_yolact.build import main as build_main
+from trt_yolact.checkpoint import save_checkpoint
+from trt_yolact.config import BackboneConfig, YolactConfig
+from trt_yolact.model import Yolact
+
+TINY = YolactConfig(
+    name="tiny", backbone=BackboneConfig(layers=(1, 1, 1, 1), widths=(8, 16, 16, 32), stem_channels=16),
+    max_size=128, class_names=("a", "b", "c"), category_ids=(1, 2, 3), fpn_channels=32, proto_channels=32,
+    head_channels=32, pred_scales=((8,), (16,), (32,), (64,), (128,)),
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    import torch
+
+    torch.manual_seed(0)
+    model = Yolact(TINY).eval()
+    with torch.no_grad():  # random BN statistics so that fusion has something to fold
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth", model)
+
+
+def test_build_writes_verified_artifacts_and_a_report(tiny_checkpoint, tmp_path, capsys):
+    out, engines = tmp_path / "export", tmp_path / "engines"
+    code = build_main(["--weights", str(tiny_checkpoint), "--postprocess", "graph", "--out", str(out),
+                       "--engines", str(engines), "--repeats", "1"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "TensorRT engine skipped" in printed or "tensorrt" in printed
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["tiny.build.json", "tiny.fused.fp16.onnx", "tiny.fused.onnx", "tiny.fused.postprocess.onnx"]
+    report = json.loads((out / "tiny.build.json").read_text())
+    by_name = {a["name"]: a for a in report["artifacts"]}
+    assert max(by_name["tiny.fused.onnx"]["max_abs_error"].values()) < 1e-4
+    assert by_name["tiny.fused.onnx"]["same_detections"] is True
+    assert by_name["tiny fused (torch)"]["same_detections"] is True
+    assert by_name["tiny.fused.postprocess.onnx"]["same_detections"] is True
+    assert by_name["tiny.fused.fp16.onnx"]["precision"] == "fp16"
+    assert report["fused"] is True and report["params"] > 0 and report["macs"] > 0
+
+
+def test_build_bad_input_is_one_line(tiny_checkpoint, tmp_path, capsys):
+    assert build_main(["--weights", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "does not exist" in err[0]
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert build_main(["--weights", str(tiny_checkpoint), "--out", str(blocker / "sub")]) == 2
+    assert capsys.readouterr().err.startswith("error:")
+    assert build_main(["--weights", str(tiny_checkpoint), "--batch", "8,4,1", "--out", str(tmp_path / "y")]) == 2
+    assert not (tmp_path / "y").exists()
