@@ -22,16 +22,17 @@ and used only on that version's code path.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from .files import atomic_write_bytes as _atomic_write
+from .files import sha256_file
 
 INPUT_NAME = "images"
 SUPPORTED_TRT_MAJORS = ("10", "11")
@@ -249,14 +250,6 @@ def onnx_input_size(onnx_path: str | os.PathLike) -> int:
     raise EngineBuildError(f"ONNX model has no input named {INPUT_NAME!r} (inputs: {names})")
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # --------------------------------------------------------------------------- sidecar
 
 
@@ -287,22 +280,6 @@ def gpu_info(device: int | str | None = None) -> dict[str, str] | None:
 def sidecar_path(engine_path: str | os.PathLike) -> Path:
     """``model.engine`` -> ``model.engine.json``."""
     return Path(str(engine_path) + ".json")
-
-
-def _atomic_write(path: Path, data: bytes | bytearray | memoryview) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``; the
-    temporary file is removed on any exception, KeyboardInterrupt included."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _normalize(value: Any) -> Any:
