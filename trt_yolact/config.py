@@ -184,13 +184,15 @@ OFFICIAL_CONFIGS: dict[str, YolactConfig] = {
 # as the released ones (bottleneck ResNet with batch norm, FPN, protonet, shared head), sized for a CPU.
 SHAPES_CONFIG = YolactConfig(
     name="yolact_shapes",
-    backbone=BackboneConfig(kind="resnet", layers=(1, 2, 2, 1), widths=(16, 32, 64, 128), stem_channels=32),
+    # Deep, narrow-in-the-middle stages like the released backbones, so that bottleneck-internal channels
+    # (what network slimming prunes) hold most of the weights, as in ResNet-101.
+    backbone=BackboneConfig(kind="resnet", layers=(1, 2, 4, 2), widths=(16, 32, 96, 192), stem_channels=32),
     max_size=256,
     class_names=("circle", "rectangle", "triangle", "star", "ring"),
     category_ids=(1, 2, 3, 4, 5),
-    fpn_channels=64,
-    proto_channels=64,
-    head_channels=64,
+    fpn_channels=48,
+    proto_channels=48,
+    head_channels=48,
     pred_scales=((12,), (24,), (48,), (96,), (192,)),
 )
 PRESET_CONFIGS: dict[str, YolactConfig] = {**OFFICIAL_CONFIGS, "yolact_shapes": SHAPES_CONFIG}
