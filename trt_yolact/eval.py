@@ -150,14 +150,66 @@ def metrics_table(result: EvalResult) -> str:
     return format_table(rows, ["", *METRIC_NAMES])
 
 
+@dataclass
+class ComparisonRow:
+    model: str
+    backend: str
+    precision: str
+    bbox_ap: float
+    mask_ap: float
+    bbox_ap_change: float  # points against torch FP32 of the same model
+    mask_ap_change: float
+    fps: float  # end to end, measured during the evaluation
+    bbox: dict[str, float]
+    segm: dict[str, float]
+    num_images: int
+
+
+def comparison_table(rows: list[ComparisonRow]) -> str:
+    body = [
+        [r.model, r.backend, r.precision, f"{100 * r.bbox_ap:.2f}", f"{r.bbox_ap_change:+.2f}",
+         f"{100 * r.mask_ap:.2f}", f"{r.mask_ap_change:+.2f}", f"{r.fps:.2f}"]
+        for r in rows
+    ]  # fmt: skip
+    return format_table(body, ["model", "backend", "precision", "box AP", "change", "mask AP", "change", "FPS"])
+
+
+def plot_comparison(rows: list[ComparisonRow], out_png: str | Path) -> None:
+    """Box and mask AP per model x backend x precision, as grouped bars."""
+    import io as _io
+
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from .files import atomic_write_bytes
+
+    figure = Figure(figsize=(max(6, 1.2 * len(rows) + 2), 4), layout="constrained")
+    ax = figure.subplots()
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [100 * r.bbox_ap for r in rows], 0.4, label="box AP")
+    ax.bar(x + 0.2, [100 * r.mask_ap for r in rows], 0.4, label="mask AP")
+    ax.set_xticks(x, [f"{r.model}\n{r.backend} {r.precision}" for r in rows], fontsize=7)
+    ax.set_ylabel("AP@[.5:.95] (%)")
+    ax.legend()
+    buffer = _io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    atomic_write_bytes(out_png, buffer.getvalue())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trt_yolact.eval", description=__doc__.splitlines()[0])
     add_model_arguments(parser)
+    parser.add_argument("--backends", default="torch", help="comma-separated: torch,onnxruntime,tensorrt")
+    parser.add_argument("--precision", default="fp32", help="comma-separated: fp32,fp16")
     parser.add_argument("--ann", required=True, help="COCO instances JSON")
     parser.add_argument("--images", required=True, help="folder of the annotated images")
-    parser.add_argument("--json", default=None, help="write the metrics here")
-    parser.add_argument("--results", default=None, help="also write the COCO results JSON here")
+    parser.add_argument("--json", default=None, help="write the comparison rows here")
+    parser.add_argument("--plot", default=None, help="bar chart PNG of the APs")
+    parser.add_argument("--results", default=None, help="COCO results JSON of the first row")
     parser.add_argument("--max-images", type=int, default=None)
+    parser.add_argument("--max-ap-drop", type=float, default=None, metavar="POINTS",
+                        help="exit non-zero when a backend loses more mask AP than this against torch FP32")  # fmt: skip
+    parser.add_argument("--cache", default="export/cache", help="folder for the ONNX/engines the backends need")
     return parser
 
 
@@ -169,30 +221,65 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from .checkpoint import load_model
-    from .runners import TorchRunner
+    from .backends import BACKENDS, BackendUnavailable, ModelSource, make_runner
 
     args = build_parser().parse_args(argv)
+    backends = [b for b in args.backends.split(",") if b]
+    precisions = [p for p in args.precision.split(",") if p]
+    post = PostprocessConfig(score_threshold=args.score_threshold, max_detections=args.top_k)
+    rows: list[ComparisonRow] = []
+    skipped: list[str] = []
+    first_results: list[dict] | None = None
     try:
-        model = load_model(args.weights, args.config)
-        predictor = Predictor(
-            TorchRunner(model, args.device),
-            model.config,
-            PostprocessConfig(score_threshold=args.score_threshold, max_detections=args.top_k),
-        )
-        result, results = evaluate(predictor, args.ann, args.images, args.batch_size, args.max_images)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        unknown = [b for b in backends if b not in BACKENDS] + [p for p in precisions if p not in ("fp32", "fp16")]
+        if unknown:
+            raise ValueError(f"unknown backend/precision {unknown}: use {', '.join(BACKENDS)} and fp32/fp16")
+        load_annotations(args.ann)  # fail on bad annotations before any model work
+        weights = args.weights.split(",") if args.weights else [None]
+        for weight in weights:
+            source = ModelSource.load(weight or "yolact_shapes", args.config)
+            # torch FP32 is the reference every other form of the model is compared with.
+            plan = [("torch", "fp32")] + [(b, p) for b in backends for p in precisions if (b, p) != ("torch", "fp32")]
+            reference: EvalResult | None = None
+            for backend, precision in plan:
+                try:
+                    runner = make_runner(source, backend, precision, args.device, args.cache, args.batch_size)
+                except BackendUnavailable as exc:
+                    skipped.append(f"{source.name} {backend} {precision}: {exc}")
+                    continue
+                print(f"{source.name}: {backend} {precision}")
+                result, results = evaluate(Predictor(runner, source.config, post), args.ann, args.images,
+                                           args.batch_size, args.max_images)  # fmt: skip
+                reference = reference or result
+                first_results = first_results if first_results is not None else results
+                rows.append(ComparisonRow(
+                    model=source.name, backend=backend, precision=precision, bbox_ap=result.bbox["AP"],
+                    mask_ap=result.segm["AP"], bbox_ap_change=100 * (result.bbox["AP"] - reference.bbox["AP"]),
+                    mask_ap_change=100 * (result.segm["AP"] - reference.segm["AP"]), fps=result.fps,
+                    bbox=result.bbox, segm=result.segm, num_images=result.num_images,
+                ))  # fmt: skip
+                for message in result.skipped_images:
+                    print(f"skipped image: {message}", file=sys.stderr)
+    except (ValueError, RuntimeError, FileNotFoundError, OSError) as exc:
+        print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
         return 2
-    print(metrics_table(result))
-    print(f"{result.num_images} images, {result.num_detections} detections, {result.fps:.2f} images/s end to end")
-    for message in result.skipped_images:
-        print(f"skipped: {message}", file=sys.stderr)
+    print(comparison_table(rows))
+    for line in skipped:
+        print(f"skipped: {line}")
     if args.json:
-        atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2))
-    if args.results:
-        atomic_write_text(args.results, json.dumps(results))
-    return 1 if result.skipped_images else 0
+        atomic_write_text(args.json, json.dumps({"rows": [asdict(r) for r in rows], "skipped": skipped}, indent=2))
+    if args.plot and rows:
+        plot_comparison(rows, args.plot)
+    if args.results and first_results is not None:
+        atomic_write_text(args.results, json.dumps(first_results))
+    if args.max_ap_drop is not None:
+        failing = [r for r in rows if -r.mask_ap_change > args.max_ap_drop]
+        for r in failing:
+            print(f"error: {r.model} {r.backend} {r.precision} loses {-r.mask_ap_change:.2f} mask AP points "
+                  f"(allowed {args.max_ap_drop})", file=sys.stderr)  # fmt: skip
+        if failing:
+            return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,126 @@
+"""The comparison (eval) against pycocotools run directly on predict's JSON, and bench's report."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from conftest import FIXTURE_CONFIG
+from trt_yolact.bench import main as bench_main
+from trt_yolact.eval import main as eval_main
+from trt_yolact.predict import main as predict_main
+
+
+@pytest.fixture(scope="module")
+def fixture_dataset(reference_dir, tmp_path_factory):
+    """The reference images with 'ground truth' made from a subset of the fixture model's own
+    detections, so that AP is neither 0 nor 1 and depends on every detail of the evaluation."""
+    root = tmp_path_factory.mktemp("fixture_data")
+    images = root / "images"
+    images.mkdir()
+    for name in ("chelsea.png", "shapes.png"):
+        shutil.copy(reference_dir / name, images / name)
+    predictions = root / "pred.json"
+    assert predict_main(["--weights", str(reference_dir / "yolact_fixture.pth"), "--config", str(FIXTURE_CONFIG),
+                         "--out", str(predictions), str(images)]) == 0  # fmt: skip
+    detections = json.loads(predictions.read_text())
+    annotations = []
+    for det in detections[::3]:  # every third detection becomes an object
+        annotations.append({"id": len(annotations) + 1, "image_id": det["image_id"], "category_id": det["category_id"],
+                            "segmentation": det["segmentation"], "bbox": det["bbox"], "iscrowd": 0,
+                            "area": det["bbox"][2] * det["bbox"][3]})  # fmt: skip
+    from trt_yolact.config import COCO_CATEGORY_IDS, COCO_CLASSES
+
+    sizes = {"chelsea.png": (300, 451), "shapes.png": (240, 360)}
+    ids = {d["file_name"]: d["image_id"] for d in detections}
+    ann = root / "ann.json"
+    ann.write_text(json.dumps({
+        "images": [{"id": ids[n], "file_name": n, "height": h, "width": w} for n, (h, w) in sizes.items()],
+        "annotations": annotations,
+        "categories": [{"id": i, "name": n} for i, n in zip(COCO_CATEGORY_IDS, COCO_CLASSES)],
+    }))  # fmt: skip
+    return ann, images
+
+
+def pycocotools_ap(ann, results_file, iou_type):
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ann))
+        evaluator = COCOeval(gt, gt.loadRes(str(results_file)), iou_type)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return float(evaluator.stats[0])
+
+
+def test_eval_aps_equal_pycocotools_on_predict_json(reference_dir, fixture_dataset, tmp_path):
+    ann, images = fixture_dataset
+    weights = ["--weights", str(reference_dir / "yolact_fixture.pth"), "--config", str(FIXTURE_CONFIG)]
+    predictions = tmp_path / "pred.json"
+    assert predict_main([*weights, "--ann", str(ann), "--out", str(predictions), str(images)]) == 0
+    out = tmp_path / "eval.json"
+    assert eval_main([*weights, "--ann", str(ann), "--images", str(images), "--json", str(out),
+                      "--backends", "torch,onnxruntime", "--plot", str(tmp_path / "ap.png"),
+                      "--cache", str(tmp_path / "cache")]) == 0  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    torch_row = next(r for r in rows if r["backend"] == "torch")
+    box_ap, mask_ap = pycocotools_ap(ann, predictions, "bbox"), pycocotools_ap(ann, predictions, "segm")
+    assert 0.05 < box_ap < 0.99 and 0.05 < mask_ap < 0.99  # a real, non-trivial score
+    assert torch_row["bbox_ap"] == pytest.approx(box_ap, abs=1e-9)
+    assert torch_row["mask_ap"] == pytest.approx(mask_ap, abs=1e-9)
+    ort_row = next(r for r in rows if r["backend"] == "onnxruntime")
+    assert abs(ort_row["mask_ap_change"]) < 1.0 and ort_row["fps"] > 0
+    assert set(torch_row) >= {"model", "backend", "precision", "bbox_ap", "mask_ap", "fps"}
+    assert (tmp_path / "ap.png").stat().st_size > 1000
+
+
+def test_max_ap_drop_fails_a_regression(reference_dir, fixture_dataset, tmp_path, monkeypatch):
+    """A backend that loses mask AP beyond --max-ap-drop makes eval exit non-zero."""
+    import trt_yolact.backends as backends
+
+    real = backends.make_runner
+
+    def degraded(source, backend, precision, *args, **kwargs):
+        runner = real(source, "torch", "fp32", *args, **kwargs)
+        if backend == "onnxruntime":
+            original = runner.infer
+
+            def noisy(images):  # shift every box: a broken deployment
+                out = original(images)
+                return out._replace(loc=out.loc + 0.8)
+
+            runner.infer = noisy
+        return runner
+
+    monkeypatch.setattr(backends, "make_runner", degraded)
+    ann, images = fixture_dataset
+    code = eval_main(["--weights", str(reference_dir / "yolact_fixture.pth"), "--config", str(FIXTURE_CONFIG),
+                      "--ann", str(ann), "--images", str(images), "--backends", "torch,onnxruntime",
+                      "--max-ap-drop", "1.0"])  # fmt: skip
+    assert code == 1
+
+
+def test_bench_json_has_the_fields(reference_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    code = bench_main(["--weights", f"{reference_dir / 'yolact_fixture.pth'},{reference_dir / 'yolact_fixture.pth'}",
+                       "--config", str(FIXTURE_CONFIG), "--backends", "torch,onnxruntime,tensorrt", "--batch", "1,2",
+                       "--iters", "2", "--warmup", "1", "--json", str(out), "--md", str(tmp_path / "b.md"),
+                       "--plot", str(tmp_path / "b.png"), "--cache", str(tmp_path / "cache")])  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert len(rows) == 2 * 2 * 2  # models x (torch, onnxruntime) x batches; TensorRT skipped here
+    required = {"model", "backend", "precision", "batch", "fps", "forward_fps", "p50_ms", "p90_ms", "p99_ms",
+                "preprocess_ms", "inference_ms", "postprocess_ms", "file_bytes", "params", "macs",
+                "peak_memory_bytes", "size_change_pct", "speed_change_pct", "memory_change_pct"}  # fmt: skip
+    for row in rows:
+        assert required <= set(row)
+        assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] and row["fps"] > 0 and row["peak_memory_bytes"] > 0
+    if not torch.cuda.is_available():
+        assert any("tensorrt" in line for line in report["skipped"])
+    assert (tmp_path / "b.md").read_text().startswith("| model")
