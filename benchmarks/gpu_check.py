@@ -1,0 +1,149 @@
+"""GPU check: yolact_base at 550 on torch CUDA — dense vs pruned (ratio 0.6) vs pruned+fused, FP32 vs FP16,
+batch 1 and 8, CUDA graphs where they apply, batched GPU post-processing, peak CUDA memory.
+
+    python benchmarks/gpu_check.py [--json gpu_check.json] [--iters 30]
+    python benchmarks/gpu_check.py --device cpu --size 128 --iters 2 --batches 1   (smoke test without a GPU)
+
+Random weights (BN scales drawn so that pruning has something to choose). Prints a table, writes JSON.
+Designed to finish well within 10 minutes on one modern GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trt_yolact.config import get_config
+from trt_yolact.eval import format_table
+from trt_yolact.files import atomic_write_text
+from trt_yolact.fuse import fuse_model
+from trt_yolact.model import Yolact
+from trt_yolact.postprocess import postprocess
+from trt_yolact.prune import count_conv_macs, count_params, prune_model
+from trt_yolact.structures import RawOutputs
+
+
+def random_model(config, seed: int = 0) -> Yolact:
+    generator = torch.Generator().manual_seed(seed)
+    model = Yolact(config)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("running_var"):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+            elif name.endswith("num_batches_tracked"):
+                continue
+            elif name.endswith(".weight") and tensor.dim() == 1:  # BN scales: spread for slimming
+                tensor.copy_(torch.rand(tensor.shape, generator=generator))
+            else:
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.05)
+    return model.eval()
+
+
+def timed(fn, iters: int, sync) -> float:
+    times = []
+    for _ in range(iters):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def measure(model: Yolact, batch: int, precision: str, device: torch.device, iters: int, size: int):
+    half = precision == "fp16"
+    net = model.to(device)
+    net = net.half() if half else net.float()
+    dtype = torch.float16 if half else torch.float32
+    static_in = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode():
+        for _ in range(3):
+            out = net(static_in)
+        eager_ms = timed(lambda: net(static_in), iters, sync)
+        graph_ms = None
+        if device.type == "cuda":
+            # CUDA graphs: the forward has static shapes and no host sync, so it captures whole.
+            stream = torch.cuda.Stream(device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):
+                for _ in range(3):
+                    net(static_in)
+            torch.cuda.current_stream(device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = net(static_in)
+            graph_ms = timed(graph.replay, iters, sync)
+            out = static_out
+        raw = RawOutputs(*(t.float() for t in out))
+        sizes = [(480, 640)] * batch
+        post_ms = timed(lambda: postprocess(raw, sizes), max(3, iters // 3), sync)
+        dets = postprocess(raw, sizes)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    net.float().cpu()
+    return {
+        "eager_ms": eager_ms, "graph_ms": graph_ms, "postprocess_ms": post_ms,
+        "fps_forward": 1000 * batch / (graph_ms or eager_ms),
+        "fps_end_to_end": 1000 * batch / ((graph_ms or eager_ms) + post_ms),
+        "peak_cuda_bytes": int(peak), "detections_per_image": sum(len(d) for d in dets) / batch,
+    }  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--size", type=int, default=550)
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--json", default="gpu_check.json")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: no CUDA GPU visible to torch (use --device cpu for a smoke test)", file=sys.stderr)
+        return 2
+    torch.backends.cudnn.benchmark = True
+    config = get_config("yolact_base").replace(max_size=args.size)
+    dense = random_model(config)
+    pruned, report = prune_model(dense, ratio=0.6)
+    variants = {"dense": dense, "pruned-0.6": pruned, "pruned-0.6+fused": fuse_model(pruned)}
+    precisions = ["fp32", "fp16"] if device.type == "cuda" else ["fp32"]
+    rows, records = [], []
+    for name, model in variants.items():
+        params, macs = count_params(model), count_conv_macs(model)
+        for precision in precisions:
+            for batch in (int(b) for b in args.batches.split(",")):
+                result = measure(model, batch, precision, device, args.iters, args.size)
+                record = {"model": name, "precision": precision, "batch": batch, "params": params, "macs": macs, **result}
+                records.append(record)
+                rows.append([name, precision, batch, f"{result['eager_ms']:.2f}",
+                             "-" if result["graph_ms"] is None else f"{result['graph_ms']:.2f}",
+                             f"{result['postprocess_ms']:.2f}", f"{result['fps_forward']:.1f}",
+                             f"{result['fps_end_to_end']:.1f}", f"{result['peak_cuda_bytes'] / 2**20:.0f}",
+                             f"{params / 1e6:.1f}", f"{macs / 1e9:.1f}"])  # fmt: skip
+                print(rows[-1], flush=True)
+    base = {(r["precision"], r["batch"]): r for r in records if r["model"] == "dense"}
+    for r in records:
+        b = base[(r["precision"], r["batch"])]
+        r["speed_change_pct"] = 100 * (r["fps_end_to_end"] / b["fps_end_to_end"] - 1)
+        r["memory_change_pct"] = 100 * (r["peak_cuda_bytes"] / b["peak_cuda_bytes"] - 1) if b["peak_cuda_bytes"] else None
+    header = ["model", "prec", "batch", "eager ms", "graph ms", "post ms", "FPS fwd", "FPS e2e", "peak MiB", "params M", "GMACs"]
+    print(format_table(rows, header))
+    info = {
+        "date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__, "size": args.size, "iters": args.iters, "rows": records,
+    }  # fmt: skip
+    atomic_write_text(args.json, json.dumps(info, indent=2))
+    print(f"-> {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
