@@ -166,3 +166,20 @@ def test_bad_input_fails_before_training(shapes_data, tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and needle in err, (needle, err)
         assert not (out / "last.pth").exists()
+
+
+def test_starting_from_other_classes_reinitialises_only_class_layers(tmp_path):
+    from trt_yolact.checkpoint import save_checkpoint
+    from trt_yolact.model import Yolact
+
+    torch.manual_seed(0)
+    coco_like = Yolact(TINY.replace(class_names=("a", "b", "c"), category_ids=(1, 2, 3)))
+    path = save_checkpoint(tmp_path / "start.pth", coco_like)
+    model, reset = initial_model(TINY, str(path))
+    assert reset == ["prediction_layers.0.conf_layer", "semantic_seg_conv"]
+    theirs = coco_like.state_dict()
+    for key, value in model.state_dict().items():
+        if key.startswith(("prediction_layers.0.conf_layer", "semantic_seg_conv")):
+            assert value.shape != theirs[key].shape
+        else:
+            assert torch.equal(value, theirs[key]), key
