@@ -198,18 +198,12 @@ def assemble_masks(
     counts = selected.num_detections.tolist()
 
     full: dict[int, torch.Tensor] = {}
-    if cfg.full_resolution_masks and masks.shape[1] == 0:
-        full = {b: torch.zeros((0, h, w), dtype=torch.bool, device=masks.device) for b, (h, w) in enumerate(image_sizes)}
-    elif cfg.full_resolution_masks:
+    if cfg.full_resolution_masks:
         groups: dict[tuple[int, int], list[int]] = {}
         for b, size in enumerate(image_sizes):
             groups.setdefault(tuple(size), []).append(b)
-        # One interpolation per distinct image size: bilinear resampling depends on the target size.
         for (height, width), members in groups.items():
-            upsampled = F.interpolate(masks[members], (height, width), mode="bilinear", align_corners=False)
-            for slot, b in enumerate(members):
-                full[b] = upsampled[slot, : counts[b]] > 0.5
-
+            full.update(_upsample_group(masks, members, counts, height, width))
     results = []
     for b, (height, width) in enumerate(image_sizes):
         n = counts[b]
@@ -228,6 +222,26 @@ def assemble_masks(
             )
         )
     return results
+
+
+def _upsample_group(
+    masks: torch.Tensor, members: list[int], counts: list[int], height: int, width: int, chunk: int = 8
+) -> dict[int, torch.Tensor]:
+    """Bilinear upsampling of the real masks of images that share one size, thresholded at 0.5.
+
+    One size at a time because bilinear resampling depends on the target size; a few masks at a time so
+    that the float temporaries stay small (a whole batch at full resolution is gigabytes) and only real
+    detections, not padding slots, are computed. Each mask is resampled independently, so the result is
+    the same as one big call."""
+    out = {b: torch.empty((counts[b], height, width), dtype=torch.bool, device=masks.device) for b in members}
+    jobs = [(b, d) for b in members for d in range(counts[b])]
+    for start in range(0, len(jobs), chunk):
+        part = jobs[start : start + chunk]
+        low = torch.stack([masks[b, d] for b, d in part])[None]  # [1, n, H', W']
+        high = F.interpolate(low, (height, width), mode="bilinear", align_corners=False)[0] > 0.5
+        for (b, d), mask in zip(part, high):
+            out[b][d] = mask
+    return out
 
 
 def postprocess(
