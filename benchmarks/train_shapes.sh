@@ -11,9 +11,9 @@ python -m trt_yolact.data.shapes --out "$data/shapes_test" --train 0 --val 500 -
 common=(--config yolact_shapes
         --data-train "$data/shapes/annotations/instances_train.json:$data/shapes/train"
         --data-val "$data/shapes/annotations/instances_val.json:$data/shapes/val"
-        --batch-size 8 --lr 0.01 --warmup-iters 300 --clip-grad 10 --lr-steps 0.7,0.9 --expand-max 2
+        --batch-size 8 --lr 0.005 --warmup-iters 300 --clip-grad 2 --lr-steps 0.7,0.9 --expand-max 2
         --workers 1 --val-every 1000 --val-images 100 --checkpoint-every 200)
 # Dense model and sparsity training (L1 on BN scales, network slimming) run side by side, one core each.
-OMP_NUM_THREADS=1 python -m trt_yolact.train "${common[@]}" --iters 9000 --seed 0 --out "$work/dense" &
-OMP_NUM_THREADS=1 python -m trt_yolact.train "${common[@]}" --iters 8000 --seed 1 --sparsity 0.01 --out "$work/sparse" &
+OMP_NUM_THREADS=1 python -m trt_yolact.train "${common[@]}" --iters 8500 --seed 0 --out "$work/dense" &
+OMP_NUM_THREADS=1 python -m trt_yolact.train "${common[@]}" --iters 7500 --seed 1 --sparsity 0.01 --out "$work/sparse" &
 wait
