@@ -1,0 +1,94 @@
+"""The paper's comparison (Ning et al. 2023, Table: pruned + fused YOLACT vs dense) on our demo models.
+
+    python benchmarks/paper_table.py --dense yolact_shapes --pruned yolact_shapes_pruned \\
+        --ann data/shapes_test/annotations/instances_val.json --images data/shapes_test/val \\
+        [--iters 20] [--json benchmarks/results/paper_table.json] [--md benchmarks/results/paper_table.md]
+
+For each model and backend (torch, ONNX Runtime), all on this CPU: file size, params, MACs, per-image latency
+(batch 1) and throughput (batch 8) end to end, peak memory, box and mask AP on the given set — each as a
+change against the dense model on torch. Timings are interleaved within one run (``trt_yolact.bench``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from trt_yolact.backends import ModelSource, make_runner
+from trt_yolact.bench import run_benchmark
+from trt_yolact.eval import evaluate, format_table
+from trt_yolact.files import atomic_write_text
+from trt_yolact.predict import Predictor
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dense", default="yolact_shapes")
+    parser.add_argument("--pruned", default="yolact_shapes_pruned")
+    parser.add_argument("--ann", required=True)
+    parser.add_argument("--images", required=True)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--max-images", type=int, default=None)
+    parser.add_argument("--json", default="benchmarks/results/paper_table.json")
+    parser.add_argument("--md", default="benchmarks/results/paper_table.md")
+    parser.add_argument("--cache", default="export/cache")
+    args = parser.parse_args()
+    sources = [ModelSource.load(args.dense), ModelSource.load(args.pruned)]
+    backends = ("torch", "onnxruntime")
+    with torch.inference_mode():
+        accuracy = {}
+        for source in sources:
+            for backend in backends:
+                runner = make_runner(source, backend, "fp32", "cpu", args.cache)
+                result, _ = evaluate(Predictor(runner, source.config), args.ann, args.images, 8, args.max_images)
+                accuracy[(source.name, backend)] = result
+        speed, _ = run_benchmark(sources, backends, ["fp32"], [1, 8], args.iters, cache_dir=args.cache)
+    rows = []
+    dense_torch = {r.batch: r for r in speed if r.model == sources[0].name and r.backend == "torch"}
+    base_acc = accuracy[(sources[0].name, "torch")]
+    for source in sources:
+        for backend in backends:
+            b1 = next(r for r in speed if (r.model, r.backend, r.batch) == (source.name, backend, 1))
+            b8 = next(r for r in speed if (r.model, r.backend, r.batch) == (source.name, backend, 8))
+            acc = accuracy[(source.name, backend)]
+            rows.append({
+                "model": source.name, "backend": backend, "file_bytes": source.file_bytes, "params": b1.params,
+                "macs": b1.macs, "latency_ms_b1": b1.p50_ms, "fps_b1": b1.fps, "fps_b8": b8.fps,
+                "forward_fps_b1": b1.forward_fps, "peak_memory_bytes_b8": b8.peak_memory_bytes,
+                "box_ap": acc.bbox["AP"], "mask_ap": acc.segm["AP"],
+                "size_change_pct": 100 * (source.file_bytes / sources[0].file_bytes - 1),
+                "params_change_pct": 100 * (b1.params / dense_torch[1].params - 1),
+                "macs_change_pct": 100 * (b1.macs / dense_torch[1].macs - 1),
+                "speed_b1_change_pct": 100 * (b1.fps / dense_torch[1].fps - 1),
+                "throughput_b8_change_pct": 100 * (b8.fps / dense_torch[8].fps - 1),
+                "memory_change_pct": 100 * (b8.peak_memory_bytes / dense_torch[8].peak_memory_bytes - 1),
+                "box_ap_change": 100 * (acc.bbox["AP"] - base_acc.bbox["AP"]),
+                "mask_ap_change": 100 * (acc.segm["AP"] - base_acc.segm["AP"]),
+            })  # fmt: skip
+    header = ["model", "backend", "file", "params", "GMACs", "ms/img b1", "FPS b1", "FPS b8", "peak MiB",
+              "box AP", "mask AP"]  # fmt: skip
+    body = []
+    for r in rows:
+        body.append([
+            r["model"], r["backend"], f"{r['file_bytes'] / 2**20:.2f} MiB ({r['size_change_pct']:+.1f}%)",
+            f"{r['params'] / 1e6:.2f} M ({r['params_change_pct']:+.1f}%)", f"{r['macs'] / 1e9:.2f} ({r['macs_change_pct']:+.1f}%)",
+            f"{r['latency_ms_b1']:.1f}", f"{r['fps_b1']:.2f} ({r['speed_b1_change_pct']:+.1f}%)",
+            f"{r['fps_b8']:.2f} ({r['throughput_b8_change_pct']:+.1f}%)",
+            f"{r['peak_memory_bytes_b8'] / 2**20:.0f} ({r['memory_change_pct']:+.1f}%)",
+            f"{100 * r['box_ap']:.2f} ({r['box_ap_change']:+.2f})", f"{100 * r['mask_ap']:.2f} ({r['mask_ap_change']:+.2f})",
+        ])  # fmt: skip
+    print(format_table(body, header))
+    markdown = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(c) + " |" for c in body]
+    atomic_write_text(args.md, "\n".join(markdown) + "\n")
+    info = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "ann": args.ann, "rows": rows}  # fmt: skip
+    atomic_write_text(args.json, json.dumps(info, indent=2))
+    print(f"-> {args.json}, {args.md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
