@@ -107,3 +107,64 @@ def make_runner(
         return TensorRTRunner(result.engine_path)
     except RunnerError as exc:
         raise BackendUnavailable(str(exc)) from None
+
+
+DEPLOYED_SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
+
+
+def engine_config(engine_path: str | os.PathLike) -> YolactConfig | None:
+    """The config recorded in the ONNX export an engine was built from, when that file lies beside it."""
+    try:
+        from .engine import read_sidecar
+        from .export import read_onnx_metadata
+
+        onnx_name = (read_sidecar(engine_path) or {}).get("onnx_file")
+        onnx_path = Path(engine_path).parent / str(onnx_name)
+        return read_onnx_metadata(onnx_path).get("config") if onnx_name and onnx_path.is_file() else None
+    except Exception:  # noqa: BLE001 - no usable metadata: the caller asks for --config
+        return None
+
+
+def open_runner(
+    weights: str | None,
+    backend: str | None = None,
+    precision: str = "fp32",
+    config: str | None = None,
+    device: str | torch.device | None = None,
+    cache_dir: str | os.PathLike = "export/cache",
+) -> tuple[Runner, YolactConfig]:
+    """A runner and its config for a checkpoint (any backend; ONNX/engines made as needed), an ``.onnx``
+    file (ONNX Runtime) or an ``.engine`` file (TensorRT)."""
+    from .config import get_config
+
+    suffix = Path(weights).suffix.lower() if weights else ""
+    implied = DEPLOYED_SUFFIXES.get(suffix)
+    if implied is None:
+        source = ModelSource.load(weights or "yolact_shapes", config)
+        return make_runner(source, backend or "torch", precision, device, cache_dir), source.config
+    if backend not in (None, implied):
+        raise ValueError(f"{weights} runs with the {implied} backend, not {backend}")
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"{weights} does not exist")
+    if implied == "onnxruntime":
+        from .onnxruntime_runner import OnnxRuntimeRunner
+
+        runner = OnnxRuntimeRunner(weights, device=device or "cpu")
+        if getattr(runner, "postprocess", "none") not in ("none", None):
+            raise ValueError(f"{weights} has the post-processing in the graph; use an export with --postprocess none")
+        chosen = get_config(config) if config else runner.config
+    else:
+        from .engine import TensorRTUnavailable
+
+        try:
+            from .tensorrt_runner import TensorRTRunner
+
+            runner = TensorRTRunner(weights, device=device or "cuda")
+        except TensorRTUnavailable as exc:
+            raise BackendUnavailable(str(exc)) from None
+        chosen = get_config(config) if config else engine_config(weights)
+    if chosen is None:
+        raise ValueError(f"cannot tell the model config of {weights}: pass --config NAME_OR_FILE")
+    if chosen.max_size != runner.input_size:
+        raise ValueError(f"config {chosen.name!r} expects {chosen.max_size}px inputs, {weights} takes {runner.input_size}px")
+    return runner, chosen

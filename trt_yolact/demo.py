@@ -653,21 +653,9 @@ def choose_backend(args: argparse.Namespace) -> str:
     return backend
 
 
-def _engine_config(engine_path: str):
-    """The config recorded in the ONNX export an engine was built from, when that file lies beside it."""
-    try:
-        from .engine import read_sidecar
-        from .export import read_onnx_metadata
-
-        onnx_name = (read_sidecar(engine_path) or {}).get("onnx_file")
-        onnx_path = Path(engine_path).parent / str(onnx_name)
-        return read_onnx_metadata(onnx_path).get("config") if onnx_name and onnx_path.is_file() else None
-    except Exception:  # noqa: BLE001 - no usable metadata: the caller asks for --config
-        return None
-
-
 def build_predictor(args: argparse.Namespace, backend: str) -> Predictor:
     """The runner for ``backend`` (imported only when asked for), its config and the post-processing."""
+    from .backends import engine_config
     from .checkpoint import load_model
     from .config import get_config
     from .runners import RunnerError, TorchRunner
@@ -693,7 +681,7 @@ def build_predictor(args: argparse.Namespace, backend: str) -> Predictor:
                 runner = TensorRTRunner(args.engine, device=args.device or "cuda")
             except ImportError as exc:  # also TensorRT itself missing
                 raise DemoError(f"the tensorrt backend is not available here: {_first_line(exc)}") from None
-            config = get_config(args.config) if args.config else getattr(runner, "config", None) or _engine_config(args.engine)
+            config = get_config(args.config) if args.config else getattr(runner, "config", None) or engine_config(args.engine)
     except (RunnerError, ValueError, OSError) as exc:  # CheckpointError and ConfigError are ValueErrors
         raise DemoError(_first_line(exc)) from None
     source = args.engine or args.onnx

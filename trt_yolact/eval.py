@@ -221,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from .backends import BACKENDS, BackendUnavailable, ModelSource, make_runner
+    from .backends import BACKENDS, DEPLOYED_SUFFIXES, BackendUnavailable, ModelSource, make_runner, open_runner
 
     args = build_parser().parse_args(argv)
     backends = [b for b in args.backends.split(",") if b]
@@ -237,23 +237,33 @@ def _main(argv: Sequence[str] | None) -> int:
         load_annotations(args.ann)  # fail on bad annotations before any model work
         weights = args.weights.split(",") if args.weights else [None]
         for weight in weights:
-            source = ModelSource.load(weight or "yolact_shapes", args.config)
-            # torch FP32 is the reference every other form of the model is compared with.
-            plan = [("torch", "fp32")] + [(b, p) for b in backends for p in precisions if (b, p) != ("torch", "fp32")]
+            deployed = weight is not None and Path(weight).suffix.lower() in DEPLOYED_SUFFIXES
+            name = Path(weight).stem if weight and Path(weight).suffix else (weight or "yolact_shapes")
+            if deployed:  # an .onnx/.engine file runs as it is; it is its own reference
+                plan = [(DEPLOYED_SUFFIXES[Path(weight).suffix.lower()], "file")]
+            else:
+                source = ModelSource.load(weight or "yolact_shapes", args.config)
+                # torch FP32 is the reference every other form of the model is compared with.
+                plan = [("torch", "fp32")] + [(b, p) for b in backends for p in precisions if (b, p) != ("torch", "fp32")]
             reference: EvalResult | None = None
             for backend, precision in plan:
                 try:
-                    runner = make_runner(source, backend, precision, args.device, args.cache, args.batch_size)
+                    if deployed:
+                        runner, config = open_runner(weight, None, "fp32", args.config, args.device, args.cache)
+                        precision = runner.precision
+                    else:
+                        runner = make_runner(source, backend, precision, args.device, args.cache, args.batch_size)
+                        config = source.config
                 except BackendUnavailable as exc:
-                    skipped.append(f"{source.name} {backend} {precision}: {exc}")
+                    skipped.append(f"{name} {backend} {precision}: {exc}")
                     continue
-                print(f"{source.name}: {backend} {precision}")
-                result, results = evaluate(Predictor(runner, source.config, post), args.ann, args.images,
+                print(f"{name}: {backend} {precision}")
+                result, results = evaluate(Predictor(runner, config, post), args.ann, args.images,
                                            args.batch_size, args.max_images)  # fmt: skip
                 reference = reference or result
                 first_results = first_results if first_results is not None else results
                 rows.append(ComparisonRow(
-                    model=source.name, backend=backend, precision=precision, bbox_ap=result.bbox["AP"],
+                    model=name, backend=backend, precision=precision, bbox_ap=result.bbox["AP"],
                     mask_ap=result.segm["AP"], bbox_ap_change=100 * (result.bbox["AP"] - reference.bbox["AP"]),
                     mask_ap_change=100 * (result.segm["AP"] - reference.segm["AP"]), fps=result.fps,
                     bbox=result.bbox, segm=result.segm, num_images=result.num_images,

@@ -17,14 +17,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import load_model
 from .config import YolactConfig
 from .files import atomic_write_text
 from .images import expand_image_paths, read_image
 from .postprocess import Detections, PostprocessConfig, postprocess
 from .preprocess import ImageError, preprocess
 from .results import detections_to_coco
-from .runners import Runner, TorchRunner
+from .runners import Runner
 
 
 @dataclass
@@ -82,7 +81,7 @@ def image_id_for(path: Path, index: int, ids_by_name: dict[str, int] | None) -> 
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", default=None, help="checkpoint file or embedded model name (default: yolact_shapes)")
+    parser.add_argument("--weights", default=None, help="checkpoint, embedded model name (default: yolact_shapes), .onnx or .engine")
     parser.add_argument("--config", default=None, help="official config name or .yaml/.json file (default: from the checkpoint)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -93,6 +92,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trt_yolact.predict", description=__doc__.splitlines()[0])
     add_model_arguments(parser)
+    parser.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default=None,
+                        help="default: torch for checkpoints, implied by .onnx/.engine files")
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    parser.add_argument("--cache", default="export/cache", help="folder for ONNX/engines made for --backend")
     parser.add_argument("--out", default="results.json", help="COCO results JSON (default: results.json)")
     parser.add_argument("--save-vis", default=None, metavar="DIR", help="write overlay images here")
     parser.add_argument("--ann", default=None, help="COCO annotations whose image ids to use for matching file names")
@@ -102,17 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 @torch.no_grad()
 def main(argv: Sequence[str] | None = None) -> int:
+    from .backends import open_runner
+
     args = build_parser().parse_args(argv)
     if args.batch_size < 1 or args.top_k < 1:
         print("error: --batch-size and --top-k must be at least 1", file=sys.stderr)
         return 2
     try:
-        model = load_model(args.weights, args.config)
-        runner = TorchRunner(model, args.device)
-    except (ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        runner, config = open_runner(args.weights, args.backend, args.precision, args.config, args.device, args.cache)
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
         return 2
-    config = model.config
     predictor = Predictor(runner, config, PostprocessConfig(score_threshold=args.score_threshold, max_detections=args.top_k))
     ids_by_name = None
     if args.ann:
