@@ -42,3 +42,20 @@ def test_predict_reports_a_missing_checkpoint(tmp_path, capsys):
 def test_console_entry_lists_commands(capsys):
     assert cli_main(["--help"]) == 0
     assert "predict" in capsys.readouterr().out
+
+
+def test_predict_with_onnxruntime_matches_torch(reference_dir, tmp_path):
+    """--backend onnxruntime on a checkpoint, and an .onnx file given directly, find what torch finds."""
+    weights = ["--weights", str(reference_dir / "yolact_fixture.pth"), "--config", str(FIXTURE_CONFIG)]
+    image = str(reference_dir / "shapes.png")
+    runs = {}
+    for name, extra in {"torch": [], "ort": ["--backend", "onnxruntime", "--cache", str(tmp_path / "cache")]}.items():
+        out = tmp_path / f"{name}.json"
+        assert predict_main([*weights, *extra, "--score-threshold", "0.3", "--out", str(out), image]) == 0
+        runs[name] = json.loads(out.read_text())
+    onnx_file = next((tmp_path / "cache").glob("*.onnx"))
+    out = tmp_path / "file.json"
+    assert predict_main(["--weights", str(onnx_file), "--score-threshold", "0.3", "--out", str(out), image]) == 0
+    runs["file"] = json.loads(out.read_text())
+    classes = [r["class_index"] for r in runs["torch"]]
+    assert classes and classes == [r["class_index"] for r in runs["ort"]] == [r["class_index"] for r in runs["file"]]
