@@ -166,3 +166,18 @@ def test_stable_topk_equals_a_stable_sort(values, k):
     got_values, got_index = stable_topk(scores, k)
     assert torch.equal(got_values, expected_values[:, :k])
     assert torch.equal(got_index, expected_index[:, :k])
+
+
+@pytest.mark.parametrize("crop", [True, False])
+def test_windowed_upsampling_equals_interpolate(crop):
+    """Full-resolution masks are computed only where they can be non-zero; the result must be what
+    F.interpolate of the whole low-resolution mask gives."""
+    import torch.nn.functional as F
+
+    raw = random_raw(13, batch=2, priors=80, classes=4, proto=17)
+    cfg = PostprocessConfig(crop_masks=crop)
+    low = postprocess(raw, [(61, 83), (40, 29)], PostprocessConfig(crop_masks=crop, full_resolution_masks=False))
+    full = postprocess(raw, [(61, 83), (40, 29)], cfg)
+    for lo, hi in zip(low, full):
+        reference = F.interpolate(lo.masks[None], hi.image_size, mode="bilinear", align_corners=False)[0] > 0.5
+        assert torch.equal(hi.masks, reference)

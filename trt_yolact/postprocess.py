@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .boxes import crop_masks, decode, pairwise_iou, sanitize_coordinates
+from .boxes import decode, pairwise_iou, sanitize_coordinates
 from .structures import RawOutputs
 
 _INVALID = -1.0  # below any probability: marks padded slots
@@ -190,11 +190,11 @@ def assemble_masks(
         raise ValueError(f"{len(image_sizes)} image sizes for a batch of {selected.scores.shape[0]}")
     proto = raw.proto  # [B, H', W', K]
     batch, proto_h, proto_w, _ = proto.shape
-    masks = torch.sigmoid(torch.matmul(proto.reshape(batch, proto_h * proto_w, -1), selected.coeffs.transpose(1, 2)))
-    masks = masks.reshape(batch, proto_h, proto_w, -1)  # [B, H', W', D]
+    # coeffs @ proto^T gives [B, D, H'*W'] directly: masks first, no transpose of the result.
+    masks = torch.matmul(selected.coeffs, proto.reshape(batch, proto_h * proto_w, -1).transpose(1, 2))
+    masks = torch.sigmoid_(masks).reshape(batch, -1, proto_h, proto_w)  # [B, D, H', W']
     if cfg.crop_masks:
-        masks = crop_masks(masks, selected.boxes)
-    masks = masks.permute(0, 3, 1, 2).contiguous()  # [B, D, H', W']
+        masks.mul_(_crop_window(selected.boxes, proto_h, proto_w))
     counts = selected.num_detections.tolist()
 
     full: dict[int, torch.Tensor] = {}
@@ -203,7 +203,7 @@ def assemble_masks(
         for b, size in enumerate(image_sizes):
             groups.setdefault(tuple(size), []).append(b)
         for (height, width), members in groups.items():
-            full.update(_upsample_group(masks, members, counts, height, width))
+            full.update(_upsample_group(masks, members, counts, height, width, selected.boxes if cfg.crop_masks else None))
     results = []
     for b, (height, width) in enumerate(image_sizes):
         n = counts[b]
@@ -224,23 +224,77 @@ def assemble_masks(
     return results
 
 
+def _crop_window(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``[B, D, H, W]`` 0/1 window of each padded box, as :func:`crop_masks` in masks-first layout."""
+    x1, x2 = sanitize_coordinates(boxes[..., 0], boxes[..., 2], width, padding=1)
+    y1, y2 = sanitize_coordinates(boxes[..., 1], boxes[..., 3], height, padding=1)
+    cols = torch.arange(width, device=boxes.device, dtype=x1.dtype)
+    rows = torch.arange(height, device=boxes.device, dtype=y1.dtype)
+    inside_x = (cols >= x1[..., None]) & (cols < x2[..., None])  # [B, D, W]
+    inside_y = (rows >= y1[..., None]) & (rows < y2[..., None])  # [B, D, H]
+    return (inside_y[..., :, None] & inside_x[..., None, :]).to(boxes.dtype)
+
+
+def _bilinear_axis(in_size: int, out_size: int, device: torch.device):
+    """Source indices and weights of bilinear resampling along one axis (``align_corners=False``), computed
+    the way PyTorch's kernel does, so that windowed resampling reproduces ``F.interpolate``."""
+    scale = torch.tensor(float(in_size), dtype=torch.float32) / float(out_size)
+    src = ((torch.arange(out_size, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_(min=0)
+    first = torch.clamp(src.floor().long(), max=in_size - 1)
+    second = torch.where(first < in_size - 1, first + 1, first)
+    weight_second = (src - first).clamp_(0, 1)
+    return first.to(device), second.to(device), (1 - weight_second).to(device), weight_second.to(device)
+
+
 def _upsample_group(
-    masks: torch.Tensor, members: list[int], counts: list[int], height: int, width: int, chunk: int = 8
+    masks: torch.Tensor,
+    members: list[int],
+    counts: list[int],
+    height: int,
+    width: int,
+    boxes: torch.Tensor | None,
 ) -> dict[int, torch.Tensor]:
     """Bilinear upsampling of the real masks of images that share one size, thresholded at 0.5.
 
-    One size at a time because bilinear resampling depends on the target size; a few masks at a time so
-    that the float temporaries stay small (a whole batch at full resolution is gigabytes) and only real
-    detections, not padding slots, are computed. Each mask is resampled independently, so the result is
-    the same as one big call."""
-    out = {b: torch.empty((counts[b], height, width), dtype=torch.bool, device=masks.device) for b in members}
-    jobs = [(b, d) for b in members for d in range(counts[b])]
-    for start in range(0, len(jobs), chunk):
-        part = jobs[start : start + chunk]
-        low = torch.stack([masks[b, d] for b, d in part])[None]  # [1, n, H', W']
-        high = F.interpolate(low, (height, width), mode="bilinear", align_corners=False)[0] > 0.5
-        for (b, d), mask in zip(part, high):
-            out[b][d] = mask
+    A cropped low-resolution mask is zero outside its padded box, and so is its upsampled version outside
+    the pixels whose bilinear taps reach the box: only that window is computed (same arithmetic as
+    ``F.interpolate``), which makes the cost follow the box area rather than the image area. Padding slots
+    are skipped. ``boxes``: relative boxes used for the crop, or None when masks were not cropped.
+    """
+    proto_h, proto_w = masks.shape[-2:]
+    rows0, rows1, row_w0, row_w1 = _bilinear_axis(proto_h, height, masks.device)
+    cols0, cols1, col_w0, col_w1 = _bilinear_axis(proto_w, width, masks.device)
+    out = {b: torch.zeros((counts[b], height, width), dtype=torch.bool, device=masks.device) for b in members}
+    for b in members:
+        n = counts[b]
+        if n == 0:
+            continue
+        if boxes is None:
+            windows = [(0, height, 0, width)] * n
+        else:
+            # Low-res cells kept by the crop: c >= x1 and c < x2 (as crop_masks), i.e. ceil(x1)..ceil(x2)-1.
+            x1, x2 = sanitize_coordinates(boxes[b, :n, 0], boxes[b, :n, 2], proto_w, padding=1)
+            y1, y2 = sanitize_coordinates(boxes[b, :n, 1], boxes[b, :n, 3], proto_h, padding=1)
+            first_col, last_col = x1.ceil().long(), x2.ceil().long() - 1
+            first_row, last_row = y1.ceil().long(), y2.ceil().long() - 1
+            # Output pixels whose taps touch those cells (tap indices grow with the output index).
+            col_start = torch.searchsorted(cols1, first_col).tolist()
+            col_end = torch.searchsorted(cols0, last_col, right=True).tolist()
+            row_start = torch.searchsorted(rows1, first_row).tolist()
+            row_end = torch.searchsorted(rows0, last_row, right=True).tolist()
+            windows = list(zip(row_start, row_end, col_start, col_end))
+        for d, (ya, yb, xa, xb) in enumerate(windows):
+            if ya >= yb or xa >= xb:
+                continue
+            low = masks[b, d]
+            c0, c1 = cols0[xa:xb], cols1[xa:xb]
+            w0, w1 = col_w0[xa:xb], col_w1[xa:xb]
+            top = low[rows0[ya:yb]]
+            bottom = low[rows1[ya:yb]]
+            top = top[:, c0] * w0 + top[:, c1] * w1
+            bottom = bottom[:, c0] * w0 + bottom[:, c1] * w1
+            value = top * row_w0[ya:yb, None] + bottom * row_w1[ya:yb, None]
+            out[b][d, ya:yb, xa:xb] = value > 0.5
     return out
 
 
