@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import os
 import sys
 import time
@@ -143,13 +144,22 @@ def build_datasets(train_arg: str, val_arg: str | None, config: YolactConfig, tr
 
 
 # ----------------------------------------------------------------------------------------------- model
-def init_head_weights(model: Yolact) -> None:
-    """Xavier-uniform weights and zero biases for every conv outside the backbone, as the original."""
+def init_head_weights(model: Yolact, background_prior: float = 0.99) -> None:
+    """Xavier-uniform weights and zero biases for every conv outside the backbone, as the original, plus a
+    background prior on the class biases: every prior starts out confidently background, so the flood of
+    easy negatives does not produce the huge first-step gradients that, from scratch, drive the shared
+    head's ReLUs dead (the focal-loss paper's prior initialisation, applied to the softmax)."""
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d) and not name.startswith("backbone."):
             nn.init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+    if background_prior > 0:
+        num_classes = model.config.num_classes
+        conf = model.prediction_layers[0].conf_layer
+        with torch.no_grad():
+            bias = conf.bias.view(-1, num_classes)
+            bias[:, 0] = math.log(background_prior * (num_classes - 1) / (1 - background_prior))
 
 
 CLASS_DEPENDENT_PREFIXES = ("prediction_layers.0.conf_layer.", "semantic_seg_conv.")
