@@ -183,3 +183,9 @@ def test_starting_from_other_classes_reinitialises_only_class_layers(tmp_path):
             assert value.shape != theirs[key].shape
         else:
             assert torch.equal(value, theirs[key]), key
+
+
+def test_fresh_head_starts_confidently_background():
+    model, _ = initial_model(TINY, None)
+    bias = model.prediction_layers[0].conf_layer.bias.view(-1, TINY.num_classes)
+    torch.testing.assert_close(torch.softmax(bias, dim=-1)[:, 0], torch.full((bias.shape[0],), 0.99))
