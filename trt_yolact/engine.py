@@ -343,11 +343,12 @@ def is_engine_stale(engine_path: str | os.PathLike, expected: dict[str, Any]) ->
 
 
 # How to rebuild an engine; quoted in the runner's errors.
-REBUILD_COMMAND = "python -m trt_yolact.build --weights <weights.pth> --out {engine} --force"
+# build rebuilds an engine whose sidecar does not match this TensorRT version and GPU.
+REBUILD_COMMAND = "python -m trt_yolact.build --weights <checkpoint> --engines {folder}  (it replaces {engine})"
 
 
 def rebuild_command(engine_path: str | os.PathLike) -> str:
-    return REBUILD_COMMAND.format(engine=engine_path)
+    return REBUILD_COMMAND.format(folder=Path(engine_path).parent, engine=Path(engine_path).name)
 
 
 def engine_compatibility_problem(
