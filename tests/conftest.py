@@ -37,6 +37,26 @@ def fixture_model(reference_dir):
     return load_model(reference_dir / "yolact_fixture.pth", FIXTURE_CONFIG)
 
 
+def official_layout(reference_dir: Path, name: str) -> dict[str, list[int]]:
+    import json
+
+    return json.loads((reference_dir / "official" / f"{name}.json").read_text())["tensors"]
+
+
+def random_state_dict(layout: dict[str, list[int]], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights in a released checkpoint's exact layout (BN variances kept positive)."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in layout.items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(0)
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(shape, generator=generator) + 0.5
+        else:
+            state[key] = torch.randn(shape, generator=generator) * 0.05
+    return state
+
+
 def load_expected(reference_dir: Path, name: str) -> dict[str, np.ndarray]:
     data = np.load(reference_dir / f"{name}_expected.npz")
     expected = {k: data[k] for k in data.files}

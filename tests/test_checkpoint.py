@@ -6,28 +6,12 @@ import json
 import pytest
 import torch
 
+from conftest import official_layout, random_state_dict
 from trt_yolact.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from trt_yolact.config import OFFICIAL_CONFIGS, ConfigError, get_config, infer_config_name
 from trt_yolact.model import Yolact
 
 OFFICIAL = sorted(OFFICIAL_CONFIGS)
-
-
-def official_layout(reference_dir, name: str) -> dict[str, list[int]]:
-    return json.loads((reference_dir / "official" / f"{name}.json").read_text())["tensors"]
-
-
-def random_state_dict(layout: dict[str, list[int]], seed: int = 0) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, shape in layout.items():
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.tensor(0)
-        elif key.endswith("running_var"):
-            state[key] = torch.rand(shape, generator=generator) + 0.5
-        else:
-            state[key] = torch.randn(shape, generator=generator) * 0.05
-    return state
 
 
 @pytest.mark.parametrize("name", OFFICIAL)

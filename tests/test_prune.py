@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import official_layout, random_state_dict
 from trt_yolact.checkpoint import load_model, save_checkpoint
 from trt_yolact.config import BackboneConfig, YolactConfig
 from trt_yolact.fuse import fuse_model, is_fused_state_dict, load_fused_state
@@ -266,17 +267,7 @@ def test_pruned_checkpoint_round_trips_through_load_model(tmp_path):
 
 
 def official_random_state(reference_dir, name: str) -> dict[str, torch.Tensor]:
-    layout = json.loads((reference_dir / "official" / f"{name}.json").read_text())["tensors"]
-    generator = torch.Generator().manual_seed(0)
-    state = {}
-    for key, shape in layout.items():
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.tensor(0)
-        elif key.endswith("running_var"):
-            state[key] = torch.rand(shape, generator=generator) + 0.5
-        else:
-            state[key] = torch.randn(shape, generator=generator) * 0.05
-    return state
+    return random_state_dict(official_layout(reference_dir, name))
 
 
 def test_ratio_0_6_on_released_yolact_base_shrinks_the_file_below_45_percent(reference_dir, tmp_path, capsys):
