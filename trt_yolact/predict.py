@@ -71,6 +71,14 @@ class Predictor:
         return detections
 
 
+def keep_confident(detections: Detections, threshold: float) -> Detections:
+    """The detections scoring at least ``threshold`` (they are sorted best first)."""
+    n = int((detections.scores >= threshold).sum())
+    rel = detections.boxes_relative
+    return Detections(detections.boxes[:n], detections.scores[:n], detections.classes[:n], detections.masks[:n],
+                      detections.image_size, None if rel is None else rel[:n])  # fmt: skip
+
+
 def image_id_for(path: Path, index: int, ids_by_name: dict[str, int] | None) -> int:
     """The annotation's id when known, else a numeric file stem (COCO style), else the 1-based index."""
     if ids_by_name is not None and path.name in ids_by_name:
@@ -98,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache", default="export/cache", help="folder for ONNX/engines made for --backend")
     parser.add_argument("--out", default="results.json", help="COCO results JSON (default: results.json)")
     parser.add_argument("--save-vis", default=None, metavar="DIR", help="write overlay images here")
+    parser.add_argument("--vis-threshold", type=float, default=0.3, help="draw detections scoring at least this")
     parser.add_argument("--ann", default=None, help="COCO annotations whose image ids to use for matching file names")
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     return parser
@@ -149,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if vis_dir:
                     import cv2
 
-                    cv2.imwrite(str(vis_dir / f"{path.stem}.png"), draw_detections(image, dets, config.class_names))
+                    shown = keep_confident(dets, args.vis_threshold)
+                    cv2.imwrite(str(vis_dir / f"{path.stem}.png"), draw_detections(image, shown, config.class_names))
         progress.update(min(args.batch_size, len(paths) - start))
     progress.close()
     atomic_write_text(args.out, json.dumps(results))
