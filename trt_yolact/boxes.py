@@ -83,18 +83,22 @@ def sanitize_coordinates(
     return torch.clamp(first - padding, min=0), torch.clamp(second + padding, max=size)
 
 
+def box_window(boxes: torch.Tensor, height: int, width: int, padding: int = 1) -> torch.Tensor:
+    """``[..., N, H, W]`` bool: the cells of an ``H x W`` grid inside each padded relative box
+    (columns ``x1 <= c < x2`` after :func:`sanitize_coordinates`, the original's crop rule)."""
+    x1, x2 = sanitize_coordinates(boxes[..., 0], boxes[..., 2], width, padding)
+    y1, y2 = sanitize_coordinates(boxes[..., 1], boxes[..., 3], height, padding)
+    columns = torch.arange(width, device=boxes.device, dtype=x1.dtype)
+    rows = torch.arange(height, device=boxes.device, dtype=y1.dtype)
+    inside_x = (columns >= x1[..., None]) & (columns < x2[..., None])  # [..., N, W]
+    inside_y = (rows >= y1[..., None]) & (rows < y2[..., None])  # [..., N, H]
+    return inside_y[..., :, None] & inside_x[..., None, :]
+
+
 def crop_masks(masks: torch.Tensor, boxes: torch.Tensor, padding: int = 1) -> torch.Tensor:
     """Zero every mask outside its (padded) box.
 
     ``masks [..., H, W, N]`` (prototype layout) and relative point-form ``boxes [..., N, 4]``.
     """
-    height, width = masks.shape[-3], masks.shape[-2]
-    x1, x2 = sanitize_coordinates(boxes[..., 0], boxes[..., 2], width, padding)
-    y1, y2 = sanitize_coordinates(boxes[..., 1], boxes[..., 3], height, padding)
-    columns = torch.arange(width, device=masks.device, dtype=x1.dtype).view(width, 1)
-    rows = torch.arange(height, device=masks.device, dtype=y1.dtype).view(height, 1)
-    # [..., W, N] and [..., H, N] masks, combined by broadcasting into [..., H, W, N].
-    inside_x = (columns >= x1[..., None, :]) & (columns < x2[..., None, :])
-    inside_y = (rows >= y1[..., None, :]) & (rows < y2[..., None, :])
-    inside = inside_y[..., :, None, :] & inside_x[..., None, :, :]
+    inside = box_window(boxes, masks.shape[-3], masks.shape[-2], padding).movedim(-3, -1)
     return masks * inside.to(masks.dtype)

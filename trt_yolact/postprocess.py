@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .boxes import decode, pairwise_iou, sanitize_coordinates
+from .boxes import box_window, decode, pairwise_iou, sanitize_coordinates
 from .structures import RawOutputs
 
 _INVALID = -1.0  # below any probability: marks padded slots
@@ -194,7 +194,7 @@ def assemble_masks(
     masks = torch.matmul(selected.coeffs, proto.reshape(batch, proto_h * proto_w, -1).transpose(1, 2))
     masks = torch.sigmoid_(masks).reshape(batch, -1, proto_h, proto_w)  # [B, D, H', W']
     if cfg.crop_masks:
-        masks.mul_(_crop_window(selected.boxes, proto_h, proto_w))
+        masks.mul_(box_window(selected.boxes, proto_h, proto_w).to(masks.dtype))
     counts = selected.num_detections.tolist()
 
     full: dict[int, torch.Tensor] = {}
@@ -222,17 +222,6 @@ def assemble_masks(
             )
         )
     return results
-
-
-def _crop_window(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """``[B, D, H, W]`` 0/1 window of each padded box, as :func:`crop_masks` in masks-first layout."""
-    x1, x2 = sanitize_coordinates(boxes[..., 0], boxes[..., 2], width, padding=1)
-    y1, y2 = sanitize_coordinates(boxes[..., 1], boxes[..., 3], height, padding=1)
-    cols = torch.arange(width, device=boxes.device, dtype=x1.dtype)
-    rows = torch.arange(height, device=boxes.device, dtype=y1.dtype)
-    inside_x = (cols >= x1[..., None]) & (cols < x2[..., None])  # [B, D, W]
-    inside_y = (rows >= y1[..., None]) & (rows < y2[..., None])  # [B, D, H]
-    return (inside_y[..., :, None] & inside_x[..., None, :]).to(boxes.dtype)
 
 
 def _bilinear_axis(in_size: int, out_size: int, device: torch.device):
