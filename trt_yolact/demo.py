@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 import torch
 
+from .errors import first_line as _first_line
 from .postprocess import Detections, PostprocessConfig
 from .predict import Predictor, add_model_arguments
 
@@ -56,11 +57,6 @@ class DemoError(ValueError):
 
 class PipelineError(RuntimeError):
     """A pipeline thread failed; the message names the stage and the cause in one line."""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def _redact(url: str) -> str:

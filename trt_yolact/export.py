@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .errors import first_line as _first_line
 from .config import YolactConfig
 from .files import atomic_write_bytes, sha256_file
 from .onnx_postprocess import GRAPH_OUTPUT_NAMES, YolactWithPostprocess
@@ -165,11 +166,6 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The export metadata of an ONNX file, typed (see :func:`parse_metadata`)."""
     model = _load_onnx(path)
     return parse_metadata({p.key: p.value for p in model.metadata_props})
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 # ----------------------------------------------------------------------------------------- graph fixes

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import first_line as _first_line
 from .export import INPUT_NAME, RAW_OUTPUT_NAMES, ExportError, parse_metadata
 from .runners import PRECISIONS, Runner, RunnerError
 from .structures import RawOutputs
@@ -29,11 +30,6 @@ _NUMPY_TYPES = {
 }
 _TORCH_TYPES = {np.float32: torch.float32, np.float16: torch.float16, np.int32: torch.int32,
                 np.int64: torch.int64, np.bool_: torch.bool}  # fmt: skip
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def _provider_name(spec: ProviderSpec) -> str:
