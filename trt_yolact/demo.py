@@ -651,40 +651,18 @@ def choose_backend(args: argparse.Namespace) -> str:
 
 def build_predictor(args: argparse.Namespace, backend: str) -> Predictor:
     """The runner for ``backend`` (imported only when asked for), its config and the post-processing."""
-    from .backends import engine_config
-    from .checkpoint import load_model
-    from .config import get_config
-    from .runners import RunnerError, TorchRunner
+    from .backends import BackendUnavailable, open_runner
 
+    weights = args.engine or args.onnx or args.weights
+    device = args.device or ("cuda" if backend == "tensorrt" else "cpu")
     try:
-        if backend == "torch":
-            model = load_model(args.weights, args.config)
-            runner = TorchRunner(model, args.device or "cpu")
-            config = model.config
-        elif backend == "onnxruntime":
-            try:
-                from .onnxruntime_runner import OnnxRuntimeRunner
-            except ImportError as exc:
-                raise DemoError(f"the onnxruntime backend is not available in this installation ({exc})") from None
-            runner = OnnxRuntimeRunner(args.onnx, device=args.device or "cpu")
-            if getattr(runner, "postprocess", "none") not in ("none", None):
-                raise DemoError(f"{args.onnx} has the post-processing in the graph; export it with --postprocess none")
-            config = get_config(args.config) if args.config else getattr(runner, "config", None)
-        else:
-            try:
-                from .tensorrt_runner import TensorRTRunner
-
-                runner = TensorRTRunner(args.engine, device=args.device or "cuda")
-            except ImportError as exc:  # also TensorRT itself missing
-                raise DemoError(f"the tensorrt backend is not available here: {_first_line(exc)}") from None
-            config = get_config(args.config) if args.config else getattr(runner, "config", None) or engine_config(args.engine)
-    except (RunnerError, ValueError, OSError) as exc:  # CheckpointError and ConfigError are ValueErrors
+        runner, config = open_runner(weights, backend, "fp32", args.config, device)
+    except ImportError as exc:
+        raise DemoError(f"the {backend} backend is not available in this installation ({_first_line(exc)})") from None
+    except BackendUnavailable as exc:
+        raise DemoError(f"the {backend} backend is not available here: {_first_line(exc)}") from None
+    except (RuntimeError, ValueError, OSError) as exc:  # RunnerError, CheckpointError, ConfigError
         raise DemoError(_first_line(exc)) from None
-    source = args.engine or args.onnx
-    if config is None:
-        raise DemoError(f"cannot tell the model config of {source}: pass --config NAME_OR_FILE")
-    if config.max_size != runner.input_size:
-        raise DemoError(f"config {config.name!r} expects {config.max_size}px inputs, {source} takes {runner.input_size}px")
     return Predictor(runner, config, PostprocessConfig(score_threshold=args.score_threshold, max_detections=args.top_k))
 
 
