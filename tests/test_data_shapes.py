@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import itertools
 import json
@@ -16,6 +17,7 @@ from pycocotools.coco import COCO
 from trt_yolact.data.shapes import (
     MIN_VISIBLE_PIXELS,
     SHAPE_CLASSES,
+    _unseen_background,
     generate_dataset,
     image_rng,
     main,
@@ -141,6 +143,7 @@ def test_cli_writes_dataset(tmp_path: Path) -> None:
         (["--train", "-1"], "--train"),
         (["--val", "-3"], "--val"),
         (["--size", "16"], "--size"),
+        (["--backgrounds", "photos"], "--backgrounds"),
     ],
 )
 def test_cli_rejects_bad_numbers(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
@@ -164,3 +167,33 @@ def test_api_rejects_bad_args(tmp_path: Path) -> None:
         generate_dataset(tmp_path, -1, 0, 64, 0)
     with pytest.raises(ValueError, match=">= 32"):
         generate_dataset(tmp_path, 1, 0, 31, 0)
+    with pytest.raises(ValueError, match="backgrounds"):
+        generate_dataset(tmp_path, 1, 0, 64, 0, backgrounds="photos")
+    assert not list(tmp_path.rglob("*.png"))
+
+
+def test_standard_images_are_pinned() -> None:
+    # The published APs are measured on generated sets: a change in the standard generator would silently
+    # change what those numbers mean, so one image's bytes are pinned.
+    image, _ = render_sample(image_rng(3, "val", 1), SIZE)
+    assert hashlib.sha256(image.tobytes()).hexdigest() == (
+        "49aab3bafebbd4c3143439f17ec0913a4da5c835db5605ee5b415885b4fc493b")
+
+
+def test_unseen_backgrounds_differ_from_the_standard_families(tmp_path: Path) -> None:
+    for seed in range(12):
+        unseen = _unseen_background(np.random.default_rng(seed), SIZE, SIZE)
+        assert unseen.shape == (SIZE, SIZE, 3) and unseen.min() >= 0 and unseen.max() <= 255
+        # Every standard family is a blend of two colours (plus noise): per pixel, the colour lies on one
+        # segment in RGB. The unseen families leave that line (many colours), or are thin-line lattices.
+        flat = unseen.reshape(-1, 3) - unseen.reshape(-1, 3).mean(axis=0)
+        singular = np.linalg.svd(flat, compute_uv=False)
+        two_colour = singular[1] < 0.05 * singular[0]
+        _, counts = np.unique(unseen.reshape(-1, 3), axis=0, return_counts=True)
+        thin_lines = len(counts) == 2 and counts.min() < 0.4 * counts.sum()  # stripes/checkers are ~50/50
+        assert not two_colour or thin_lines, f"seed {seed}: looks like a standard two-colour background"
+    paths = generate_dataset(tmp_path, 0, 3, SIZE, seed=4, backgrounds="unseen")
+    raw = json.loads(paths["val_annotations"].read_text())
+    assert raw["info"]["backgrounds"] == "unseen" and raw["annotations"]
+    standard, _ = render_sample(image_rng(4, "val", 0), SIZE)
+    assert not np.array_equal(cv2.imread(str(paths["val_images"] / "000000.png")), standard)

@@ -7,6 +7,7 @@ occlusion (later shapes cover earlier ones; masks are the visible parts only).
 CLI::
 
     python -m trt_yolact.data.shapes --out DIR --train 200 --val 50 --size 256 --seed 0
+    python -m trt_yolact.data.shapes --out DIR --train 0 --val 300 --seed 777 --backgrounds unseen
 """
 from __future__ import annotations
 
@@ -175,6 +176,45 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return np.clip(img, 0, 255).astype(np.float32)
 
 
+def _unseen_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Background families the standard set never draws, to check generalisation to new scenes.
+
+    The standard set blends two colours; these mix many (plasma, mosaic, colour noise) or draw thin
+    line lattices, so a model can only do well here if it learned the shapes rather than the backdrops.
+    """
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    kind = rng.integers(0, 4)
+    if kind == 0:  # plasma: every channel its own sum of random plane waves
+        img = np.zeros((height, width, 3), np.float32)
+        for c in range(3):
+            for _ in range(3):
+                theta, period = rng.uniform(0, 2 * math.pi), rng.uniform(20, 120)
+                phase = rng.uniform(0, 2 * math.pi)
+                img[..., c] += np.sin(2 * math.pi * (xs * math.cos(theta) + ys * math.sin(theta)) / period + phase)
+        img = (img - img.min()) / max(float(np.ptp(img)), 1e-6) * 255.0
+    elif kind == 1:  # mosaic: Voronoi cells, each a random colour
+        n_cells = int(rng.integers(6, 30))
+        seeds = np.stack([rng.uniform(0, width, n_cells), rng.uniform(0, height, n_cells)], axis=1)
+        colours = rng.uniform(0, 255, (n_cells, 3))
+        dist = (xs[..., None] - seeds[:, 0]) ** 2 + (ys[..., None] - seeds[:, 1]) ** 2
+        img = colours[dist.argmin(axis=-1)]
+    elif kind == 2:  # crosshatch: two sets of thin parallel lines on a flat colour
+        img = np.broadcast_to(_random_colour(rng), (height, width, 3)).copy()
+        line_colour = _random_colour(rng).tolist()
+        spacing = float(rng.uniform(6, 20))
+        for theta in (rng.uniform(0, math.pi), rng.uniform(0, math.pi)):
+            t = xs * math.cos(theta) + ys * math.sin(theta)
+            img[np.mod(t, spacing) < 1.0] = line_colour
+    else:  # colour noise: independent blurred noise per channel
+        noise = rng.uniform(0, 1, (height, width, 3)).astype(np.float32)
+        img = cv2.GaussianBlur(noise, (0, 0), float(rng.uniform(2.0, 10.0)))
+        img = (img - img.min(axis=(0, 1))) / np.maximum(np.ptp(img, axis=(0, 1)), 1e-6) * 255.0
+    return np.clip(img, 0, 255).astype(np.float32)
+
+
+BACKGROUND_SETS = {"standard": _background, "unseen": _unseen_background}
+
+
 def _add_clutter(rng: np.random.Generator, img: np.ndarray) -> None:
     """Thin lines and small blobs that are deliberately NOT annotated (hard negatives)."""
     height, width = img.shape[:2]
@@ -210,8 +250,10 @@ def _object_paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray) -
     return np.broadcast_to(colour, img.shape)
 
 
-def _render_once(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, list[_Instance]]:
-    img = _background(rng, height, width)
+def _render_once(
+    rng: np.random.Generator, height: int, width: int, backgrounds: str
+) -> tuple[np.ndarray, list[_Instance]]:
+    img = BACKGROUND_SETS[backgrounds](rng, height, width)
     if rng.random() < 0.7:
         _add_clutter(rng, img)
     full_masks: list[np.ndarray] = []
@@ -242,18 +284,23 @@ def _render_once(rng: np.random.Generator, height: int, width: int) -> tuple[np.
     return image, instances
 
 
-def render_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+def render_sample(
+    rng: np.random.Generator, size: int, backgrounds: str = "standard"
+) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """Render one image (BGR uint8, each side in [0.75*size, size]) and its visible instances.
 
+    `backgrounds` is "standard" (what training uses) or "unseen" (families training never draws).
     Returns the image and a list of (class_index, mask_bool[H, W]); masks are pairwise disjoint.
     """
     if size < MIN_IMAGE_SIZE:
         raise ValueError(f"size (--size) must be >= {MIN_IMAGE_SIZE} px, got {size}; pass a larger size")
+    if backgrounds not in BACKGROUND_SETS:
+        raise ValueError(f"backgrounds (--backgrounds) must be one of {sorted(BACKGROUND_SETS)}, got {backgrounds!r}")
     low = int(math.ceil(0.75 * size))
     height, width = int(rng.integers(low, size + 1)), int(rng.integers(low, size + 1))
     # Re-render (same rng stream, so still deterministic) in the rare case nothing survives occlusion.
     for _ in range(20):
-        image, instances = _render_once(rng, height, width)
+        image, instances = _render_once(rng, height, width, backgrounds)
         if instances:
             break
     return image, [(inst.class_index, inst.mask) for inst in instances]
@@ -291,7 +338,9 @@ def _mask_bbox(mask: np.ndarray) -> list[float]:
     return [float(x0), float(y0), float(xs.max() - x0 + 1), float(ys.max() - y0 + 1)]
 
 
-def _check_args(out_dir: Path, n_train: int, n_val: int, size: int, seed: int) -> None:
+def _check_args(out_dir: Path, n_train: int, n_val: int, size: int, seed: int, backgrounds: str) -> None:
+    if backgrounds not in BACKGROUND_SETS:
+        raise ValueError(f"backgrounds (--backgrounds) must be one of {sorted(BACKGROUND_SETS)}, got {backgrounds!r}")
     for name, value in (("n_train (--train)", n_train), ("n_val (--val)", n_val)):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}; pass a non-negative image count")
@@ -307,12 +356,12 @@ def _check_args(out_dir: Path, n_train: int, n_val: int, size: int, seed: int) -
         raise ValueError(f"output directory {out_dir} is not writable ({err}); choose a writable directory") from err
 
 
-def _write_split(out_dir: Path, split: str, n: int, size: int, seed: int) -> tuple[Path, Path]:
+def _write_split(out_dir: Path, split: str, n: int, size: int, seed: int, backgrounds: str) -> tuple[Path, Path]:
     image_dir = out_dir / split
     image_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for i in tqdm(range(n), desc=f"shapes/{split}", unit="img", disable=n == 0):
-        image, instances = render_sample(image_rng(seed, split, i), size)
+        image, instances = render_sample(image_rng(seed, split, i), size, backgrounds)
         file_name = f"{i:06d}.png"
         ok, png = cv2.imencode(".png", image)
         if not ok:
@@ -331,7 +380,8 @@ def _write_split(out_dir: Path, split: str, n: int, size: int, seed: int) -> tup
                 "iscrowd": 0,
             })
     coco = {
-        "info": {"description": "trt_yolact synthetic shapes", "seed": seed, "split": split, "max_size": size},
+        "info": {"description": "trt_yolact synthetic shapes", "seed": seed, "split": split, "max_size": size,
+                 "backgrounds": backgrounds},
         "licenses": [],
         "images": images,
         "annotations": annotations,
@@ -342,17 +392,22 @@ def _write_split(out_dir: Path, split: str, n: int, size: int, seed: int) -> tup
     return image_dir, ann_path
 
 
-def generate_dataset(out_dir: str | os.PathLike, n_train: int, n_val: int, size: int, seed: int = 0) -> dict[str, Path]:
+def generate_dataset(
+    out_dir: str | os.PathLike, n_train: int, n_val: int, size: int, seed: int = 0, backgrounds: str = "standard"
+) -> dict[str, Path]:
     """Write the train/val splits under `out_dir`; returns the paths of image folders and JSON files.
+
+    `backgrounds="unseen"` draws the same kinds of objects over background families that the standard
+    set (used for training) never contains.
 
     Keys: "root", "train_images", "val_images", "train_annotations", "val_annotations".
     """
     out = Path(out_dir)
-    _check_args(out, n_train, n_val, size, seed)
+    _check_args(out, n_train, n_val, size, seed, backgrounds)
     (out / "annotations").mkdir(exist_ok=True)
     paths: dict[str, Path] = {"root": out}
     for split, n in (("train", n_train), ("val", n_val)):
-        paths[f"{split}_images"], paths[f"{split}_annotations"] = _write_split(out, split, n, size, seed)
+        paths[f"{split}_images"], paths[f"{split}_annotations"] = _write_split(out, split, n, size, seed, backgrounds)
     return paths
 
 
@@ -363,9 +418,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--val", type=int, default=50, help="number of validation images")
     parser.add_argument("--size", type=int, default=256, help="max image side in pixels (>= 32)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (>= 0)")
+    parser.add_argument("--backgrounds", choices=sorted(BACKGROUND_SETS), default="standard",
+                        help="'unseen': background families training never sees (generalisation check)")
     args = parser.parse_args(argv)
     try:
-        paths = generate_dataset(args.out, args.train, args.val, args.size, args.seed)
+        paths = generate_dataset(args.out, args.train, args.val, args.size, args.seed, args.backgrounds)
     except ValueError as err:
         parser.error(str(err))
     print(f"wrote {args.train} train / {args.val} val images to {paths['root']}", file=sys.stderr)
