@@ -1,12 +1,13 @@
 """The paper's comparison (Ning et al. 2023, Table: pruned + fused YOLACT vs dense) on our demo models.
 
-    python benchmarks/paper_table.py --dense yolact_shapes --pruned yolact_shapes_pruned \\
+    python benchmarks/paper_table.py --models yolact_shapes,yolact_shapes_pruned[,pruned_fused.pth] \\
         --ann data/shapes_test/annotations/instances_val.json --images data/shapes_test/val \\
         [--iters 20] [--json benchmarks/results/paper_table.json] [--md benchmarks/results/paper_table.md]
 
-For each model and backend (torch, ONNX Runtime), all on this CPU: file size, params, MACs, per-image latency
-(batch 1) and throughput (batch 8) end to end, peak memory, box and mask AP on the given set — each as a
-change against the dense model on torch. Timings are interleaved within one run (``trt_yolact.bench``).
+The first model is the dense reference. For each model and backend (torch, ONNX Runtime), all on this CPU:
+file size, params, MACs, per-image latency (batch 1) and throughput (batch 8) end to end, peak memory, box and
+mask AP on the given set — each as a change against the dense model on torch. Timings are interleaved within
+one run (``trt_yolact.bench``).
 """
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ from trt_yolact.predict import Predictor
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dense", default="yolact_shapes")
-    parser.add_argument("--pruned", default="yolact_shapes_pruned")
+    parser.add_argument("--models", default="yolact_shapes,yolact_shapes_pruned",
+                        help="comma-separated checkpoints or embedded names; the first is the dense reference")
     parser.add_argument("--ann", required=True)
     parser.add_argument("--images", required=True)
     parser.add_argument("--iters", type=int, default=20)
@@ -36,7 +37,10 @@ def main() -> int:
     parser.add_argument("--md", default="benchmarks/results/paper_table.md")
     parser.add_argument("--cache", default="export/cache")
     args = parser.parse_args()
-    sources = [ModelSource.load(args.dense), ModelSource.load(args.pruned)]
+    sources = [ModelSource.load(weights) for weights in args.models.split(",")]
+    names = [source.name for source in sources]
+    if len(set(names)) != len(names):
+        parser.error(f"models must have distinct names (file stems), got {names}")
     backends = ("torch", "onnxruntime")
     with torch.inference_mode():
         accuracy = {}

@@ -79,6 +79,22 @@ def test_resume_continues_exactly(shapes_data, tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_stop_at_then_resume_equals_one_run(shapes_data, tmp_path):
+    torch.set_num_threads(1)
+    straight = make_trainer(shapes_data, tmp_path / "a", 6, TrainTransform(128))
+    straight.run()
+    first = make_trainer(shapes_data, tmp_path / "b", 6, TrainTransform(128))
+    first.run(stop_at=4)
+    assert first.state.iteration == 4
+    assert (tmp_path / "b" / "last.pth").is_file() and not (tmp_path / "b" / "model_final.pth").exists()
+    second = make_trainer(shapes_data, tmp_path / "b", 6, TrainTransform(128))
+    second.resume()
+    second.run()
+    assert (tmp_path / "b" / "model_final.pth").is_file()
+    for (name, a), b in zip(straight.model.state_dict().items(), second.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_augmented_samples_do_not_depend_on_workers(shapes_data, tmp_path):
     one = make_trainer(shapes_data, tmp_path / "w0", 1, TrainTransform(128), workers=0)
     two = make_trainer(shapes_data, tmp_path / "w2", 1, TrainTransform(128), workers=2)
@@ -159,6 +175,7 @@ def test_bad_input_fails_before_training(shapes_data, tmp_path, capsys):
         "categor": ["--data-train", f"{empty_cats}:{shapes_data['train_images']}"],
         "nope.png": ["--data-train", f"{missing_image}:{shapes_data['train_images']}"],
         "--resume": ["--data-train", train, "--resume"],
+        "--stop-at": ["--data-train", train, "--iters", "10", "--stop-at", "11"],
     }
     for needle, args in cases.items():
         out = tmp_path / f"out_{abs(hash(needle))}"

@@ -1,7 +1,7 @@
 """Train YOLACT on a COCO-format dataset (also the fine-tuning step after pruning).
 
     python -m trt_yolact.train --config yolact_shapes --data-train ANN:IMAGES --data-val ANN:IMAGES \\
-        [--weights INIT] [--iters N] [--batch-size B] [--lr LR] [--out DIR] [--resume]
+        [--weights INIT] [--iters N] [--batch-size B] [--lr LR] [--out DIR] [--resume] [--stop-at ITER]
 
 Runs unchanged under ``torchrun`` (DistributedDataParallel; gloo on CPU, NCCL on GPUs). Every random choice
 (shuffling, augmentation, mask subsampling) derives from ``--seed`` and the iteration, so ``--resume``
@@ -372,8 +372,11 @@ class Trainer:
         self.model.train()
         return {"iteration": self.state.iteration, "box_ap": result.bbox["AP"], "mask_ap": result.segm["AP"]}
 
-    def run(self) -> TrainState:
+    def run(self, stop_at: int | None = None) -> TrainState:
+        """Train to ``tc.iters``; with ``stop_at``, end after that iteration with a checkpoint (a long schedule
+        split into periods of work, continued with --resume) and no final model."""
         tc = self.tc
+        end = tc.iters if stop_at is None else min(stop_at, tc.iters)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.out_dir / "log.csv"
         writer = None
@@ -400,7 +403,7 @@ class Trainer:
         start = time.perf_counter()
         loader = iter(self._loader())
         try:
-            while self.state.iteration < tc.iters:
+            while self.state.iteration < end:
                 losses = self.step(next(loader))
                 running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in losses.items()}
                 bar.update(1)
@@ -429,13 +432,13 @@ class Trainer:
                     if writer:
                         writer.add_scalar("val/box_ap", row["box_ap"], it)
                         writer.add_scalar("val/mask_ap", row["mask_ap"], it)
-                if it % tc.checkpoint_every == 0 or it == tc.iters:
+                if it % tc.checkpoint_every == 0 or it == end:
                     self.save()
         finally:
             bar.close()
             if writer:
                 writer.close()
-        if self.is_main:
+        if self.is_main and self.state.iteration == tc.iters:
             save_checkpoint(self.out_dir / FINAL_MODEL, self.model, iteration=self.state.iteration)
             plot_curves(log_path, self.state.history, self.out_dir / "curves.png")
             if tc.sparsity > 0:
@@ -500,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--out", default="runs/train", help="output folder")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pth")
+    parser.add_argument("--stop-at", type=int, default=None, metavar="ITER",
+                        help="end this run after iteration ITER with a checkpoint (continue later with --resume)")
     return parser
 
 
@@ -510,6 +515,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise TrainingError("--iters and --batch-size must be at least 1")
         if args.sparsity < 0:
             raise TrainingError("--sparsity must be >= 0")
+        if args.stop_at is not None and not 1 <= args.stop_at <= args.iters:
+            raise TrainingError(f"--stop-at must be from 1 to --iters ({args.iters}), got {args.stop_at}")
         tc = TrainConfig(
             iters=args.iters, batch_size=args.batch_size, lr=args.lr, warmup_iters=args.warmup_iters,
             lr_steps=tuple(float(s) for s in args.lr_steps.split(",") if s), seed=args.seed,
@@ -538,12 +545,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        trainer.run()
+        trainer.run(args.stop_at)
     except KeyboardInterrupt:
         print(f"\ninterrupted; the last complete checkpoint is {out_dir / TRAIN_STATE} (continue with --resume)")
         return 130
     if trainer.is_main:
-        print(f"done: {out_dir / FINAL_MODEL}")
+        if trainer.state.iteration < tc.iters:
+            print(f"stopped at iteration {trainer.state.iteration}: {out_dir / TRAIN_STATE} (continue with --resume)")
+        else:
+            print(f"done: {out_dir / FINAL_MODEL}")
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
