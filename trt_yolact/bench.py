@@ -57,23 +57,44 @@ class BenchRow:
 
 
 def reset_peak_rss() -> None:
-    """Linux: make VmHWM restart from the current RSS (writing 5 to clear_refs)."""
+    """Linux: hand freed heap pages back to the OS, then make VmHWM restart from the current RSS.
+
+    Without the trim, memory freed by an earlier configuration stays resident and a later one reuses it
+    without the resident set rising, which would flatter whichever model is measured later."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
 
 
-def peak_rss_bytes() -> int:
+def _proc_status_bytes(field_name: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field_name}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def peak_rss_bytes() -> int:
+    peak = _proc_status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def current_rss_bytes() -> int:
+    current = _proc_status_bytes("VmRSS")
+    return peak_rss_bytes() if current is None else current
 
 
 def synthetic_images(batch: int, size: tuple[int, int] = (480, 640), seed: int = 0) -> list[np.ndarray]:
@@ -117,10 +138,13 @@ class Measurement:
         self.total.append(t3 - start)
         self.stages.append((t1 - start, t2 - t1, t3 - t2))
 
-    def memory(self) -> tuple[int, str]:
+    def memory(self, rss_before: int, weight_bytes: int) -> tuple[int, str]:
+        """Peak memory of this configuration. On the CPU every configuration shares one process, so the
+        process peak would mostly measure the others: count this model's weights plus how far the resident
+        set rose above its level before the warm-up (activations, workspaces, allocator growth)."""
         if self.runner.device.type == "cuda":
             return int(torch.cuda.max_memory_allocated(self.runner.device)), "cuda max allocated"
-        return peak_rss_bytes(), "cpu peak rss"
+        return weight_bytes + max(0, peak_rss_bytes() - rss_before), "cpu weights + peak rss rise"
 
 
 def run_benchmark(
@@ -154,11 +178,13 @@ def run_benchmark(
                     m = Measurement(runner, source.config, synthetic_images(batch))
                     # Warm-up doubles as the peak-memory measurement of this configuration alone.
                     reset_peak_rss()
+                    rss_before = current_rss_bytes()
                     if runner.device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(runner.device)
                     for _ in range(warmup):
                         m.once()
-                    row.peak_memory_bytes, row.memory_kind = m.memory()
+                    weight_bytes = params * (2 if precision == "fp16" else 4)
+                    row.peak_memory_bytes, row.memory_kind = m.memory(rss_before, weight_bytes)
                     m.total.clear()
                     m.stages.clear()
                     measurements.append((row, m))
