@@ -18,8 +18,15 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
     --iters 4000 --seed 1 --out "$work/sparse"
 python -m trt_yolact.prune --weights "$work/sparse/model_final.pth" --ratio "$ratio" \
     --out "$work/pruned_raw.pth" --report "$work/prune_report.json"
-python -m trt_yolact.eval --weights "$work/pruned_raw.pth" "${test_set[@]}" --json "$work/pruned_raw_ap.json"
+python -m trt_yolact.eval --weights "$work/pruned_raw.pth" "${test_set[@]}" --json "$work/pruned_raw_ap.json"  # before fine-tuning
 "${train[@]}" --weights "$work/pruned_raw.pth" --lr 0.004 --warmup-iters 100 --iters 2000 --seed 2 --out "$work/finetune"
 cp "$work/finetune/model_final.pth" "$work/pruned.pth"
-python -m trt_yolact.fuse --weights "$work/pruned.pth" --out "$work/pruned_fused.pth"
-python benchmarks/paper_table.py --models "$work/dense.pth,$work/pruned.pth,$work/pruned_fused.pth" "${test_set[@]}"
+python benchmarks/ship_model.py "$work/pruned.pth" trt_yolact/weights/yolact_shapes_pruned.pth --input-size 320 \
+    --note "yolact_shapes_pruned: yolact_shapes -> sparsity -> prune -> fine-tune (benchmarks/slimming.sh), run at 320 px"
+python -m trt_yolact.fuse --weights yolact_shapes_pruned --out "$work/yolact_shapes_pruned_fused.pth"
+for set in shapes_test shapes_unseen; do
+    python -m trt_yolact.eval --weights yolact_shapes_pruned --ann "$data/$set/annotations/instances_val.json" \
+        --images "$data/$set/val" --json "$work/pruned_${set}_ap.json"
+done
+python benchmarks/paper_table.py --models "yolact_shapes,yolact_shapes_pruned,$work/yolact_shapes_pruned_fused.pth" \
+    "${test_set[@]}"

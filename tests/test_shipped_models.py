@@ -1,0 +1,63 @@
+"""The embedded demo models: small enough to ship, they load everywhere by name, and they really detect.
+
+The accuracy checks run on shapes images generated here with seeds no training run used, over both the
+standard and the unseen background families, so a broken model, loader or post-processing fails them.
+The full 500-image numbers are in the README; these small sets only guard against regressions.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trt_yolact.checkpoint import EMBEDDED_MODELS, embedded_model_path, load_model
+from trt_yolact.data.shapes import SHAPE_CLASSES, generate_dataset
+from trt_yolact.eval import evaluate
+from trt_yolact.predict import Predictor
+from trt_yolact.prune import count_params
+from trt_yolact.runners import TorchRunner
+
+MAX_SHIPPED_BYTES = 8 * 2**20
+# Lower bounds on 40 images (small sets are noisy: these sit well under the 500-image numbers).
+MIN_AP = {
+    ("yolact_shapes", "standard"): (0.55, 0.55),
+    ("yolact_shapes", "unseen"): (0.40, 0.40),
+    ("yolact_shapes_pruned", "standard"): (0.55, 0.55),
+    ("yolact_shapes_pruned", "unseen"): (0.40, 0.40),
+}
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+@pytest.fixture(scope="module", params=["standard", "unseen"])
+def held_out(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(f"held_out_{request.param}")
+    paths = generate_dataset(root, 0, 40, 256, seed=2027, backgrounds=request.param)
+    return request.param, paths
+
+
+@pytest.mark.parametrize("name", EMBEDDED_MODELS)
+def test_shipped_model_is_small_and_loads_by_name(name):
+    path = embedded_model_path(name)
+    assert path.is_file(), f"{name} is not shipped"
+    assert path.stat().st_size <= MAX_SHIPPED_BYTES
+    model = load_model(name)
+    assert model.config.class_names == SHAPE_CLASSES and model.config.max_size <= 320
+    assert all(p.dtype == torch.float32 for p in model.parameters()), "fp16 storage loads as fp32"
+
+
+def test_pruned_model_is_the_dense_one_slimmed():
+    dense, pruned = load_model("yolact_shapes"), load_model("yolact_shapes_pruned")
+    assert dense.state_dict().keys() == pruned.state_dict().keys(), "same architecture, narrower layers"
+    assert count_params(pruned) < 0.5 * count_params(dense)
+    assert embedded_model_path("yolact_shapes_pruned").stat().st_size <= 0.4 * embedded_model_path("yolact_shapes").stat().st_size
+
+
+@pytest.mark.parametrize("name", EMBEDDED_MODELS)
+def test_shipped_model_detects_held_out_shapes(name, held_out):
+    backgrounds, paths = held_out
+    model = load_model(name)
+    predictor = Predictor(TorchRunner(model, "cpu"), model.config)
+    result, _ = evaluate(predictor, paths["val_annotations"], paths["val_images"], batch_size=8, progress=False)
+    min_box, min_mask = MIN_AP[(name, backgrounds)]
+    assert result.bbox["AP"] >= min_box, (name, backgrounds, result.bbox)
+    assert result.segm["AP"] >= min_mask, (name, backgrounds, result.segm)
