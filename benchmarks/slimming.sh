@@ -2,7 +2,7 @@
 # The paper's pipeline on the demo model, after benchmarks/train_shapes.sh:
 # dense -> sparsity training (L1 on BN scales) -> prune (global |gamma| percentile) -> fine-tune -> fuse
 # -> the comparison table (benchmarks/results/paper_table.{json,md}).
-#   bash benchmarks/slimming.sh [WORKDIR] [RATIO] [LAMBDA]       (about 35 min on 2 CPU cores)
+#   bash benchmarks/slimming.sh [WORKDIR] [RATIO] [LAMBDA]       (about 45 min on 2 CPU cores)
 set -euo pipefail
 work=${1:-runs/shapes}
 ratio=${2:-0.8}
@@ -19,7 +19,8 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 python -m trt_yolact.prune --weights "$work/sparse/model_final.pth" --ratio "$ratio" \
     --out "$work/pruned_raw.pth" --report "$work/prune_report.json"
 python -m trt_yolact.eval --weights "$work/pruned_raw.pth" "${test_set[@]}" --json "$work/pruned_raw_ap.json"  # before fine-tuning
-"${train[@]}" --weights "$work/pruned_raw.pth" --lr 0.004 --warmup-iters 100 --iters 2000 --seed 2 --out "$work/finetune"
+"${train[@]}" --weights "$work/pruned_raw.pth" --lr 0.008 --warmup-iters 100 --iters 4000 --lr-steps 0.6,0.85 --seed 2 \
+    --out "$work/finetune"
 cp "$work/finetune/model_final.pth" "$work/pruned.pth"
 python benchmarks/ship_model.py "$work/pruned.pth" trt_yolact/weights/yolact_shapes_pruned.pth --input-size 320 \
     --note "yolact_shapes_pruned: yolact_shapes -> sparsity -> prune -> fine-tune (benchmarks/slimming.sh), run at 320 px"

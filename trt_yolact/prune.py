@@ -36,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -435,6 +436,9 @@ def gammas_by_stage(source: nn.Module | Mapping[str, torch.Tensor]) -> dict[int,
     return {stage: torch.cat(values) for stage, values in sorted(stages.items())}
 
 
+GAMMA_PLOT_FLOOR = 1e-6
+
+
 def plot_gamma_histograms(
     model_or_state_dicts: Sequence[nn.Module | Mapping[str, torch.Tensor]],
     labels: Sequence[str],
@@ -442,7 +446,8 @@ def plot_gamma_histograms(
     bins: int = 50,
 ) -> Path:
     """One panel per backbone stage, one histogram of |gamma| per source (e.g. before and after sparsity
-    training), on shared bins and a log count axis. Written atomically as a PNG."""
+    training), on shared log-spaced bins (sparsity training spreads |gamma| over decades: on a linear axis
+    the pruned and the kept channels would share one bar) and a log count axis. Written atomically."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state
 
     if len(model_or_state_dicts) != len(labels) or not labels:
@@ -450,17 +455,19 @@ def plot_gamma_histograms(
     per_source = [gammas_by_stage(source) for source in model_or_state_dicts]
     stages = sorted({stage for data in per_source for stage in data})
     top = max(float(values.max()) for data in per_source for values in data.values())
-    edges = torch.linspace(0.0, max(top, 1e-8), bins + 1).numpy()
+    floor = GAMMA_PLOT_FLOOR
+    edges = np.geomspace(floor, max(top, 10 * floor), bins + 1)
     figure = Figure(figsize=(3.6 * len(stages), 3.2), layout="constrained")
     axes = figure.subplots(1, len(stages), squeeze=False)[0]
     for ax, stage in zip(axes, stages):
         for label, data in zip(labels, per_source):
             if stage in data:
-                values = data[stage].numpy()
+                values = np.clip(data[stage].numpy(), floor, edges[-1])
                 ax.hist(values, bins=edges, histtype="step", linewidth=1.4, label=f"{label} ({values.size})")
+        ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(f"stage {stage}")
-        ax.set_xlabel("|gamma|")
+        ax.set_xlabel(f"|gamma| (below {floor:g} drawn at {floor:g})")
     axes[0].set_ylabel("channels")
     axes[0].legend(fontsize="small")
     buffer = io.BytesIO()
