@@ -24,7 +24,7 @@ python -m trt_yolact.eval --weights "$work/pruned_raw.pth" "${test_set[@]}" --js
 cp "$work/finetune/model_final.pth" "$work/pruned.pth"
 python benchmarks/ship_model.py "$work/pruned.pth" trt_yolact/weights/yolact_shapes_pruned.pth --input-size 320 \
     --note "yolact_shapes_pruned: yolact_shapes -> sparsity -> prune -> fine-tune (benchmarks/slimming.sh), run at 320 px"
-python -m trt_yolact.fuse --weights yolact_shapes_pruned --out "$work/yolact_shapes_pruned_fused.pth"
+python -m trt_yolact.fuse --weights yolact_shapes_pruned --half --out "$work/yolact_shapes_pruned_fused.pth"
 for set in shapes_test shapes_unseen; do
     python -m trt_yolact.eval --weights yolact_shapes_pruned --ann "$data/$set/annotations/instances_val.json" \
         --images "$data/$set/val" --json "$work/pruned_${set}_ap.json"

@@ -103,6 +103,13 @@ def test_fuse_cli_writes_a_loadable_checkpoint_and_refuses_bad_input(reference_d
     assert checkpoint.extra["fused"] is True
     model = load_fused_state(get_config(FIXTURE_CONFIG), checkpoint.state_dict)
     assert_fully_fused(model)
+    half = tmp_path / "half.pth"
+    assert main(["--weights", str(reference_dir / "yolact_fixture.pth"), "--config", str(FIXTURE_CONFIG),
+                 "--out", str(half), "--check-size", "0", "--half"]) == 0
+    stored = torch.load(half, map_location="cpu", weights_only=True)["model"]
+    assert all(v.dtype == torch.float16 for v in stored.values() if v.is_floating_point())
+    assert half.stat().st_size < 0.6 * out.stat().st_size
+    capsys.readouterr()
 
     again = tmp_path / "again.pth"
     assert main(["--weights", str(out), "--out", str(again)]) == 2

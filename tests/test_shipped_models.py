@@ -17,12 +17,13 @@ from trt_yolact.prune import count_params
 from trt_yolact.runners import TorchRunner
 
 MAX_SHIPPED_BYTES = 8 * 2**20
-# Lower bounds on 40 images (small sets are noisy: these sit well under the 500-image numbers).
+# (box, mask) AP lower bounds on these 40-image sets, about 4-7 points under what the shipped models score
+# on them (dense 66.8/64.6 standard, 58.7/55.1 unseen; pruned 63.5/61.9 and 56.7/54.5).
 MIN_AP = {
-    ("yolact_shapes", "standard"): (0.55, 0.55),
-    ("yolact_shapes", "unseen"): (0.40, 0.40),
-    ("yolact_shapes_pruned", "standard"): (0.55, 0.55),
-    ("yolact_shapes_pruned", "unseen"): (0.40, 0.40),
+    ("yolact_shapes", "standard"): (0.60, 0.58),
+    ("yolact_shapes", "unseen"): (0.52, 0.50),
+    ("yolact_shapes_pruned", "standard"): (0.58, 0.56),
+    ("yolact_shapes_pruned", "unseen"): (0.50, 0.48),
 }
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", required=True, help="checkpoint file or embedded model name (yolact_shapes)")
     parser.add_argument("--config", default=None, help="official config name or .yaml/.json file (default: stored)")
     parser.add_argument("--out", required=True, help="fused checkpoint to write")
+    parser.add_argument("--half", action="store_true", help="store tensors as fp16 (half the file; loads as fp32)")
     parser.add_argument(
         "--check-size", type=int, default=None,
         help="compare raw outputs before/after on a random image of this size (default: the config's; 0 = skip)",
@@ -165,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         size = config.max_size if args.check_size is None else args.check_size
         difference = max_output_difference(model, fused, size) if size > 0 else None
         extras = {k: checkpoint.extra[k] for k in CARRIED_EXTRAS if k in checkpoint.extra}
-        written = save_checkpoint(args.out, fused, fused=True, **extras)
+        written = save_checkpoint(args.out, fused, half=args.half, fused=True, **extras)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
