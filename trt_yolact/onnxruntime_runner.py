@@ -92,7 +92,7 @@ class OnnxRuntimeRunner(Runner):
         if threads is not None:
             options.intra_op_num_threads = int(threads)
         # ORT's idle worker threads spin by default; pre- and post-processing run in torch on the same
-        # cores right after each inference and would be slowed by them (measured: post-processing 2.4x).
+        # cores right after each inference and would be slowed by them (measured: post-processing ~2x).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
