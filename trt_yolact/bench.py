@@ -143,7 +143,11 @@ class Measurement:
         process peak would mostly measure the others: count this model's weights plus how far the resident
         set rose above its level before the warm-up (activations, workspaces, allocator growth)."""
         if self.runner.device.type == "cuda":
-            return int(torch.cuda.max_memory_allocated(self.runner.device)), "cuda max allocated"
+            peak = int(torch.cuda.max_memory_allocated(self.runner.device))
+            engine_bytes = getattr(self.runner, "device_memory_bytes", None)  # TensorRT: outside torch's allocator
+            if engine_bytes is not None:
+                return peak + int(engine_bytes), "cuda max allocated + TensorRT engine and activations"
+            return peak, "cuda max allocated"
         return weight_bytes + max(0, peak_rss_bytes() - rss_before), "cpu weights + peak rss rise"
 
 

@@ -120,6 +120,9 @@ class TensorRTRunner(Runner):
                 f"ONNX export: {rebuild_command(self.engine_path)}"
             )
 
+        # What the engine holds on the GPU outside torch's allocator: its weights (about the plan's size) and
+        # the activation memory its context allocated; `bench` adds this to torch's CUDA peak.
+        self.device_memory_bytes = int(self._engine.device_memory_size_v2) + self.engine_path.stat().st_size
         min_shape, _opt_shape, max_shape = (tuple(d) for d in self._engine.get_tensor_profile_shape(INPUT_NAME, 0))
         self.min_batch, self.max_batch = int(min_shape[0]), int(max_shape[0])
         self._input_size = int(max_shape[2])
