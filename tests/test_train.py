@@ -121,6 +121,9 @@ def _ddp_worker(rank, world, port, paths, out_dir, result_file):
     grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
     if rank == 0:
         torch.save(grads, result_file)
+    # Both ranks leave together: a rank tearing gloo down while its peer is still connected can abort
+    # ("terminate called without an active exception").
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
@@ -129,6 +132,8 @@ def test_ddp_gradients_equal_the_single_process_average(shapes_data, tmp_path):
     mp.spawn(_ddp_worker, args=(2, _free_port(), shapes_data, tmp_path / "ddp", result_file), nprocs=2, join=True)
     ddp_grads = torch.load(result_file, weights_only=True)
     # The same two shards, each in its own single-process step: DDP must equal the mean of their gradients.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workers: the same reduction order inside each kernel
     per_shard = []
     for rank in range(2):
         trainer = make_trainer(shapes_data, tmp_path / f"single{rank}", 1, ValTransform(128))
@@ -139,6 +144,7 @@ def test_ddp_gradients_equal_the_single_process_average(shapes_data, tmp_path):
         trainer.step(shard)
         per_shard.append({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
     assert set(ddp_grads) == set(per_shard[0])
+    torch.set_num_threads(threads)
     for name, grad in ddp_grads.items():
         torch.testing.assert_close(grad, (per_shard[0][name] + per_shard[1][name]) / 2, rtol=1e-4, atol=1e-6)
 

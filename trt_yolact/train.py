@@ -555,6 +555,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"done: {out_dir / FINAL_MODEL}")
     if dist.is_initialized():
+        # Rank 0 still writes the final model and plots; ranks tearing gloo down alone can abort.
+        dist.barrier()
         dist.destroy_process_group()
     return 0
 
