@@ -20,7 +20,7 @@ import torch
 
 from trt_yolact.backends import ModelSource, make_runner
 from trt_yolact.bench import run_benchmark
-from trt_yolact.eval import evaluate, format_table
+from trt_yolact.eval import evaluate, format_markdown_table, format_table
 from trt_yolact.files import atomic_write_text
 from trt_yolact.predict import Predictor
 
@@ -85,8 +85,7 @@ def main() -> int:
             f"{100 * r['box_ap']:.2f} ({r['box_ap_change']:+.2f})", f"{100 * r['mask_ap']:.2f} ({r['mask_ap_change']:+.2f})",
         ])  # fmt: skip
     print(format_table(body, header))
-    markdown = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(c) + " |" for c in body]
-    atomic_write_text(args.md, "\n".join(markdown) + "\n")
+    atomic_write_text(args.md, format_markdown_table(body, header) + "\n")
     info = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "ann": args.ann, "rows": rows}  # fmt: skip
     atomic_write_text(args.json, json.dumps(info, indent=2))

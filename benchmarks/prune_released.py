@@ -27,7 +27,7 @@ from gpu_check import random_model
 from trt_yolact.bench import synthetic_images
 from trt_yolact.checkpoint import load_model, save_checkpoint
 from trt_yolact.config import get_config
-from trt_yolact.eval import format_table
+from trt_yolact.eval import format_markdown_table, format_table
 from trt_yolact.export import export_onnx
 from trt_yolact.files import atomic_write_text
 from trt_yolact.fuse import fuse_model
@@ -116,8 +116,7 @@ def main() -> int:
             f"{ms['pruned+fused']:.0f}", f"{r['fusion_speedup_dense']:.2f}", f"{r['pruned_fused_speedup_vs_dense']:.2f}",
         ])  # fmt: skip
     print(format_table(body, header))
-    markdown = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(c) + " |" for c in body]
-    atomic_write_text(args.md, "\n".join(markdown) + "\n")
+    atomic_write_text(args.md, format_markdown_table(body, header) + "\n")
     info = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "weights": "random, released layout", "rows": records}  # fmt: skip
     atomic_write_text(args.json, json.dumps(info, indent=2))

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from .backends import BACKENDS, BackendUnavailable, ModelSource, make_runner
-from .eval import format_table
+from .eval import format_markdown_table, format_table
+from .errors import first_line
 from .files import atomic_write_bytes, atomic_write_text
 from .postprocess import postprocess
 from .preprocess import preprocess
@@ -242,9 +243,7 @@ def table_rows(rows: list[BenchRow]) -> tuple[list[str], list[list[str]]]:
 
 def markdown_table(rows: list[BenchRow]) -> str:
     header, body = table_rows(rows)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    return "\n".join(lines)
+    return format_markdown_table(body, header)
 
 
 def plot_rows(rows: list[BenchRow], out_png: str | Path) -> None:
@@ -310,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows, skipped = run_benchmark(sources, backends, args.precision.split(","), batches, args.iters,
                                           args.warmup, args.device, args.cache)  # fmt: skip
     except (CheckpointError, ConfigError, ValueError, OSError) as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
     header, body = table_rows(rows)
     print(format_table(body, header))

@@ -26,6 +26,7 @@ import torch
 from .boxes import pairwise_iou
 from .checkpoint import EMBEDDED_MODELS, CheckpointError, build_model, choose_config, embedded_model_path, read_checkpoint
 from .config import ConfigError
+from .errors import first_line
 from .eval import format_table
 from .files import atomic_write_text
 from .postprocess import Detections, PostprocessConfig, postprocess, select_detections
@@ -290,8 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: build interrupted; finished artifacts are complete, none is half-written", file=sys.stderr)
         return 130
     except (CheckpointError, ConfigError, ExportError, RunnerError, EngineBuildError, PrecisionError, OSError, ValueError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
     for report in reports:
         print(f"\n{report.model}  ({report.config}, {report.params / 1e6:.2f} M params, "

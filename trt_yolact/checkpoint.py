@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .config import ConfigError, YolactConfig, get_config, infer_config_name
+from .errors import first_line
 from .files import atomic_write_bytes
 from .model import Yolact
 
@@ -60,8 +61,7 @@ def read_checkpoint(weights: str | os.PathLike | None) -> Checkpoint:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - one line for any unreadable file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {reason[:200]}") from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {first_line(exc, 200)}") from None
     config = None
     extra: dict[str, Any] = {}
     if isinstance(data, Mapping) and "model" in data and isinstance(data["model"], Mapping):

@@ -19,6 +19,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
+from .errors import first_line
 from .files import atomic_write_text
 from .images import read_image
 from .postprocess import PostprocessConfig
@@ -140,6 +141,12 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
     line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def format_markdown_table(rows: list[list[str]], header: list[str]) -> str:
+    """The same rows as a markdown table (README and results files)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in cells) + " |" for cells in rows])
 
 
 def metrics_table(result: EvalResult) -> str:
@@ -271,7 +278,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 for message in result.skipped_images:
                     print(f"skipped image: {message}", file=sys.stderr)
     except (ValueError, RuntimeError, FileNotFoundError, OSError) as exc:
-        print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
     print(comparison_table(rows))
     for line in skipped:

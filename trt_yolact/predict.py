@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from .config import YolactConfig
+from .errors import first_line
 from .files import atomic_write_text
 from .images import expand_image_paths, read_image
 from .postprocess import Detections, PostprocessConfig, postprocess
@@ -123,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         runner, config = open_runner(args.weights, args.backend, args.precision, args.config, args.device, args.cache)
     except (ValueError, RuntimeError, OSError) as exc:
-        print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
     predictor = Predictor(runner, config, PostprocessConfig(score_threshold=args.score_threshold, max_detections=args.top_k))
     ids_by_name = None
