@@ -215,6 +215,11 @@ def _unseen_background(rng: np.random.Generator, height: int, width: int) -> np.
 BACKGROUND_SETS = {"standard": _background, "unseen": _unseen_background}
 
 
+def _check_backgrounds(backgrounds: str) -> None:
+    if backgrounds not in BACKGROUND_SETS:
+        raise ValueError(f"backgrounds (--backgrounds) must be one of {sorted(BACKGROUND_SETS)}, got {backgrounds!r}")
+
+
 def _add_clutter(rng: np.random.Generator, img: np.ndarray) -> None:
     """Thin lines and small blobs that are deliberately NOT annotated (hard negatives)."""
     height, width = img.shape[:2]
@@ -294,8 +299,7 @@ def render_sample(
     """
     if size < MIN_IMAGE_SIZE:
         raise ValueError(f"size (--size) must be >= {MIN_IMAGE_SIZE} px, got {size}; pass a larger size")
-    if backgrounds not in BACKGROUND_SETS:
-        raise ValueError(f"backgrounds (--backgrounds) must be one of {sorted(BACKGROUND_SETS)}, got {backgrounds!r}")
+    _check_backgrounds(backgrounds)
     low = int(math.ceil(0.75 * size))
     height, width = int(rng.integers(low, size + 1)), int(rng.integers(low, size + 1))
     # Re-render (same rng stream, so still deterministic) in the rare case nothing survives occlusion.
@@ -339,8 +343,7 @@ def _mask_bbox(mask: np.ndarray) -> list[float]:
 
 
 def _check_args(out_dir: Path, n_train: int, n_val: int, size: int, seed: int, backgrounds: str) -> None:
-    if backgrounds not in BACKGROUND_SETS:
-        raise ValueError(f"backgrounds (--backgrounds) must be one of {sorted(BACKGROUND_SETS)}, got {backgrounds!r}")
+    _check_backgrounds(backgrounds)
     for name, value in (("n_train (--train)", n_train), ("n_val (--val)", n_val)):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}; pass a non-negative image count")
