@@ -1,6 +1,8 @@
 """Our model against outputs of the original YOLACT implementation (../shared/reference)."""
 from __future__ import annotations
 
+import copy
+
 import cv2
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import torch
 from conftest import load_expected
 from trt_yolact.postprocess import postprocess
 from trt_yolact.preprocess import preprocess
+from trt_yolact.runners import TorchRunner
 
 IMAGES = ["chelsea", "shapes"]
 
@@ -52,6 +55,24 @@ def test_detections_match_original(reference_dir, fixture_model, name):
     masks = detections.masks.numpy()
     assert masks.shape == expected["masks_full"].shape
     assert mask_ious(masks, expected["masks_full"]).min() >= 0.99
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_cpu_torch_runner_in_nhwc_matches_original(reference_dir, fixture_model, name):
+    """The torch runner runs channels-last on the CPU by default (faster oneDNN kernels); it must still
+    reproduce the original's raw outputs and detections."""
+    expected = load_expected(reference_dir, name)
+    runner = TorchRunner(copy.deepcopy(fixture_model), "cpu")
+    assert runner.channels_last
+    assert runner.model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    raw = runner(torch.from_numpy(expected["input"]))
+    for field in ("loc", "conf", "coeffs", "proto", "priors"):
+        np.testing.assert_allclose(getattr(raw, field).numpy(), expected[field], atol=1e-4, rtol=0, err_msg=field)
+    image = cv2.imread(str(reference_dir / f"{name}.png"))
+    detections = postprocess(raw, [image.shape[:2]])[0]
+    assert detections.classes.tolist() == expected["classes"].tolist()
+    np.testing.assert_allclose(detections.scores.numpy(), expected["scores"], atol=1e-4, rtol=0)
+    assert mask_ious(detections.masks.numpy(), expected["masks_full"]).min() >= 0.99
 
 
 def test_detections_of_both_images_in_one_batch(reference_dir, fixture_model):

@@ -65,6 +65,18 @@ def test_overfitting_eight_images_reaches_high_map(shapes_data, tmp_path):
     assert (tmp_path / "model_final.pth").is_file() and (tmp_path / "curves.png").is_file()
 
 
+def test_validation_leaves_the_training_layout_alone(shapes_data, tmp_path):
+    """The CPU torch runner converts its model to NHWC in place; the trainer's validation must not."""
+    trainer = make_trainer(shapes_data, tmp_path, 1, ValTransform(128))
+    trainer.val_set = CocoDetection(shapes_data["val_annotations"], shapes_data["val_images"], ValTransform(128))
+    metrics = trainer.validate()
+    assert set(metrics) == {"iteration", "box_ap", "mask_ap"}
+    assert trainer.model.training
+    conv_weights = [p for p in trainer.model.parameters() if p.dim() == 4]
+    assert conv_weights and all(p.is_contiguous() for p in conv_weights)
+    assert not TorchRunner(initial_model(TINY, None)[0], "cpu", channels_last=False).channels_last
+
+
 def test_resume_continues_exactly(shapes_data, tmp_path):
     torch.set_num_threads(1)
     straight = make_trainer(shapes_data, tmp_path / "a", 6, TrainTransform(128))

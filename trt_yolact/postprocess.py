@@ -251,8 +251,11 @@ def _upsample_group(
     are skipped. ``boxes``: relative boxes used for the crop, or None when masks were not cropped.
     """
     proto_h, proto_w = masks.shape[-2:]
+    # Both taps of every output row / column, with their weights: [2, size] each.
     rows0, rows1, row_w0, row_w1 = _bilinear_axis(proto_h, height, masks.device)
     cols0, cols1, col_w0, col_w1 = _bilinear_axis(proto_w, width, masks.device)
+    row_taps, row_weights = torch.stack((rows0, rows1)), torch.stack((row_w0, row_w1))[..., None]
+    col_taps, col_weights = torch.stack((cols0, cols1)), torch.stack((col_w0, col_w1))
     out = {b: torch.zeros((counts[b], height, width), dtype=torch.bool, device=masks.device) for b in members}
     for b in members:
         n = counts[b]
@@ -275,14 +278,11 @@ def _upsample_group(
         for d, (ya, yb, xa, xb) in enumerate(windows):
             if ya >= yb or xa >= xb:
                 continue
-            low = masks[b, d]
-            c0, c1 = cols0[xa:xb], cols1[xa:xb]
-            w0, w1 = col_w0[xa:xb], col_w1[xa:xb]
-            top = low[rows0[ya:yb]]
-            bottom = low[rows1[ya:yb]]
-            top = top[:, c0] * w0 + top[:, c1] * w1
-            bottom = bottom[:, c0] * w0 + bottom[:, c1] * w1
-            value = top * row_w0[ya:yb, None] + bottom * row_w1[ya:yb, None]
+            # Few, whole-window ops per mask (per-op overhead dominated): gather both row taps, then both
+            # column taps, [2, h, 2, w]; then the same products and two-term sums as F.interpolate.
+            taps = masks[b, d][row_taps[:, ya:yb]][..., col_taps[:, xa:xb]]
+            horizontal = (taps * col_weights[:, xa:xb]).sum(dim=2)  # [2 (top, bottom), h, w]
+            value = (horizontal * row_weights[:, ya:yb]).sum(dim=0)
             out[b][d, ya:yb, xa:xb] = value > 0.5
     return out
 

@@ -364,7 +364,8 @@ class Trainer:
 
         self.model.eval()
         with torch.no_grad():
-            predictor = Predictor(TorchRunner(self.model, self.device), self.config)
+            # NCHW: the runner's in-place NHWC conversion would change the layout the model trains in.
+            predictor = Predictor(TorchRunner(self.model, self.device, channels_last=False), self.config)
             result, _ = evaluate(
                 predictor, self.val_set.ann_file, self.val_set.image_dir, batch_size=8,
                 max_images=self.tc.val_images, progress=False,
