@@ -1,5 +1,6 @@
 """GPU check: yolact_base at 550 on torch CUDA — dense vs pruned (ratio 0.6) vs pruned+fused, FP32 vs FP16,
-batch 1 and 8, CUDA graphs where they apply, batched GPU post-processing, peak CUDA memory.
+batch 1 and 8, eager in NCHW and in channels-last (NHWC) layout, CUDA graphs where they apply, batched GPU
+post-processing, peak CUDA memory.
 
     python benchmarks/gpu_check.py [--json gpu_check.json] [--iters 30]
     python benchmarks/gpu_check.py --device cpu --size 128 --iters 2 --batches 1   (smoke test without a GPU)
@@ -69,6 +70,13 @@ def measure(model: Yolact, batch: int, precision: str, device: torch.device, ite
         for _ in range(3):
             out = net(static_in)
         eager_ms = timed(lambda: net(static_in), iters, sync)
+        # The torch runner uses NHWC on the CPU (measured faster there); this row tells whether CUDA should too.
+        net = net.to(memory_format=torch.channels_last)
+        nhwc_in = static_in.contiguous(memory_format=torch.channels_last)
+        for _ in range(3):
+            net(nhwc_in)
+        nhwc_ms = timed(lambda: net(nhwc_in), iters, sync)
+        net = net.to(memory_format=torch.contiguous_format)
         graph_ms = None
         if device.type == "cuda":
             # CUDA graphs: the forward has static shapes and no host sync, so it captures whole.
@@ -90,7 +98,7 @@ def measure(model: Yolact, batch: int, precision: str, device: torch.device, ite
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     net.float().cpu()
     return {
-        "eager_ms": eager_ms, "graph_ms": graph_ms, "postprocess_ms": post_ms,
+        "eager_ms": eager_ms, "eager_nhwc_ms": nhwc_ms, "graph_ms": graph_ms, "postprocess_ms": post_ms,
         "fps_forward": 1000 * batch / (graph_ms or eager_ms),
         "fps_end_to_end": 1000 * batch / ((graph_ms or eager_ms) + post_ms),
         "peak_cuda_bytes": int(peak), "detections_per_image": sum(len(d) for d in dets) / batch,
@@ -123,7 +131,7 @@ def main() -> int:
                 result = measure(model, batch, precision, device, args.iters, args.size)
                 record = {"model": name, "precision": precision, "batch": batch, "params": params, "macs": macs, **result}
                 records.append(record)
-                rows.append([name, precision, batch, f"{result['eager_ms']:.2f}",
+                rows.append([name, precision, batch, f"{result['eager_ms']:.2f}", f"{result['eager_nhwc_ms']:.2f}",
                              "-" if result["graph_ms"] is None else f"{result['graph_ms']:.2f}",
                              f"{result['postprocess_ms']:.2f}", f"{result['fps_forward']:.1f}",
                              f"{result['fps_end_to_end']:.1f}", f"{result['peak_cuda_bytes'] / 2**20:.0f}",
@@ -134,7 +142,7 @@ def main() -> int:
         b = base[(r["precision"], r["batch"])]
         r["speed_change_pct"] = 100 * (r["fps_end_to_end"] / b["fps_end_to_end"] - 1)
         r["memory_change_pct"] = 100 * (r["peak_cuda_bytes"] / b["peak_cuda_bytes"] - 1) if b["peak_cuda_bytes"] else None
-    header = ["model", "prec", "batch", "eager ms", "graph ms", "post ms", "FPS fwd", "FPS e2e", "peak MiB", "params M", "GMACs"]
+    header = ["model", "prec", "batch", "eager ms", "NHWC ms", "graph ms", "post ms", "FPS fwd", "FPS e2e", "peak MiB", "params M", "GMACs"]
     print(format_table(rows, header))
     info = {
         "date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -25,9 +25,12 @@ cp "$work/finetune/model_final.pth" "$work/pruned.pth"
 python benchmarks/ship_model.py "$work/pruned.pth" trt_yolact/weights/yolact_shapes_pruned.pth --input-size 320 \
     --note "yolact_shapes_pruned: yolact_shapes -> sparsity -> prune -> fine-tune (benchmarks/slimming.sh), run at 320 px"
 python -m trt_yolact.fuse --weights yolact_shapes_pruned --half --out "$work/yolact_shapes_pruned_fused.pth"
+# The dense model fused too: a reference row that separates what fusion gains from what pruning gains.
+python -m trt_yolact.fuse --weights yolact_shapes --half --out "$work/yolact_shapes_fused.pth"
 for set in shapes_test shapes_unseen; do
     python -m trt_yolact.eval --weights yolact_shapes_pruned --ann "$data/$set/annotations/instances_val.json" \
         --images "$data/$set/val" --json "$work/pruned_${set}_ap.json"
 done
-python benchmarks/paper_table.py --models "yolact_shapes,yolact_shapes_pruned,$work/yolact_shapes_pruned_fused.pth" \
+python benchmarks/paper_table.py \
+    --models "yolact_shapes,$work/yolact_shapes_fused.pth,yolact_shapes_pruned,$work/yolact_shapes_pruned_fused.pth" \
     "${test_set[@]}"

@@ -124,3 +124,30 @@ def test_bench_json_has_the_fields(reference_dir, tmp_path):
     if not torch.cuda.is_available():
         assert any("tensorrt" in line for line in report["skipped"])
     assert (tmp_path / "b.md").read_text().startswith("| model")
+
+
+def test_block_profile_splits_time_and_macs_by_block(tmp_path):
+    """benchmarks/block_profile.py: every block of both models, MACs adding up to the model's total."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from trt_yolact.backends import ModelSource
+    from trt_yolact.prune import count_conv_macs
+
+    out = tmp_path / "blocks.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "block_profile.py"
+    subprocess.run([sys.executable, str(script), "--models", "yolact_shapes,yolact_shapes_pruned", "--batch", "1",
+                    "--iters", "1", "--json", str(out), "--md", str(tmp_path / "b.md"), "--plot", str(tmp_path / "b.png")],
+                   check=True, capture_output=True)  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["model"] for r in rows] == ["yolact_shapes", "yolact_shapes_pruned"]
+    blocks = {"stem", "stage 1", "stage 2", "stage 3", "stage 4", "fpn", "protonet", "head", "other", "total"}
+    for row in rows:
+        assert set(row["ms_per_image"]) == blocks
+        assert sum(row["conv_macs"].values()) == count_conv_macs(ModelSource.load(row["model"]).model())
+    dense, pruned = (r["conv_macs"] for r in rows)
+    # Pruning shrinks the backbone stages only.
+    assert all(pruned[b] == dense[b] for b in ("stem", "fpn", "protonet", "head"))
+    assert all(pruned[f"stage {i}"] < dense[f"stage {i}"] for i in range(1, 5))
+    assert (tmp_path / "b.png").stat().st_size > 0

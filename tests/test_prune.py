@@ -14,6 +14,8 @@ from trt_yolact.fuse import fuse_model, is_fused_state_dict, load_fused_state
 from trt_yolact.model import Yolact
 from trt_yolact.prune import (
     PruneError,
+    conv_macs_by_module,
+    count_conv_macs,
     gammas_by_stage,
     main,
     plot_gamma_histograms,
@@ -264,6 +266,19 @@ def test_pruned_checkpoint_round_trips_through_load_model(tmp_path):
     assert {layer.bn: module(loaded, layer.bn).num_features for layer in prunable_layers(loaded)} == widths
     assert max_difference(pruned, loaded, images()) == 0.0
     assert path.stat().st_size == report.bytes_after
+
+
+def test_conv_macs_by_module_counts_each_layer_and_every_call_of_the_shared_head():
+    model = tiny_model(TINY_RESNET)
+    macs = conv_macs_by_module(model)
+    assert sum(macs.values()) == count_conv_macs(model)
+    # Stem: 7x7, 3 -> 16 channels, stride 2 on 64x64 -> 32x32 outputs.
+    assert macs["backbone.conv1"] == 32 * 32 * 16 * 3 * 7 * 7
+    # The one prediction head runs on every pyramid level (64 px: 8x8, 4x4, 2x2, 1x1, 1x1); its 3x3
+    # upfeature conv (16 -> 16 channels) counts each call.
+    upfeature = next(name for name in macs if name.startswith("prediction_layers.0.upfeature"))
+    assert macs[upfeature] == (8 * 8 + 4 * 4 + 2 * 2 + 1 + 1) * 16 * 16 * 9
+    assert "semantic_seg_conv" not in macs  # a training-only branch
 
 
 def official_random_state(reference_dir, name: str) -> dict[str, torch.Tensor]:

@@ -171,27 +171,32 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_conv_macs(model: Yolact, input_size: int | tuple[int, int] | None = None) -> int:
-    """Multiply-accumulates of all Conv2d layers for one image (BN, activations, resizing not counted).
+def conv_macs_by_module(model: Yolact, input_size: int | tuple[int, int] | None = None) -> dict[str, int]:
+    """Multiply-accumulates of each Conv2d layer (by qualified name) for one image; a layer called several
+    times (the shared prediction head) counts every call.
 
     Runs a shape-only copy of the model on the meta device, so even a 550 px ResNet-101 costs no arithmetic.
     """
     height, width = _input_hw(model, input_size)
     with torch.device("meta"):
         shadow = Yolact(model.config, model.state_dict())
-    total = 0
+    macs: dict[str, int] = {}
 
-    def hook(conv: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
-        nonlocal total
+    def hook(name: str, conv: nn.Conv2d, output: torch.Tensor) -> None:
         kh, kw = conv.kernel_size
-        total += output[0].numel() * (conv.in_channels // conv.groups) * kh * kw
+        macs[name] = macs.get(name, 0) + output[0].numel() * (conv.in_channels // conv.groups) * kh * kw
 
-    for module in shadow.modules():
+    for name, module in shadow.named_modules():
         if isinstance(module, nn.Conv2d):
-            module.register_forward_hook(hook)
+            module.register_forward_hook(lambda conv, _inputs, output, name=name: hook(name, conv, output))
     with torch.no_grad():
         shadow.eval()(torch.empty(1, 3, height, width, device="meta"))
-    return total
+    return macs
+
+
+def count_conv_macs(model: Yolact, input_size: int | tuple[int, int] | None = None) -> int:
+    """Multiply-accumulates of all Conv2d layers for one image (BN, activations, resizing not counted)."""
+    return sum(conv_macs_by_module(model, input_size).values())
 
 
 def _input_hw(model: Yolact, input_size: int | tuple[int, int] | None) -> tuple[int, int]:

@@ -1,0 +1,167 @@
+"""Where a model's forward time and conv MACs go, block by block: stem, each backbone stage, FPN, protonet,
+prediction head and the rest. Pruning (bottleneck-internal channels) shrinks only the backbone stages, so this
+shows how far it can speed a model up.
+
+    python benchmarks/block_profile.py --models yolact_shapes,yolact_shapes_pruned [--batch 8] [--iters 10] \\
+        [--no-fuse] [--json benchmarks/results/block_profile.json] [--md benchmarks/results/block_profile.md] \\
+        [--plot benchmarks/results/block_profile.png]
+
+Times: eager torch in the torch runner's own layout (channels-last on the CPU), batch norms folded first
+(as every deployed form has them) unless ``--no-fuse``, forward hooks around each block, median over
+iterations after a warm-up; "other" is the rest of the forward (softmax, concatenations, priors). MACs: Conv2d
+multiply-accumulates per image at the model's input size. Models are measured round-robin.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from trt_yolact.backends import ModelSource
+from trt_yolact.eval import format_markdown_table, format_table
+from trt_yolact.files import atomic_write_bytes, atomic_write_text
+from trt_yolact.fuse import fuse_model, is_fused_state_dict
+from trt_yolact.model import Yolact
+from trt_yolact.prune import conv_macs_by_module
+from trt_yolact.runners import TorchRunner
+
+OTHER = "other"
+
+
+def block_of(name: str) -> str:
+    """The block a module's qualified name belongs to."""
+    parts = name.split(".")
+    if parts[0] == "backbone":
+        return f"stage {int(parts[2]) + 1}" if len(parts) > 2 and parts[1] == "layers" else "stem"
+    return {"fpn": "fpn", "proto_net": "protonet", "prediction_layers": "head"}.get(parts[0], OTHER)
+
+
+def timed_modules(model: Yolact) -> dict[str, nn.Module]:
+    """The modules whose calls make up each block (hooked one level below the container that calls them)."""
+    modules = {}
+    for name, child in model.backbone.named_children():
+        if isinstance(child, nn.ModuleList):
+            modules.update({f"backbone.{name}.{i}": stage for i, stage in enumerate(child)})
+        else:
+            modules[f"backbone.{name}"] = child
+    modules["fpn"], modules["proto_net"] = model.fpn, model.proto_net
+    modules.update({f"prediction_layers.{i}": head for i, head in enumerate(model.prediction_layers)})
+    return modules
+
+
+class BlockTimer:
+    """Accumulates wall time per block over one forward pass through pre/post forward hooks."""
+
+    def __init__(self, model: Yolact):
+        self.times: dict[str, float] = defaultdict(float)
+        self._starts: dict[str, float] = {}
+        for name, module in timed_modules(model).items():
+            module.register_forward_pre_hook(lambda _m, _i, name=name: self._start(name))
+            module.register_forward_hook(lambda _m, _i, _o, name=name: self._stop(name))
+
+    def _start(self, name: str) -> None:
+        self._starts[name] = time.perf_counter()
+
+    def _stop(self, name: str) -> None:
+        self.times[block_of(name)] += time.perf_counter() - self._starts[name]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="yolact_shapes,yolact_shapes_pruned",
+                        help="comma-separated checkpoints or embedded names; the first is the reference")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--no-fuse", action="store_true", help="time the models with their batch norms")
+    parser.add_argument("--json", default="benchmarks/results/block_profile.json")
+    parser.add_argument("--md", default="benchmarks/results/block_profile.md")
+    parser.add_argument("--plot", default="benchmarks/results/block_profile.png")
+    args = parser.parse_args()
+    if args.batch < 1 or args.iters < 1:
+        parser.error("--batch and --iters must be at least 1")
+    sources = [ModelSource.load(weights) for weights in args.models.split(",")]
+    runs = []
+    for source in sources:
+        model = source.model()
+        if not args.no_fuse and not is_fused_state_dict(model.state_dict()):
+            model = fuse_model(model)
+        macs = defaultdict(int)
+        for name, count in conv_macs_by_module(model).items():
+            macs[block_of(name)] += count
+        runner = TorchRunner(model, "cpu")
+        images = torch.randn(args.batch, 3, source.config.max_size, source.config.max_size)
+        runs.append((source, runner, BlockTimer(runner.model), macs, defaultdict(list)))
+    with torch.inference_mode():
+        for _, runner, timer, _, samples in runs:
+            runner(images)  # warm-up
+        for _ in range(args.iters):
+            for _, runner, timer, _, samples in runs:
+                timer.times.clear()
+                start = time.perf_counter()
+                runner(images)
+                total = time.perf_counter() - start
+                for block, seconds in timer.times.items():
+                    samples[block].append(seconds)
+                samples[OTHER].append(total - sum(timer.times.values()))
+                samples["total"].append(total)
+
+    blocks = [b for b in runs[0][4] if b != "total"]
+    records, rows = [], []
+    reference = {b: statistics.median(runs[0][4][b]) for b in runs[0][4]}
+    for source, _, _, macs, samples in runs:
+        ms = {b: 1000 * statistics.median(samples[b]) / args.batch for b in samples}
+        record = {"model": source.name, "batch": args.batch, "input_size": source.config.max_size,
+                  "fused": not args.no_fuse, "ms_per_image": ms, "conv_macs": dict(macs)}  # fmt: skip
+        records.append(record)
+        for block in blocks + ["total"]:
+            block_macs = sum(macs.values()) if block == "total" else macs.get(block, 0)
+            speedup = reference[block] / statistics.median(samples[block]) if samples[block] else float("nan")
+            rows.append([source.name, block, f"{ms[block]:.2f}", f"{100 * ms[block] / ms['total']:.1f}%",
+                         f"{block_macs / 1e6:.1f}", f"{speedup:.2f}x"])  # fmt: skip
+    header = ["model", "block", "ms/img", "share", "MMACs", f"vs {sources[0].name}"]
+    print(format_table(rows, header))
+    atomic_write_text(args.md, format_markdown_table(rows, header) + "\n")
+    info = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "layout": "channels_last", "iters": args.iters, "rows": records}  # fmt: skip
+    atomic_write_text(args.json, json.dumps(info, indent=2))
+    if args.plot:
+        atomic_write_bytes(args.plot, stacked_bars(records, blocks))
+    print(f"-> {args.json}, {args.md}" + (f", {args.plot}" if args.plot else ""))
+    return 0
+
+
+def stacked_bars(records: list[dict], blocks: list[str]) -> bytes:
+    """One horizontal bar per model, split into its blocks' ms per image."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 1.6 + 0.6 * len(records)))
+    for row, record in enumerate(records):
+        left = 0.0
+        for index, block in enumerate(blocks):
+            width = record["ms_per_image"].get(block, 0.0)
+            ax.barh(row, width, left=left, color=plt.cm.tab10(index % 10), label=block if row == 0 else None)
+            left += width
+    ax.set_yticks(range(len(records)), [r["model"] for r in records])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"forward ms per image (batch {records[0]['batch']}, torch CPU)")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))  # outside: never over a bar
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
