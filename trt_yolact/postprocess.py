@@ -278,12 +278,13 @@ def _upsample_group(
         for d, (ya, yb, xa, xb) in enumerate(windows):
             if ya >= yb or xa >= xb:
                 continue
-            # Few, whole-window ops per mask (per-op overhead dominated): gather both row taps, then both
-            # column taps, [2, h, 2, w]; then the same products and two-term sums as F.interpolate.
-            taps = masks[b, d][row_taps[:, ya:yb]][..., col_taps[:, xa:xb]]
-            horizontal = (taps * col_weights[:, xa:xb]).sum(dim=2)  # [2 (top, bottom), h, w]
-            value = (horizontal * row_weights[:, ya:yb]).sum(dim=0)
-            out[b][d, ya:yb, xa:xb] = value > 0.5
+            # Few whole-window ops per mask (per-op overhead dominates): one gather of both row taps and one of
+            # both column taps -> [2h, 2w]; then the same products and two-term sums as F.interpolate.
+            h, w = yb - ya, xb - xa
+            taps = masks[b, d].index_select(0, row_taps[:, ya:yb].reshape(-1))
+            taps = taps.index_select(1, col_taps[:, xa:xb].reshape(-1)).view(2 * h, 2, w) * col_weights[:, xa:xb]
+            horizontal = (taps[:, 0] + taps[:, 1]).view(2, h, w) * row_weights[:, ya:yb]  # top, bottom rows
+            out[b][d, ya:yb, xa:xb] = (horizontal[0] + horizontal[1]) > 0.5
     return out
 
 
