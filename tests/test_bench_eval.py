@@ -126,6 +126,34 @@ def test_bench_json_has_the_fields(reference_dir, tmp_path):
     assert (tmp_path / "b.md").read_text().startswith("| model")
 
 
+def test_bench_settles_each_configuration_before_measuring_it(reference_dir, tmp_path, monkeypatch):
+    """Each round runs every configuration ``settle`` times unmeasured, then once measured, in turn."""
+    from trt_yolact import bench
+    from trt_yolact.backends import ModelSource
+
+    calls = []
+    original = bench.Measurement.once
+
+    def once(self, record=True):
+        calls.append((self.runner.backend, len(self.images), record))
+        original(self, record)
+
+    monkeypatch.setattr(bench.Measurement, "once", once)
+    source = ModelSource.load(str(reference_dir / "yolact_fixture.pth"), str(FIXTURE_CONFIG))
+    rows, _ = bench.run_benchmark([source], ["torch"], ["fp32"], [1, 2], iters=3, warmup=1, settle=2,
+                                  cache_dir=str(tmp_path))  # fmt: skip
+    assert [len(r.samples) for r in rows] == [3, 3]
+    timed = calls[2:]  # after one warm-up per configuration
+    one_round = [("torch", 1, False)] * 2 + [("torch", 1, True)] + [("torch", 2, False)] * 2 + [("torch", 2, True)]
+    assert timed == one_round * 3
+    assert main_exit_code(["--settle", "-1"], reference_dir) == 2
+
+
+def main_exit_code(extra: list[str], reference_dir) -> int:
+    return bench_main(["--weights", str(reference_dir / "yolact_fixture.pth"), "--config", str(FIXTURE_CONFIG),
+                       "--backends", "torch", *extra])  # fmt: skip
+
+
 def test_block_profile_splits_time_and_macs_by_block(tmp_path):
     """benchmarks/block_profile.py: every block of both models, MACs adding up to the model's total."""
     import subprocess

@@ -124,7 +124,7 @@ class Measurement:
         self.stages: list[tuple[float, float, float]] = []
         self.peak = 0
 
-    def once(self) -> None:
+    def once(self, record: bool = True) -> None:
         runner = self.runner
         start = time.perf_counter()
         inputs, sizes = preprocess(self.images, self.config, runner.device)
@@ -136,8 +136,9 @@ class Measurement:
         postprocess(raw, sizes)
         runner.synchronize()
         t3 = time.perf_counter()
-        self.total.append(t3 - start)
-        self.stages.append((t1 - start, t2 - t1, t3 - t2))
+        if record:
+            self.total.append(t3 - start)
+            self.stages.append((t1 - start, t2 - t1, t3 - t2))
 
     def memory(self, rss_before: int, weight_bytes: int) -> tuple[int, str]:
         """Peak memory of this configuration. On the CPU every configuration shares one process, so the
@@ -161,7 +162,13 @@ def run_benchmark(
     warmup: int = 3,
     device: str | None = None,
     cache_dir: str = "export/cache",
+    settle: int = 1,
 ) -> tuple[list[BenchRow], list[str]]:
+    """Measure every model x backend x precision x batch, interleaved: each round gives every configuration
+    ``settle`` unmeasured iterations, then one measured one. The settling iterations make each measurement
+    follow its own configuration, as in a deployed pipeline that runs one model: on a small machine, the first
+    iteration after another configuration pays several ms for thread pools and working sets to switch (seen
+    in pre-processing at batch 1: ~1 ms alone, 6-7 ms right after another configuration)."""
     from .prune import count_conv_macs, count_params
 
     rows: list[BenchRow] = []
@@ -193,11 +200,13 @@ def run_benchmark(
                     m.total.clear()
                     m.stages.clear()
                     measurements.append((row, m))
-    # Interleave: one iteration of every configuration per round.
+    # Interleave: every configuration once per round (after settling), so machine drift affects all alike.
     from tqdm import tqdm
 
     for _ in tqdm(range(iters), desc="bench", unit="round"):
         for _, m in measurements:
+            for _ in range(settle):
+                m.once(record=False)
             m.once()
     for row, m in measurements:
         totals = np.array(m.total) * 1000
@@ -283,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", default="1,8")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--settle", type=int, default=1,
+                        help="unmeasured iterations of a configuration before each measured one (0: none)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", default=None)
     parser.add_argument("--md", default=None, help="markdown table")
@@ -304,10 +315,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         batches = [int(b) for b in args.batch.split(",")]
         if args.iters < 1 or min(batches) < 1:
             raise ValueError("--iters and every --batch must be at least 1")
+        if args.settle < 0:
+            raise ValueError("--settle must be 0 or more")
         sources = [ModelSource.load(w, args.config) for w in args.weights.split(",") if w]
         with torch.inference_mode():
             rows, skipped = run_benchmark(sources, backends, args.precision.split(","), batches, args.iters,
-                                          args.warmup, args.device, args.cache)  # fmt: skip
+                                          args.warmup, args.device, args.cache, args.settle)  # fmt: skip
     except (CheckpointError, ConfigError, ValueError, OSError) as exc:
         print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2

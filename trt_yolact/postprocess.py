@@ -251,11 +251,11 @@ def _upsample_group(
     are skipped. ``boxes``: relative boxes used for the crop, or None when masks were not cropped.
     """
     proto_h, proto_w = masks.shape[-2:]
-    # Both taps of every output row / column, with their weights: [2, size] each.
     rows0, rows1, row_w0, row_w1 = _bilinear_axis(proto_h, height, masks.device)
     cols0, cols1, col_w0, col_w1 = _bilinear_axis(proto_w, width, masks.device)
-    row_taps, row_weights = torch.stack((rows0, rows1)), torch.stack((row_w0, row_w1))[..., None]
-    col_taps, col_weights = torch.stack((cols0, cols1)), torch.stack((col_w0, col_w1))
+    # Both taps of output pixel i sit at 2i and 2i+1, so any window's taps are one contiguous slice.
+    row_taps, row_weights = torch.stack((rows0, rows1), 1).reshape(-1), torch.stack((row_w0, row_w1), 1)[..., None]
+    col_taps, col_weights = torch.stack((cols0, cols1), 1).reshape(-1), torch.stack((col_w0, col_w1), 1).reshape(-1)
     out = {b: torch.zeros((counts[b], height, width), dtype=torch.bool, device=masks.device) for b in members}
     for b in members:
         n = counts[b]
@@ -281,10 +281,10 @@ def _upsample_group(
             # Few whole-window ops per mask (per-op overhead dominates): one gather of both row taps and one of
             # both column taps -> [2h, 2w]; then the same products and two-term sums as F.interpolate.
             h, w = yb - ya, xb - xa
-            taps = masks[b, d].index_select(0, row_taps[:, ya:yb].reshape(-1))
-            taps = taps.index_select(1, col_taps[:, xa:xb].reshape(-1)).view(2 * h, 2, w) * col_weights[:, xa:xb]
-            horizontal = (taps[:, 0] + taps[:, 1]).view(2, h, w) * row_weights[:, ya:yb]  # top, bottom rows
-            out[b][d, ya:yb, xa:xb] = (horizontal[0] + horizontal[1]) > 0.5
+            taps = masks[b, d].index_select(0, row_taps[2 * ya : 2 * yb]).index_select(1, col_taps[2 * xa : 2 * xb])
+            taps = (taps * col_weights[2 * xa : 2 * xb]).view(2 * h, w, 2)
+            horizontal = (taps[..., 0] + taps[..., 1]).view(h, 2, w) * row_weights[ya:yb]  # [h, top/bottom, w]
+            torch.gt(horizontal[:, 0] + horizontal[:, 1], 0.5, out=out[b][d, ya:yb, xa:xb])
     return out
 
 
