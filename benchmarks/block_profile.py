@@ -8,7 +8,8 @@ shows how far it can speed a model up.
 
 Times: eager torch in the torch runner's own layout (channels-last on the CPU), batch norms folded first
 (as every deployed form has them) unless ``--no-fuse``, forward hooks around each block, median over
-iterations after a warm-up; "other" is the rest of the forward (softmax, concatenations, priors). MACs: Conv2d
+iterations after a warm-up; "other" is the rest of the runner call (softmax, concatenations, priors, the
+input's conversion to the runner's layout). MACs: Conv2d
 multiply-accumulates per image at the model's input size. Models are measured round-robin.
 """
 from __future__ import annotations
@@ -96,12 +97,12 @@ def main() -> int:
             macs[block_of(name)] += count
         runner = TorchRunner(model, "cpu")
         images = torch.randn(args.batch, 3, source.config.max_size, source.config.max_size)
-        runs.append((source, runner, BlockTimer(runner.model), macs, defaultdict(list)))
+        runs.append((source, runner, BlockTimer(runner.model), macs, defaultdict(list), images))
     with torch.inference_mode():
-        for _, runner, timer, _, samples in runs:
+        for _, runner, _, _, _, images in runs:
             runner(images)  # warm-up
         for _ in range(args.iters):
-            for _, runner, timer, _, samples in runs:
+            for _, runner, timer, _, samples, images in runs:
                 timer.times.clear()
                 start = time.perf_counter()
                 runner(images)
@@ -114,7 +115,7 @@ def main() -> int:
     blocks = [b for b in runs[0][4] if b != "total"]
     records, rows = [], []
     reference = {b: statistics.median(runs[0][4][b]) for b in runs[0][4]}
-    for source, _, _, macs, samples in runs:
+    for source, _, _, macs, samples, _ in runs:
         ms = {b: 1000 * statistics.median(samples[b]) / args.batch for b in samples}
         record = {"model": source.name, "batch": args.batch, "input_size": source.config.max_size,
                   "fused": not args.no_fuse, "ms_per_image": ms, "conv_macs": dict(macs)}  # fmt: skip

@@ -70,13 +70,16 @@ def measure(model: Yolact, batch: int, precision: str, device: torch.device, ite
         for _ in range(3):
             out = net(static_in)
         eager_ms = timed(lambda: net(static_in), iters, sync)
-        # The torch runner uses NHWC on the CPU (measured faster there); this row tells whether CUDA should too.
-        net = net.to(memory_format=torch.channels_last)
-        nhwc_in = static_in.contiguous(memory_format=torch.channels_last)
+    # The torch runner uses NHWC on the CPU (measured faster there); this tells whether CUDA should too.
+    # Layout changes happen outside inference mode so that the parameters stay ordinary tensors.
+    net = net.to(memory_format=torch.channels_last)
+    nhwc_in = static_in.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
         for _ in range(3):
             net(nhwc_in)
         nhwc_ms = timed(lambda: net(nhwc_in), iters, sync)
-        net = net.to(memory_format=torch.contiguous_format)
+    net = net.to(memory_format=torch.contiguous_format)
+    with torch.inference_mode():
         graph_ms = None
         if device.type == "cuda":
             # CUDA graphs: the forward has static shapes and no host sync, so it captures whole.

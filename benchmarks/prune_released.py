@@ -7,8 +7,8 @@ Each config gets random weights in the released layout (BN scales spread uniform
 percentile has something to choose; no pretrained weights exist here). For each: `prune --ratio` file,
 params and conv MACs before/after; the pruned checkpoint is written, loaded back through the
 architecture-from-shapes loader, run through `Predictor` on a 640x480 image, exported to ONNX and checked in
-ONNX Runtime against torch; then the eager-mode CPU forward time at batch 1 of dense, dense+fused, pruned and
-pruned+fused, interleaved, median of --repeats.
+ONNX Runtime against torch; then the eager-mode CPU forward time at batch 1 (through the torch runner, in its
+NHWC CPU layout) of dense, dense+fused, pruned and pruned+fused, interleaved, median of --repeats.
 """
 from __future__ import annotations
 
@@ -49,16 +49,18 @@ def onnx_max_error(model, path: Path, size: int) -> float:
 
 
 def forward_ms(models: dict[str, torch.nn.Module], size: int, repeats: int) -> dict[str, float]:
-    """Median batch-1 forward time per model, the models interleaved so machine noise hits them alike."""
+    """Median batch-1 forward time per model through the torch runner (its CPU layout, NHWC), the models
+    interleaved so machine noise hits them alike."""
     images = torch.randn(1, 3, size, size)
+    runners = {name: TorchRunner(model, "cpu") for name, model in models.items()}
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
-        for model in models.values():
-            model(images)  # warm-up
+        for runner in runners.values():
+            runner(images)  # warm-up
         for _ in range(repeats):
-            for name, model in models.items():
+            for name, runner in runners.items():
                 start = time.perf_counter()
-                model(images)
+                runner(images)
                 times[name].append(1000 * (time.perf_counter() - start))
     return {name: statistics.median(values) for name, values in times.items()}
 
@@ -70,8 +72,8 @@ def run_config(name: str, ratio: float, repeats: int, work: Path) -> dict:
     path = save_checkpoint(work / f"{name}_pruned.pth", pruned)
     assert path.stat().st_size == report.bytes_after
     loaded = load_model(path)
-    detections = Predictor(TorchRunner(loaded, torch.device("cpu")), loaded.config)(synthetic_images(1))
     onnx_error = onnx_max_error(fuse_model(loaded), work / f"{name}_pruned.onnx", config.max_size)
+    detections = Predictor(TorchRunner(loaded, torch.device("cpu")), loaded.config)(synthetic_images(1))
     speed = forward_ms({"dense": dense, "dense+fused": fuse_model(dense), "pruned": pruned,
                         "pruned+fused": fuse_model(pruned)}, config.max_size, repeats)  # fmt: skip
     return {

@@ -246,8 +246,9 @@ def _upsample_group(
     """Bilinear upsampling of the real masks of images that share one size, thresholded at 0.5.
 
     A cropped low-resolution mask is zero outside its padded box, and so is its upsampled version outside
-    the pixels whose bilinear taps reach the box: only that window is computed (same arithmetic as
-    ``F.interpolate``), which makes the cost follow the box area rather than the image area. Padding slots
+    the pixels whose bilinear taps reach the box: only that window is computed (the arithmetic of the CPU
+    ``F.interpolate``, bit for bit; CUDA's kernel may fuse multiply-adds, so there a pixel within rounding of
+    0.5 can differ), which makes the cost follow the box area rather than the image area. Padding slots
     are skipped. ``boxes``: relative boxes used for the crop, or None when masks were not cropped.
     """
     proto_h, proto_w = masks.shape[-2:]

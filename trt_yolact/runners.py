@@ -75,9 +75,10 @@ class TorchRunner(Runner):
         precision: str = "fp32",
         channels_last: bool | None = None,
     ):
-        """``channels_last``: run in NHWC memory layout; None = on the CPU only. oneDNN's CPU kernels are far
-        faster on NHWC (its NCHW 3x3 max-pooling alone took a fifth of the demo model's forward pass); the
-        outputs equal the NCHW ones up to float rounding. Converts ``model`` in place, like ``.to(device)``."""
+        """``channels_last``: run in NHWC memory layout (True) or NCHW (False); None = NHWC on the CPU only.
+        oneDNN's CPU kernels are far faster on NHWC (its NCHW 3x3 max-pooling alone took a fifth of the demo
+        model's forward pass); the outputs equal the NCHW ones up to float rounding. Converts ``model`` in
+        place, like ``.to(device)``."""
         if precision not in PRECISIONS:
             raise RunnerError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self._device = resolve_device(device)
@@ -88,8 +89,8 @@ class TorchRunner(Runner):
         if precision == "fp16":
             self.model = self.model.half()
         self.channels_last = self._device.type == "cpu" if channels_last is None else channels_last
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model = self.model.to(memory_format=layout)
         self.config = model.config
 
     @property
