@@ -9,8 +9,8 @@ shows how far it can speed a model up.
 Times: eager torch in the torch runner's own layout (channels-last on the CPU), batch norms folded first
 (as every deployed form has them) unless ``--no-fuse``, forward hooks around each block, median over
 iterations after a warm-up; "other" is the rest of the runner call (softmax, concatenations, priors, the
-input's conversion to the runner's layout). MACs: Conv2d
-multiply-accumulates per image at the model's input size. Models are measured round-robin.
+input's conversion to the runner's layout). MACs: Conv2d multiply-accumulates per image at the model's input
+size. Models are measured round-robin.
 """
 from __future__ import annotations
 
