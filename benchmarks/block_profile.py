@@ -5,6 +5,10 @@ shows how far it can speed a model up.
     python benchmarks/block_profile.py --models yolact_shapes,yolact_shapes_pruned [--batch 8] [--iters 10] \\
         [--no-fuse] [--json benchmarks/results/block_profile.json] [--md benchmarks/results/block_profile.md] \\
         [--plot benchmarks/results/block_profile.png]
+    python benchmarks/block_profile.py --config CONFIG.yaml --ratio 0.8 [--size 320] ...
+
+The second form judges an architecture before anyone trains it: random weights in CONFIG (BN scales spread
+so that the global percentile has something to choose), against the same model pruned at --ratio.
 
 Times: eager torch in the torch runner's own layout (channels-last on the CPU), batch norms folded first
 (as every deployed form has them) unless ``--no-fuse``, forward hooks around each block, median over
@@ -80,24 +84,25 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--no-fuse", action="store_true", help="time the models with their batch norms")
+    parser.add_argument("--config", help="instead of --models: a config (preset or YAML) with random weights")
+    parser.add_argument("--ratio", type=float, default=0.8, help="with --config: the pruning ratio to compare")
+    parser.add_argument("--size", type=int, default=None, help="with --config: input size (default: its own)")
     parser.add_argument("--json", default="benchmarks/results/block_profile.json")
     parser.add_argument("--md", default="benchmarks/results/block_profile.md")
     parser.add_argument("--plot", default="benchmarks/results/block_profile.png")
     args = parser.parse_args()
     if args.batch < 1 or args.iters < 1:
         parser.error("--batch and --iters must be at least 1")
-    sources = [ModelSource.load(weights) for weights in args.models.split(",")]
     runs = []
-    for source in sources:
-        model = source.model()
+    for name, model in candidate_models(args) if args.config else loaded_models(args.models):
         if not args.no_fuse and not is_fused_state_dict(model.state_dict()):
             model = fuse_model(model)
         macs = defaultdict(int)
-        for name, count in conv_macs_by_module(model).items():
-            macs[block_of(name)] += count
+        for layer, count in conv_macs_by_module(model).items():
+            macs[block_of(layer)] += count
         runner = TorchRunner(model, "cpu")
-        images = torch.randn(args.batch, 3, source.config.max_size, source.config.max_size)
-        runs.append((source, runner, BlockTimer(runner.model), macs, defaultdict(list), images))
+        images = torch.randn(args.batch, 3, model.config.max_size, model.config.max_size)
+        runs.append((name, runner, BlockTimer(runner.model), macs, defaultdict(list), images))
     with torch.inference_mode():
         for _, runner, _, _, _, images in runs:
             runner(images)  # warm-up
@@ -115,17 +120,17 @@ def main() -> int:
     blocks = [b for b in runs[0][4] if b != "total"]
     records, rows = [], []
     reference = {b: statistics.median(runs[0][4][b]) for b in runs[0][4]}
-    for source, _, _, macs, samples, _ in runs:
+    for name, runner, _, macs, samples, _ in runs:
         ms = {b: 1000 * statistics.median(samples[b]) / args.batch for b in samples}
-        record = {"model": source.name, "batch": args.batch, "input_size": source.config.max_size,
+        record = {"model": name, "batch": args.batch, "input_size": runner.config.max_size,
                   "fused": not args.no_fuse, "ms_per_image": ms, "conv_macs": dict(macs)}  # fmt: skip
         records.append(record)
         for block in blocks + ["total"]:
             block_macs = sum(macs.values()) if block == "total" else macs.get(block, 0)
             speedup = reference[block] / statistics.median(samples[block]) if samples[block] else float("nan")
-            rows.append([source.name, block, f"{ms[block]:.2f}", f"{100 * ms[block] / ms['total']:.1f}%",
+            rows.append([name, block, f"{ms[block]:.2f}", f"{100 * ms[block] / ms['total']:.1f}%",
                          f"{block_macs / 1e6:.1f}", f"{speedup:.2f}x"])  # fmt: skip
-    header = ["model", "block", "ms/img", "share", "MMACs", f"vs {sources[0].name}"]
+    header = ["model", "block", "ms/img", "share", "MMACs", f"vs {runs[0][0]}"]
     print(format_table(rows, header))
     atomic_write_text(args.md, format_markdown_table(rows, header) + "\n")
     info = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -135,6 +140,27 @@ def main() -> int:
         atomic_write_bytes(args.plot, stacked_bars(records, blocks))
     print(f"-> {args.json}, {args.md}" + (f", {args.plot}" if args.plot else ""))
     return 0
+
+
+def loaded_models(weights: str):
+    """(name, model) of each comma-separated checkpoint or embedded name."""
+    for source in (ModelSource.load(w) for w in weights.split(",")):
+        yield source.name, source.model()
+
+
+def candidate_models(args: argparse.Namespace):
+    """(name, model) of a config with random weights, and of the same model pruned at ``args.ratio``."""
+    from gpu_check import random_model
+
+    from trt_yolact.config import get_config
+    from trt_yolact.prune import prune_model
+
+    config = get_config(args.config)
+    if args.size:
+        config = config.replace(max_size=args.size)
+    dense = random_model(config)
+    pruned = prune_model(dense, ratio=args.ratio)[0]  # before any runner changes the dense model's layout
+    return [(config.name, dense), (f"{config.name} pruned {args.ratio:g}", pruned)]
 
 
 def stacked_bars(records: list[dict], blocks: list[str]) -> bytes:

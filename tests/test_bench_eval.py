@@ -179,3 +179,11 @@ def test_block_profile_splits_time_and_macs_by_block(tmp_path):
     assert all(pruned[b] == dense[b] for b in ("stem", "fpn", "protonet", "head"))
     assert all(pruned[f"stage {i}"] < dense[f"stage {i}"] for i in range(1, 5))
     assert (tmp_path / "b.png").stat().st_size > 0
+    # --config: an untrained architecture against itself pruned, at a chosen input size.
+    subprocess.run([sys.executable, str(script), "--config", "yolact_shapes", "--ratio", "0.5", "--size", "128",
+                    "--batch", "1", "--iters", "1", "--json", str(out), "--md", str(tmp_path / "b.md"), "--plot", ""],
+                   check=True, capture_output=True)  # fmt: skip
+    dense, pruned = json.loads(out.read_text())["rows"]
+    assert (dense["model"], pruned["model"]) == ("yolact_shapes", "yolact_shapes pruned 0.5")
+    assert dense["input_size"] == pruned["input_size"] == 128
+    assert sum(pruned["conv_macs"].values()) < sum(dense["conv_macs"].values())
