@@ -24,6 +24,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -77,6 +78,18 @@ class BlockTimer:
         self.times[block_of(name)] += time.perf_counter() - self._starts[name]
 
 
+@dataclass
+class Profiled:
+    """One model being profiled: its runner, block timer, per-block MACs and the samples collected."""
+
+    name: str
+    runner: TorchRunner
+    timer: BlockTimer
+    macs: dict[str, int]
+    images: torch.Tensor
+    samples: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="yolact_shapes,yolact_shapes_pruned",
@@ -102,35 +115,36 @@ def main() -> int:
             macs[block_of(layer)] += count
         runner = TorchRunner(model, "cpu")
         images = torch.randn(args.batch, 3, model.config.max_size, model.config.max_size)
-        runs.append((name, runner, BlockTimer(runner.model), macs, defaultdict(list), images))
+        runs.append(Profiled(name, runner, BlockTimer(runner.model), macs, images))
     with torch.inference_mode():
-        for _, runner, _, _, _, images in runs:
-            runner(images)  # warm-up
+        for run in runs:
+            run.runner(run.images)  # warm-up
         for _ in range(args.iters):
-            for _, runner, timer, _, samples, images in runs:
-                timer.times.clear()
+            for run in runs:
+                run.timer.times.clear()
                 start = time.perf_counter()
-                runner(images)
+                run.runner(run.images)
                 total = time.perf_counter() - start
-                for block, seconds in timer.times.items():
-                    samples[block].append(seconds)
-                samples[OTHER].append(total - sum(timer.times.values()))
-                samples["total"].append(total)
+                for block, seconds in run.timer.times.items():
+                    run.samples[block].append(seconds)
+                run.samples[OTHER].append(total - sum(run.timer.times.values()))
+                run.samples["total"].append(total)
 
-    blocks = [b for b in runs[0][4] if b != "total"]
+    first = runs[0]
+    blocks = [b for b in first.samples if b != "total"]
     records, rows = [], []
-    reference = {b: statistics.median(runs[0][4][b]) for b in runs[0][4]}
-    for name, runner, _, macs, samples, _ in runs:
-        ms = {b: 1000 * statistics.median(samples[b]) / args.batch for b in samples}
-        record = {"model": name, "batch": args.batch, "input_size": runner.config.max_size,
-                  "fused": not args.no_fuse, "ms_per_image": ms, "conv_macs": dict(macs)}  # fmt: skip
+    reference = {b: statistics.median(values) for b, values in first.samples.items()}
+    for run in runs:
+        ms = {b: 1000 * statistics.median(values) / args.batch for b, values in run.samples.items()}
+        record = {"model": run.name, "batch": args.batch, "input_size": run.runner.config.max_size,
+                  "fused": not args.no_fuse, "ms_per_image": ms, "conv_macs": dict(run.macs)}  # fmt: skip
         records.append(record)
         for block in blocks + ["total"]:
-            block_macs = sum(macs.values()) if block == "total" else macs.get(block, 0)
-            speedup = reference[block] / statistics.median(samples[block]) if samples[block] else float("nan")
-            rows.append([name, block, f"{ms[block]:.2f}", f"{100 * ms[block] / ms['total']:.1f}%",
+            block_macs = sum(run.macs.values()) if block == "total" else run.macs.get(block, 0)
+            speedup = reference[block] / statistics.median(run.samples[block]) if run.samples[block] else float("nan")
+            rows.append([run.name, block, f"{ms[block]:.2f}", f"{100 * ms[block] / ms['total']:.1f}%",
                          f"{block_macs / 1e6:.1f}", f"{speedup:.2f}x"])  # fmt: skip
-    header = ["model", "block", "ms/img", "share", "MMACs", f"vs {runs[0][0]}"]
+    header = ["model", "block", "ms/img", "share", "MMACs", f"vs {first.name}"]
     print(format_table(rows, header))
     atomic_write_text(args.md, format_markdown_table(rows, header) + "\n")
     info = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -122,7 +122,6 @@ class Measurement:
         self.runner, self.config, self.images = runner, config, images
         self.total: list[float] = []
         self.stages: list[tuple[float, float, float]] = []
-        self.peak = 0
 
     def once(self, record: bool = True) -> None:
         runner = self.runner
@@ -194,11 +193,9 @@ def run_benchmark(
                     if runner.device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(runner.device)
                     for _ in range(warmup):
-                        m.once()
+                        m.once(record=False)
                     weight_bytes = params * (2 if precision == "fp16" else 4)
                     row.peak_memory_bytes, row.memory_kind = m.memory(rss_before, weight_bytes)
-                    m.total.clear()
-                    m.stages.clear()
                     measurements.append((row, m))
     # Interleave: every configuration once per round (after settling), so machine drift affects all alike.
     from tqdm import tqdm
