@@ -2,6 +2,7 @@
 # One-shot check on a GPU machine that may be lent for a few minutes only; needs no network.
 #   bash benchmarks/gpu_check.sh [OUTDIR]          (default OUTDIR: gpu_check_out; about 6 minutes on an H200)
 #   SMOKE=1 bash benchmarks/gpu_check.sh OUTDIR    (the same steps, tiny, on the CPU: checks the script itself)
+#   STEPS="cuda_tests base" TESTS="tests/test_train.py" bash benchmarks/gpu_check.sh   (some steps; some tests)
 # Every step has its own time limit and the next one runs even when one fails; OUTDIR/summary.txt lists each
 # step's exit status and seconds. Steps, most valuable first:
 #   cuda_tests  the tests that need a GPU (CPU vs CUDA post-processing)
@@ -31,9 +32,11 @@ else
     base_args=(--iters 20)
 fi
 
+steps=" ${STEPS:-cuda_tests base data fuse bench eval video demo tests} "
 step() {  # step NAME LIMIT_S COMMAND...: runs COMMAND, logs it, records its status; never stops the script
     local name=$1 limit=$2 start=$SECONDS rc
     shift 2
+    [[ $steps == *" $name "* ]] || return 0
     echo "== $name: $*" | tee -a "$out/steps.log"
     timeout "$limit" "$@" >> "$out/steps.log" 2>&1
     rc=$?
@@ -83,7 +86,7 @@ EOF
 step demo 60 $py -m trt_yolact.demo --source "$work/clip.mp4" --weights yolact_shapes --device "$device" \
     --batch 4 --no-display --out "$work/demo.mp4"
 
-step tests 170 bash -c "$py -m pytest -q -p no:cacheprovider -rs tests > '$out/tests.log' 2>&1"
+step tests 170 bash -c "$py -m pytest -q -p no:cacheprovider -rs ${TESTS:-tests} > '$out/tests.log' 2>&1"
 tail -n 15 "$out/tests.log" 2>/dev/null
 echo "== summary"
 cat "$out/summary.txt"

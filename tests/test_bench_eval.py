@@ -187,3 +187,20 @@ def test_block_profile_splits_time_and_macs_by_block(tmp_path):
     assert (dense["model"], pruned["model"]) == ("yolact_shapes", "yolact_shapes pruned 0.5")
     assert dense["input_size"] == pruned["input_size"] == 128
     assert sum(pruned["conv_macs"].values()) < sum(dense["conv_macs"].values())
+
+
+def test_cuda_memory_counts_this_configuration_alone(monkeypatch):
+    """Found on a GPU: every model of a run stays loaded on the device, so the allocator's peak grew with
+    each model measured and smaller models read as using more memory. A row counts its own weights plus the
+    rise above the level just before its warm-up; a TensorRT engine brings its own weights."""
+    from types import SimpleNamespace
+
+    from trt_yolact import bench
+
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 5_000)
+    runner = SimpleNamespace(device=torch.device("cuda", 0))
+    measurement = bench.Measurement(runner, None, [])
+    assert measurement.memory(before=4_200, weight_bytes=300) == (1_100, "cuda weights + peak allocated rise")
+    runner.device_memory_bytes = 2_000
+    assert measurement.memory(before=4_200, weight_bytes=300)[0] == 2_800
+    assert measurement.memory(before=6_000, weight_bytes=300)[0] == 2_000  # a peak below the level: no rise

@@ -185,3 +185,26 @@ def test_windowed_upsampling_equals_interpolate(crop):
     for lo, hi in zip(low, full):
         reference = F.interpolate(lo.masks[None], hi.image_size, mode="bilinear", align_corners=False)[0] > 0.5
         assert torch.equal(hi.masks, reference)
+
+
+@pytest.mark.parametrize("crop", [True, False])
+def test_gpu_upsampling_path_equals_the_windowed_path(crop):
+    """CUDA takes one resize per image instead of the windowed path; run here on the CPU, where both use
+    PyTorch's CPU arithmetic, they must agree exactly, images without detections included."""
+    from trt_yolact.boxes import box_window
+    from trt_yolact.postprocess import _upsample_group, _upsample_whole
+
+    generator = torch.Generator().manual_seed(5)
+    masks = torch.rand(3, 6, 17, 19, generator=generator)
+    xy = torch.rand(3, 6, 2, generator=generator) * 0.6
+    boxes = torch.cat((xy, xy + 0.1 + torch.rand(3, 6, 2, generator=generator) * 0.3), dim=-1)
+    if crop:
+        masks = masks * box_window(boxes, 17, 19)
+    counts, members = [4, 0, 6], [0, 1, 2]
+    windowed = _upsample_group(masks, members, counts, 57, 70, boxes if crop else None)
+    whole = _upsample_whole(masks, members, counts, 57, 70)
+    assert sorted(whole) == members
+    for b in members:
+        assert whole[b].shape == (counts[b], 57, 70) and whole[b].dtype == torch.bool
+        assert torch.equal(whole[b], windowed[b])
+    assert whole[0].any()

@@ -160,6 +160,29 @@ def test_ddp_gradients_equal_the_single_process_average(shapes_data, tmp_path):
         torch.testing.assert_close(grad, (per_shard[0][name] + per_shard[1][name]) / 2, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("device", "local_rank", "backend", "expected"),
+    [("cpu", "1", "gloo", "cpu"), ("cuda", "1", "nccl", "cuda:1"), ("cuda:0", "1", "nccl", "cuda:0")],
+)
+def test_distributed_backend_follows_the_training_device(monkeypatch, device, local_rank, backend, expected):
+    # Found on a GPU machine: CPU training there chose NCCL (the machine has CUDA), which cannot carry CPU
+    # tensors, and every torchrun rank used cuda:0.
+    import trt_yolact.train as train_module
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", str(d))))
+    monkeypatch.setattr(train_module.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(train_module.dist, "init_process_group", lambda b: calls.append(("init", b)))
+    monkeypatch.setattr(train_module.dist, "get_rank", lambda: int(local_rank))
+    rank, world, chosen = train_module.distributed_context(torch.device(device))
+    assert (rank, world, str(chosen)) == (int(local_rank), 2, expected)
+    assert ("init", backend) in calls
+    assert [c for c in calls if c[0] == "set_device"] == ([("set_device", expected)] if backend == "nccl" else [])
+
+
 def test_torchrun_two_process_gloo_run_completes(shapes_data, tmp_path):
     tiny_config = tmp_path / "tiny.json"
     tiny_config.write_text(json.dumps(TINY.to_dict()))

@@ -5,9 +5,10 @@
 
 Latency percentiles after warm-up, throughput, the split into pre-processing / inference / post-processing,
 forward-only and end-to-end FPS (ultralytics reports the first, the original YOLACT the second), file
-size, params, MACs and peak memory (CPU RSS; CUDA max allocated). Every row is compared with the first
-model on the same backend, precision and batch: size -%, speed +%, memory -%. Configurations are measured
-round-robin (interleaved) so that a noisy machine affects them alike.
+size, params, MACs and peak memory (the model's weights plus the rise of CPU RSS or of CUDA allocated memory
+during its warm-up). Every row is compared with the first model on the same backend, precision and batch:
+size -%, speed +%, memory -%. Configurations are measured round-robin (interleaved) so that a noisy machine
+affects them alike.
 """
 from __future__ import annotations
 
@@ -139,17 +140,19 @@ class Measurement:
             self.total.append(t3 - start)
             self.stages.append((t1 - start, t2 - t1, t3 - t2))
 
-    def memory(self, rss_before: int, weight_bytes: int) -> tuple[int, str]:
-        """Peak memory of this configuration. On the CPU every configuration shares one process, so the
-        process peak would mostly measure the others: count this model's weights plus how far the resident
-        set rose above its level before the warm-up (activations, workspaces, allocator growth)."""
-        if self.runner.device.type == "cuda":
-            peak = int(torch.cuda.max_memory_allocated(self.runner.device))
+    def memory(self, before: int, weight_bytes: int) -> tuple[int, str]:
+        """Peak memory of this configuration alone. Every configuration shares one process, and on CUDA one
+        allocator that holds every model loaded so far, so a process-wide peak would mostly measure the
+        others: count this model's weights plus how far memory rose above ``before``, its level just before
+        the warm-up (activations, workspaces, allocator growth)."""
+        device = self.runner.device
+        if device.type == "cuda":
+            rise = max(0, int(torch.cuda.max_memory_allocated(device)) - before)
             engine_bytes = getattr(self.runner, "device_memory_bytes", None)  # TensorRT: outside torch's allocator
-            if engine_bytes is not None:
-                return peak + int(engine_bytes), "cuda max allocated + TensorRT engine and activations"
-            return peak, "cuda max allocated"
-        return weight_bytes + max(0, peak_rss_bytes() - rss_before), "cpu weights + peak rss rise"
+            if engine_bytes is not None:  # the engine holds the weights
+                return rise + int(engine_bytes), "TensorRT engine and activations + cuda allocated rise"
+            return weight_bytes + rise, "cuda weights + peak allocated rise"
+        return weight_bytes + max(0, peak_rss_bytes() - before), "cpu weights + peak rss rise"
 
 
 def run_benchmark(
@@ -188,14 +191,16 @@ def run_benchmark(
                                    params=params, macs=macs)  # fmt: skip
                     m = Measurement(runner, source.config, synthetic_images(batch))
                     # Warm-up doubles as the peak-memory measurement of this configuration alone.
-                    reset_peak_rss()
-                    rss_before = current_rss_bytes()
                     if runner.device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(runner.device)
+                        before = int(torch.cuda.memory_allocated(runner.device))
+                    else:
+                        reset_peak_rss()
+                        before = current_rss_bytes()
                     for _ in range(warmup):
                         m.once(record=False)
                     weight_bytes = params * (2 if precision == "fp16" else 4)
-                    row.peak_memory_bytes, row.memory_kind = m.memory(rss_before, weight_bytes)
+                    row.peak_memory_bytes, row.memory_kind = m.memory(before, weight_bytes)
                     measurements.append((row, m))
     # Interleave: every configuration once per round (after settling), so machine drift affects all alike.
     from tqdm import tqdm

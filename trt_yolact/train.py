@@ -242,12 +242,21 @@ def rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state()}
 
 
-def distributed_context() -> tuple[int, int]:
-    """(rank, world size); initialises the process group when launched by torchrun."""
+def distributed_context(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world size, this process's device); initialises the process group when launched by torchrun.
+
+    Under torchrun each process takes the GPU of its local rank. The backend follows the training device,
+    not the machine: NCCL carries CUDA tensors only, so CPU training on a GPU machine needs gloo."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
+    if world <= 1:
+        return 0, 1, device
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world, device
 
 
 class Trainer:
@@ -263,8 +272,9 @@ class Trainer:
         loss_config: LossConfig = LossConfig(),
     ):
         self.config, self.train_set, self.val_set = config, train_set, val_set
-        self.out_dir, self.tc, self.device = out_dir, train_config, device
-        self.rank, self.world = distributed_context()
+        self.out_dir, self.tc = out_dir, train_config
+        self.rank, self.world, device = distributed_context(device)
+        self.device = device
         self.model = model.to(device)
         self.forward = TrainForward(self.model)
         if self.world > 1:
