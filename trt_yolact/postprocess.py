@@ -298,7 +298,7 @@ def _upsample_whole(
 ) -> dict[int, torch.Tensor]:
     """GPU path of :func:`_upsample_group`: one bilinear resize of all of an image's masks, then the 0.5
     threshold. A GPU pays per kernel launch, not per pixel: the windowed path's few ops per mask made
-    post-processing launch-bound there (H200, demo model, 640x480: 3.3 ms per image, 6x its forward pass).
+    post-processing launch-bound there (H200, demo model, 640x480: 3.3 ms per image, over 5x its forward).
     Pixels outside a cropped mask's window resample zeros, so both paths agree up to CUDA's rounding."""
     out = {}
     for b in members:
