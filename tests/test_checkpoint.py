@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,6 +126,16 @@ def test_own_checkpoint_round_trip_carries_config(fixture_model, tmp_path):
 )
 def test_config_inferred_from_file_name(file_name, expected):
     assert infer_config_name(file_name) == expected
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "benchmarks" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_benchmark_configs_build_and_run(path):
+    """The candidate architectures in benchmarks/configs load, are named after their file, and run."""
+    config = get_config(path)
+    assert config.name == path.stem and config.class_names
+    with torch.no_grad():
+        out = Yolact(config).eval()(torch.zeros(1, 3, 64, 64))
+    assert out.conf.shape[-1] == config.num_classes
 
 
 def test_config_files(tmp_path):
