@@ -3,13 +3,14 @@
 # dense -> sparsity training (L1 on BN scales) -> prune (global |gamma| percentile) -> fine-tune -> fuse
 # -> the comparison table (benchmarks/results/paper_table.{json,md}).
 #   bash benchmarks/slimming.sh [WORKDIR] [RATIO] [LAMBDA]       (about 45 min on 2 CPU cores)
+#   CONFIG=benchmarks/configs/NAME.yaml ...: the architecture the dense model was trained with (as train_shapes.sh)
 set -euo pipefail
 work=${1:-runs/shapes}
 ratio=${2:-0.8}
 lambda=${3:-0.05}
 data=$work/data
 test_set=(--ann "$data/shapes_test/annotations/instances_val.json" --images "$data/shapes_test/val")
-train=(python -m trt_yolact.train --config yolact_shapes
+train=(python -m trt_yolact.train --config "${CONFIG:-yolact_shapes}"
        --data-train "$data/shapes/annotations/instances_train.json:$data/shapes/train"
        --data-val "$data/shapes/annotations/instances_val.json:$data/shapes/val"
        --batch-size 8 --clip-grad 5 --lr-steps 0.7,0.9 --expand-max 2 --workers 1 --val-every 1000 --val-images 100)

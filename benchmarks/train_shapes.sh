@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce the embedded demo model yolact_shapes from scratch on the CPU: the exact schedule it was trained with.
 #   bash benchmarks/train_shapes.sh [WORKDIR]        (about 2 h on 2 CPU cores at ~0.3 s per iteration)
+#   CONFIG=benchmarks/configs/NAME.yaml bash benchmarks/train_shapes.sh WORKDIR   (the same recipe, another
+#   architecture; what it ships replaces yolact_shapes)
 # Seeds: dataset 0 (train/val used while training), 12345 (the 500 held-out test images, never trained on),
 # 777 with --backgrounds unseen (300 images over background families training never draws).
 # Each stage can be split into shorter periods with --stop-at ITER and continued with --resume.
@@ -12,7 +14,7 @@ python -m trt_yolact.data.shapes --out "$data/shapes" --train 4000 --val 200 --s
 python -m trt_yolact.data.shapes --out "$data/shapes_test" --train 0 --val 500 --size 256 --seed 12345
 python -m trt_yolact.data.shapes --out "$data/shapes_unseen" --train 0 --val 300 --size 256 --seed 777 --backgrounds unseen
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-train=(python -m trt_yolact.train --config yolact_shapes
+train=(python -m trt_yolact.train --config "${CONFIG:-yolact_shapes}"
        --data-train "$data/shapes/annotations/instances_train.json:$data/shapes/train"
        --data-val "$data/shapes/annotations/instances_val.json:$data/shapes/val"
        --batch-size 8 --expand-max 2 --workers 1 --val-images 100 --checkpoint-every 200)
