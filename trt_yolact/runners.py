@@ -77,7 +77,7 @@ class TorchRunner(Runner):
     ):
         """``channels_last``: run in NHWC memory layout (True, the default) or NCHW (False). oneDNN's CPU
         kernels are far faster on NHWC (its NCHW 3x3 max-pooling alone took a fifth of the demo model's
-        forward pass), and so are cuDNN's (yolact_base at 550 on an H200: eager 14-25 % faster, FP16 in a
+        forward pass), and so are cuDNN's (yolact_base at 550 on an H200: eager 13-25 % faster, FP16 in a
         CUDA graph 1.8x at batch 8). The outputs equal the NCHW ones up to float rounding. Converts ``model``
         in place, like ``.to(device)``."""
         if precision not in PRECISIONS:
