@@ -3,8 +3,8 @@ prediction head and the rest. Pruning (bottleneck-internal channels) shrinks onl
 shows how far it can speed a model up.
 
     python benchmarks/block_profile.py --models yolact_shapes,yolact_shapes_pruned [--batch 8] [--iters 10] \\
-        [--no-fuse] [--json benchmarks/results/block_profile.json] [--md benchmarks/results/block_profile.md] \\
-        [--plot benchmarks/results/block_profile.png]
+        [--settle 1] [--no-fuse] [--json benchmarks/results/block_profile.json] \\
+        [--md benchmarks/results/block_profile.md] [--plot benchmarks/results/block_profile.png]
     python benchmarks/block_profile.py --config CONFIG.yaml --ratio 0.8 [--size 320] ...
 
 The second form judges an architecture before anyone trains it: random weights in CONFIG (BN scales spread
@@ -14,7 +14,7 @@ Times: eager torch in the torch runner's own layout (channels-last on the CPU), 
 (as every deployed form has them) unless ``--no-fuse``, forward hooks around each block, median over
 iterations after a warm-up; "other" is the rest of the runner call (softmax, concatenations, priors, the
 input's conversion to the runner's layout). MACs: Conv2d multiply-accumulates per image at the model's input
-size. Models are measured round-robin.
+size. Models are measured round-robin, each measured call after ``--settle`` unmeasured ones of its model.
 """
 from __future__ import annotations
 
@@ -97,6 +97,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--no-fuse", action="store_true", help="time the models with their batch norms")
+    parser.add_argument("--settle", type=int, default=1,
+                        help="unmeasured calls of a model before each measured one (as bench's --settle)")  # fmt: skip
     parser.add_argument("--config", help="instead of --models: a config (preset or YAML) with random weights")
     parser.add_argument("--ratio", type=float, default=0.8, help="with --config: the pruning ratio to compare")
     parser.add_argument("--size", type=int, default=None, help="with --config: input size (default: its own)")
@@ -121,6 +123,9 @@ def main() -> int:
             run.runner(run.images)  # warm-up
         for _ in range(args.iters):
             for run in runs:
+                # Right after another model, the first call pays for thread pools and working sets to switch.
+                for _ in range(args.settle):
+                    run.runner(run.images)
                 run.timer.times.clear()
                 start = time.perf_counter()
                 run.runner(run.images)
