@@ -10,7 +10,7 @@ shows how far it can speed a model up.
 The second form judges an architecture before anyone trains it: random weights in CONFIG (BN scales spread
 so that the global percentile has something to choose), against the same model pruned at --ratio.
 
-Times: eager torch in the torch runner's own layout (channels-last on the CPU), batch norms folded first
+Times: eager torch on the CPU in the torch runner's own layout (channels-last), batch norms folded first
 (as every deployed form has them) unless ``--no-fuse``, forward hooks around each block, median over
 iterations after a warm-up; "other" is the rest of the runner call (softmax, concatenations, priors, the
 input's conversion to the runner's layout). MACs: Conv2d multiply-accumulates per image at the model's input

@@ -74,6 +74,11 @@ def test_validation_leaves_the_training_layout_alone(shapes_data, tmp_path):
     assert trainer.model.training
     conv_weights = [p for p in trainer.model.parameters() if p.dim() == 4]
     assert conv_weights and all(p.is_contiguous() for p in conv_weights)
+    # What validation relies on: channels_last=False runs NCHW, even for a model already in NHWC.
+    nhwc_model = initial_model(TINY, None)[0].to(memory_format=torch.channels_last)
+    runner = TorchRunner(nhwc_model, "cpu", channels_last=False)
+    assert not runner.channels_last
+    assert all(p.is_contiguous() for p in runner.model.parameters() if p.dim() == 4)
 
 
 def test_resume_continues_exactly(shapes_data, tmp_path):

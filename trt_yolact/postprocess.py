@@ -251,9 +251,9 @@ def _upsample_group(
 
     A cropped low-resolution mask is zero outside its padded box, and so is its upsampled version outside
     the pixels whose bilinear taps reach the box: only that window is computed (the arithmetic of the CPU
-    ``F.interpolate``, bit for bit; CUDA's kernel may fuse multiply-adds, so there a pixel within rounding of
-    0.5 can differ), which makes the cost follow the box area rather than the image area. Padding slots
-    are skipped. ``boxes``: relative boxes used for the crop, or None when masks were not cropped.
+    ``F.interpolate``, bit for bit), which makes the cost follow the box area rather than the image area.
+    Padding slots are skipped. ``boxes``: relative boxes used for the crop, or None when masks were not
+    cropped. The CPU path: on a GPU, :func:`_upsample_whole` replaces it.
     """
     proto_h, proto_w = masks.shape[-2:]
     rows0, rows1, row_w0, row_w1 = _bilinear_axis(proto_h, height, masks.device)
