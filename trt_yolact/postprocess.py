@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -254,43 +255,65 @@ def _upsample_group(
     ``F.interpolate``, bit for bit), which makes the cost follow the box area rather than the image area.
     Padding slots are skipped. ``boxes``: relative boxes used for the crop, or None when masks were not
     cropped. The CPU path: on a GPU, :func:`_upsample_whole` replaces it.
+
+    Separable: the horizontal pass runs on the few low-resolution rows a window reads, the vertical pass
+    then reads two of those per output row, with the same products and two-term sums as ``F.interpolate``.
+    The loop over masks is in NumPy, whose per-call cost is a fraction of torch's; per-call cost, not pixel
+    work, dominated (demo model, batch 8 at 640x480: 3x faster than whole-window torch ops per mask).
     """
     proto_h, proto_w = masks.shape[-2:]
     rows0, rows1, row_w0, row_w1 = _bilinear_axis(proto_h, height, masks.device)
     cols0, cols1, col_w0, col_w1 = _bilinear_axis(proto_w, width, masks.device)
     # Both taps of output pixel i sit at 2i and 2i+1, so any window's taps are one contiguous slice.
-    row_taps, row_weights = torch.stack((rows0, rows1), 1).reshape(-1), torch.stack((row_w0, row_w1), 1)[..., None]
-    col_taps, col_weights = torch.stack((cols0, cols1), 1).reshape(-1), torch.stack((col_w0, col_w1), 1).reshape(-1)
-    out = {b: torch.zeros((counts[b], height, width), dtype=torch.bool, device=masks.device) for b in members}
+    row_taps, row_weights = torch.stack((rows0, rows1), 1).view(-1).numpy(), torch.stack((row_w0, row_w1), 1).view(-1, 1).numpy()
+    col_taps, col_weights = torch.stack((cols0, cols1), 1).view(-1).numpy(), torch.stack((col_w0, col_w1), 1).view(-1).numpy()
+    windows = _mask_windows(boxes, members, counts, (proto_h, proto_w), (rows0, rows1, cols0, cols1))
+    low = masks.detach().numpy()
+    out = {}
     for b in members:
-        n = counts[b]
-        if n == 0:
-            continue
-        if boxes is None:
-            windows = [(0, height, 0, width)] * n
-        else:
-            # Low-res cells kept by the crop: c >= x1 and c < x2 (as crop_masks), i.e. ceil(x1)..ceil(x2)-1.
-            x1, x2 = sanitize_coordinates(boxes[b, :n, 0], boxes[b, :n, 2], proto_w, padding=1)
-            y1, y2 = sanitize_coordinates(boxes[b, :n, 1], boxes[b, :n, 3], proto_h, padding=1)
-            first_col, last_col = x1.ceil().long(), x2.ceil().long() - 1
-            first_row, last_row = y1.ceil().long(), y2.ceil().long() - 1
-            # Output pixels whose taps touch those cells (tap indices grow with the output index).
-            col_start = torch.searchsorted(cols1, first_col).tolist()
-            col_end = torch.searchsorted(cols0, last_col, right=True).tolist()
-            row_start = torch.searchsorted(rows1, first_row).tolist()
-            row_end = torch.searchsorted(rows0, last_row, right=True).tolist()
-            windows = list(zip(row_start, row_end, col_start, col_end))
-        for d, (ya, yb, xa, xb) in enumerate(windows):
+        full = np.zeros((counts[b], height, width), dtype=bool)  # calloc: pages no window touches stay lazy
+        out[b] = torch.from_numpy(full)
+        for d, (ya, yb, xa, xb) in enumerate(windows[b]):
             if ya >= yb or xa >= xb:
                 continue
-            # Few whole-window ops per mask (per-op overhead dominates): one gather of both row taps and one of
-            # both column taps -> [2h, 2w]; then the same products and two-term sums as F.interpolate.
-            h, w = yb - ya, xb - xa
-            taps = masks[b, d].index_select(0, row_taps[2 * ya : 2 * yb]).index_select(1, col_taps[2 * xa : 2 * xb])
-            taps = (taps * col_weights[2 * xa : 2 * xb]).view(2 * h, w, 2)
-            horizontal = (taps[..., 0] + taps[..., 1]).view(h, 2, w) * row_weights[ya:yb]  # [h, top/bottom, w]
-            torch.gt(horizontal[:, 0] + horizontal[:, 1], 0.5, out=out[b][d, ya:yb, xa:xb])
+            top = row_taps[2 * ya]
+            horizontal = low[b, d, top : row_taps[2 * yb - 1] + 1].take(col_taps[2 * xa : 2 * xb], axis=1)
+            horizontal *= col_weights[2 * xa : 2 * xb]
+            horizontal = horizontal[:, 0::2] + horizontal[:, 1::2]  # [rows read, w]
+            vertical = horizontal.take(row_taps[2 * ya : 2 * yb] - top, axis=0)  # [2h, w]: top, bottom taps
+            vertical *= row_weights[2 * ya : 2 * yb]
+            np.greater(vertical[0::2] + vertical[1::2], 0.5, out=full[d, ya:yb, xa:xb])
     return out
+
+
+def _mask_windows(
+    boxes: torch.Tensor | None,
+    members: list[int],
+    counts: list[int],
+    proto_size: tuple[int, int],
+    taps: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+) -> dict[int, list[tuple[int, int, int, int]]]:
+    """Per image, the output window ``(y0, y1, x0, x1)`` of each real mask: the pixels whose bilinear taps
+    reach a low-resolution cell the crop kept (the whole image when masks were not cropped)."""
+    rows0, rows1, cols0, cols1 = taps
+    if boxes is None:
+        whole = (0, rows0.numel(), 0, cols0.numel())
+        return {b: [whole] * counts[b] for b in members}
+    proto_h, proto_w = proto_size
+    # Low-res cells kept by the crop: c >= x1 and c < x2 (as crop_masks), i.e. ceil(x1)..ceil(x2)-1.
+    x1, x2 = sanitize_coordinates(boxes[..., 0], boxes[..., 2], proto_w, padding=1)
+    y1, y2 = sanitize_coordinates(boxes[..., 1], boxes[..., 3], proto_h, padding=1)
+    # Output pixels whose taps touch those cells (tap indices grow with the output index); whole batch at once.
+    bounds = torch.stack(
+        (
+            torch.searchsorted(rows1, y1.ceil().long()),
+            torch.searchsorted(rows0, y2.ceil().long() - 1, right=True),
+            torch.searchsorted(cols1, x1.ceil().long()),
+            torch.searchsorted(cols0, x2.ceil().long() - 1, right=True),
+        ),
+        dim=-1,
+    ).tolist()  # [B][D][4]
+    return {b: [tuple(w) for w in bounds[b][: counts[b]]] for b in members}
 
 
 def _upsample_whole(
