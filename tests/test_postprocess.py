@@ -173,15 +173,16 @@ def test_stable_topk_equals_a_stable_sort(values, k):
 
 
 @pytest.mark.parametrize("crop", [True, False])
-def test_windowed_upsampling_equals_interpolate(crop):
+@pytest.mark.parametrize("sizes", [[(61, 83), (40, 29)], [(12, 9), (61, 83)]], ids=["up", "down"])
+def test_windowed_upsampling_equals_interpolate(crop, sizes):
     """Full-resolution masks are computed only where they can be non-zero; the result must be what
-    F.interpolate of the whole low-resolution mask gives."""
+    F.interpolate of the whole low-resolution mask gives, images smaller than the prototypes included."""
     import torch.nn.functional as F
 
     raw = random_raw(13, batch=2, priors=80, classes=4, proto=17)
     cfg = PostprocessConfig(crop_masks=crop)
-    low = postprocess(raw, [(61, 83), (40, 29)], PostprocessConfig(crop_masks=crop, full_resolution_masks=False))
-    full = postprocess(raw, [(61, 83), (40, 29)], cfg)
+    low = postprocess(raw, sizes, PostprocessConfig(crop_masks=crop, full_resolution_masks=False))
+    full = postprocess(raw, sizes, cfg)
     for lo, hi in zip(low, full):
         reference = F.interpolate(lo.masks[None], hi.image_size, mode="bilinear", align_corners=False)[0] > 0.5
         assert torch.equal(hi.masks, reference)
