@@ -258,8 +258,10 @@ def _upsample_group(
 
     Separable: the horizontal pass runs on the few low-resolution rows a window reads, the vertical pass
     then reads two of those per output row, with the same products and two-term sums as ``F.interpolate``.
-    The loop over masks is in NumPy, whose per-call cost is a fraction of torch's; per-call cost, not pixel
-    work, dominated (demo model, batch 8 at 640x480: 3x faster than whole-window torch ops per mask).
+    The loop over masks is in NumPy, whose per-call cost is a fraction of torch's: per-call cost, not pixel
+    work, dominated the earlier whole-window torch ops per mask (post-processing per image at batch 8 of
+    640x480 frames, interleaved with the network: demo model 2.7 -> 1.4 ms, yolact_base with 100 detections
+    34 -> 29 ms).
     """
     proto_h, proto_w = masks.shape[-2:]
     rows0, rows1, row_w0, row_w1 = _bilinear_axis(proto_h, height, masks.device)
@@ -271,8 +273,8 @@ def _upsample_group(
     low = masks.detach().numpy()
     out = {}
     for b in members:
-        full = np.zeros((counts[b], height, width), dtype=bool)  # calloc: pages no window touches stay lazy
-        out[b] = torch.from_numpy(full)
+        out[b] = torch.zeros((counts[b], height, width), dtype=torch.bool)
+        full = out[b].numpy()  # the same memory: NumPy writes the windows into the returned tensor
         for d, (ya, yb, xa, xb) in enumerate(windows[b]):
             if ya >= yb or xa >= xb:
                 continue
