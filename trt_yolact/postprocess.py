@@ -267,8 +267,10 @@ def _upsample_group(
     rows0, rows1, row_w0, row_w1 = _bilinear_axis(proto_h, height, masks.device)
     cols0, cols1, col_w0, col_w1 = _bilinear_axis(proto_w, width, masks.device)
     # Both taps of output pixel i sit at 2i and 2i+1, so any window's taps are one contiguous slice.
-    row_taps, row_weights = torch.stack((rows0, rows1), 1).view(-1).numpy(), torch.stack((row_w0, row_w1), 1).view(-1, 1).numpy()
-    col_taps, col_weights = torch.stack((cols0, cols1), 1).view(-1).numpy(), torch.stack((col_w0, col_w1), 1).view(-1).numpy()
+    row_taps = torch.stack((rows0, rows1), 1).view(-1).numpy()
+    row_weights = torch.stack((row_w0, row_w1), 1).view(-1, 1).numpy()
+    col_taps = torch.stack((cols0, cols1), 1).view(-1).numpy()
+    col_weights = torch.stack((col_w0, col_w1), 1).view(-1).numpy()
     windows = _mask_windows(boxes, members, counts, (proto_h, proto_w), (rows0, rows1, cols0, cols1))
     low = masks.detach().numpy()
     out = {}
