@@ -304,10 +304,11 @@ def _mask_windows(
         whole = (0, rows0.numel(), 0, cols0.numel())
         return {b: [whole] * counts[b] for b in members}
     proto_h, proto_w = proto_size
+    boxes = boxes[members]  # only this size group's images: each group calls this once
     # Low-res cells kept by the crop: c >= x1 and c < x2 (as crop_masks), i.e. ceil(x1)..ceil(x2)-1.
     x1, x2 = sanitize_coordinates(boxes[..., 0], boxes[..., 2], proto_w, padding=1)
     y1, y2 = sanitize_coordinates(boxes[..., 1], boxes[..., 3], proto_h, padding=1)
-    # Output pixels whose taps touch those cells (tap indices grow with the output index); whole batch at once.
+    # Output pixels whose taps touch those cells (tap indices grow with the output index); whole group at once.
     bounds = torch.stack(
         (
             torch.searchsorted(rows1, y1.ceil().long()),
@@ -316,8 +317,8 @@ def _mask_windows(
             torch.searchsorted(cols0, x2.ceil().long() - 1, right=True),
         ),
         dim=-1,
-    ).tolist()  # [B][D][4]
-    return {b: [tuple(w) for w in bounds[b][: counts[b]]] for b in members}
+    ).tolist()  # [len(members)][D][4]
+    return {b: [tuple(w) for w in image[: counts[b]]] for b, image in zip(members, bounds)}
 
 
 def _upsample_whole(
