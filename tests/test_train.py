@@ -1,6 +1,7 @@
 """The trainer: it learns, resumes exactly, runs under DDP, and rejects bad input up front."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import socket
@@ -39,14 +40,15 @@ def shapes_data(tmp_path_factory):
     return generate_dataset(tmp_path_factory.mktemp("shapes"), 8, 4, 128, seed=3)
 
 
-def make_trainer(paths, out_dir, iters, transform, seed=0, workers=0):
+def make_trainer(paths, out_dir, iters, transform, seed=0, workers=0, **overrides):
     torch.manual_seed(seed)
     model, _ = initial_model(TINY, None)
     dataset = CocoDetection(paths["train_annotations"], paths["train_images"], transform)
-    config = TrainConfig(
+    settings = dict(
         iters=iters, batch_size=8, lr=0.01, warmup_iters=50, lr_steps=(0.8,), workers=workers,
         val_every=0, checkpoint_every=10**9, clip_grad=10, log_every=50, seed=seed,
     )  # fmt: skip
+    config = TrainConfig(**{**settings, **overrides})
     return Trainer(TINY, dataset, None, Path(out_dir), config, model, torch.device("cpu"))
 
 
@@ -109,6 +111,26 @@ def test_stop_at_then_resume_equals_one_run(shapes_data, tmp_path):
     assert (tmp_path / "b" / "model_final.pth").is_file()
     for (name, a), b in zip(straight.model.state_dict().items(), second.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_resume_drops_log_rows_written_after_the_checkpoint(shapes_data, tmp_path):
+    """A run killed between checkpoints has logged iterations that the resumed run repeats: the logs must
+    hold each iteration once, in order (they had duplicates, drawn as a line back in time in curves.png)."""
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    logged = dict(log_every=1, sparsity=1e-4)
+    first = make_trainer(shapes_data, out, 6, TrainTransform(128), **logged)
+    first.run(stop_at=3)
+    checkpoint_at_3 = (out / "last.pth").read_bytes()
+    first.run(stop_at=5)  # iterations 4 and 5 logged, then "killed": only the checkpoint at 3 survives
+    (out / "last.pth").write_bytes(checkpoint_at_3)
+    second = make_trainer(shapes_data, out, 6, TrainTransform(128), **logged)
+    second.resume()
+    second.run()
+    for name in ("log.csv", "gamma.csv"):
+        with open(out / name) as handle:
+            iterations = [int(row["iteration"]) for row in csv.DictReader(handle)]
+        assert iterations == [1, 2, 3, 4, 5, 6], (name, iterations)
 
 
 def test_augmented_samples_do_not_depend_on_workers(shapes_data, tmp_path):

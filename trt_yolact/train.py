@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .checkpoint import CheckpointError, clean_state_dict, read_checkpoint, save_checkpoint
 from .config import ConfigError, YolactConfig, get_config
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, atomic_write_text
 from .loss import LossConfig, YolactLoss
 from .model import Yolact
 
@@ -401,6 +401,8 @@ class Trainer:
             if self.state.iteration == 0 or not log_path.exists():
                 with open(log_path, "w", newline="") as handle:
                     csv.writer(handle).writerow(["iteration", "lr", *LOSS_TERMS, "seconds"])
+            else:
+                _drop_rows_after(log_path, self.state.iteration)
         gamma_log = self.out_dir / "gamma.csv"
         if self.is_main and tc.sparsity > 0:
             initial = self.out_dir / "gamma_initial.pth"
@@ -409,6 +411,8 @@ class Trainer:
             if not gamma_log.exists():
                 with open(gamma_log, "w", newline="") as handle:
                     csv.writer(handle).writerow(["iteration", *gamma_statistics(self.model)])
+            else:
+                _drop_rows_after(gamma_log, self.state.iteration)
         bar = tqdm(total=tc.iters, initial=self.state.iteration, desc="train", unit="it", disable=not self.is_main)
         running: dict[str, float] = {}
         start = time.perf_counter()
@@ -458,6 +462,18 @@ class Trainer:
                 before = torch.load(self.out_dir / "gamma_initial.pth", map_location="cpu", weights_only=True)
                 plot_gamma_histograms([before, self.model], ["before", "after"], self.out_dir / "gamma_hist.png")
         return self.state
+
+
+def _drop_rows_after(csv_path: Path, iteration: int) -> None:
+    """Remove the rows a run logged after its last checkpoint (it was stopped between checkpoints), so that
+    a resumed run does not log those iterations twice."""
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) <= iteration]
+    if len(kept) < len(rows):
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows(kept)
+        atomic_write_text(csv_path, buffer.getvalue())
 
 
 def plot_curves(log_path: Path, history: list[dict[str, float]], out_png: Path) -> None:
