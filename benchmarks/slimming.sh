@@ -2,7 +2,7 @@
 # The paper's pipeline on the demo model, after benchmarks/train_shapes.sh:
 # dense -> sparsity training (L1 on BN scales) -> prune (global |gamma| percentile) -> fine-tune -> fuse
 # -> the comparison table (benchmarks/results/paper_table.{json,md}).
-#   bash benchmarks/slimming.sh [WORKDIR] [RATIO] [LAMBDA]       (about 45 min on 2 CPU cores)
+#   bash benchmarks/slimming.sh [WORKDIR] [RATIO] [LAMBDA]       (about an hour on 2 CPU cores)
 #   CONFIG=benchmarks/configs/NAME.yaml ...: the architecture the dense model was trained with (as train_shapes.sh)
 set -euo pipefail
 work=${1:-runs/shapes}
