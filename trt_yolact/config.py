@@ -184,8 +184,8 @@ OFFICIAL_CONFIGS: dict[str, YolactConfig] = {
 # as the released ones (bottleneck ResNet with batch norm, FPN, protonet, shared head), sized for a CPU and
 # for the package's 8 MB limit. Most of its compute sits in the backbone stages, in bottleneck-internal
 # channels (what network slimming prunes), as in ResNet-101: 83 % of its conv MACs at 320 px. The first demo
-# architecture (benchmarks/configs/yolact_shapes_narrow.yaml) spent over half its time in the stem, FPN,
-# protonet and head, which slimming cannot touch, and gained only ~1.2x end to end from it.
+# architecture (benchmarks/configs/yolact_shapes_narrow.yaml) spent half its time in the stem, FPN,
+# protonet and head, which slimming cannot touch, and gained only 1.2x-1.3x end to end from it.
 SHAPES_CONFIG = YolactConfig(
     name="yolact_shapes",
     backbone=BackboneConfig(kind="resnet", layers=(1, 3, 5, 1), widths=(32, 80, 160, 160), stem_channels=32),
