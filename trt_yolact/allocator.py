@@ -6,27 +6,38 @@ the same sizes again on the next, so each call page-faults all of them in afresh
 on 2 CPU cores spent over a quarter of its end-to-end time so (torch, 47 -> 65 FPS with reuse; the pruned
 model 61 -> 105). Taking every block from the heap and never trimming it lets the next call reuse the pages,
 as jemalloc or tcmalloc would. The resident set then stays at the loop's peak instead of falling between
-calls; ``malloc_trim(0)`` still returns free pages on demand.
+calls; :func:`release_freed_memory` still returns free pages on demand.
 """
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import sys
 
 # mallopt parameters, from glibc's malloc.h.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
 
-def keep_freed_memory() -> bool:
-    """Process-wide: serve every block from the heap and never trim it. True where glibc applied it (Linux);
-    False elsewhere (other C libraries manage memory their own way). Calling it again is harmless."""
-    if not sys.platform.startswith("linux"):
-        return False
+def _glibc() -> ctypes.CDLL | None:
+    """glibc, or None where the C library is another (macOS, musl): they manage memory their own way."""
     try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def keep_freed_memory() -> bool:
+    """Process-wide: serve every block from the heap and never trim it. True where glibc applied it; False
+    elsewhere. Calling it again is harmless."""
+    libc = _glibc()
+    if libc is None:
         return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS now (glibc's ``malloc_trim(0)``); a no-op elsewhere."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)

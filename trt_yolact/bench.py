@@ -28,6 +28,7 @@ from .backends import BACKENDS, BackendUnavailable, ModelSource, make_runner
 from .eval import format_markdown_table, format_table
 from .errors import first_line
 from .files import atomic_write_bytes, atomic_write_text
+from .allocator import release_freed_memory
 from .postprocess import postprocess
 from .preprocess import preprocess
 from .runners import Runner
@@ -63,12 +64,7 @@ def reset_peak_rss() -> None:
 
     Without the trim, memory freed by an earlier configuration stays resident and a later one reuses it
     without the resident set rising, which would flatter whichever model is measured later."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    release_freed_memory()
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:

@@ -77,10 +77,9 @@ class TorchRunner(Runner):
         channels_last: bool = True,
         reuse_freed_memory: bool = True,
     ):
-        """``reuse_freed_memory``: on the CPU, keep freed memory in the process for the next call
-        (:func:`trt_yolact.allocator.keep_freed_memory`, process-wide): glibc otherwise hands activations back
-        to the OS after each call and page-faults them in again on the next (the demo model at batch 8 on
-        2 cores: 1.35x end to end with reuse, the pruned one 1.6x).
+        """``reuse_freed_memory``: on the CPU, keep freed memory in the process for the next call instead of
+        page-faulting each call's activations in afresh (:func:`trt_yolact.allocator.keep_freed_memory`,
+        process-wide; why and what it gains: :mod:`trt_yolact.allocator`).
 
         ``channels_last``: run in NHWC memory layout (True, the default) or NCHW (False). oneDNN's CPU
         kernels are far faster on NHWC (its NCHW 3x3 max-pooling alone took a fifth of the demo model's
