@@ -6,6 +6,7 @@ Random weights drawn like a trained network's scale (so that ~100 detections per
 post-processing worst case), 640x480 images. Stages are timed interleaved within one run, median of
 ``--repeats``; the target is post-processing <= 10 % of end-to-end time at batch 8.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,17 +14,16 @@ import json
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from trt_yolact.config import get_config
-from trt_yolact.eval import format_table
 from trt_yolact.files import atomic_write_text
-from trt_yolact.model import Yolact
-from trt_yolact.postprocess import postprocess
-from trt_yolact.preprocess import preprocess
+from trt_yolact.inference.postprocess import postprocess
+from trt_yolact.inference.preprocess import preprocess
+from trt_yolact.model.yolact import Yolact
+from trt_yolact.tables import format_table
 
 
 def randomize(model: Yolact, seed: int = 0) -> Yolact:
@@ -74,7 +74,11 @@ def main() -> None:
                         "detections_per_image": detections})  # fmt: skip
         rows.append([batch, f"{median['preprocess']:.1f}", f"{median['forward']:.1f}", f"{median['postprocess']:.1f}",
                      f"{total:.1f}", f"{100 * share:.1f}%", f"{detections:.0f}"])  # fmt: skip
-    print(format_table(rows, ["batch", "pre ms/img", "forward ms/img", "post ms/img", "total ms/img", "post share", "dets/img"]))
+    print(
+        format_table(
+            rows, ["batch", "pre ms/img", "forward ms/img", "post ms/img", "total ms/img", "post share", "dets/img"]
+        )
+    )
     report = {
         "config": config.name, "input": "640x480 BGR", "repeats": args.repeats, "torch": torch.__version__,
         "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),

@@ -16,6 +16,7 @@ iterations after a warm-up; "other" is the rest of the runner call (softmax, con
 input's conversion to the runner's layout). MACs: Conv2d multiply-accumulates per image at the model's input
 size. Models are measured round-robin, each measured call after ``--settle`` unmeasured ones of its model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,13 +30,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from trt_yolact.backends import ModelSource
-from trt_yolact.eval import format_markdown_table, format_table
 from trt_yolact.files import atomic_write_bytes, atomic_write_text
-from trt_yolact.fuse import fuse_model, is_fused_state_dict
-from trt_yolact.model import Yolact
-from trt_yolact.prune import conv_macs_by_module
-from trt_yolact.runners import TorchRunner
+from trt_yolact.model.checkpoint import ModelSource
+from trt_yolact.model.fuse import fuse_model, is_fused_state_dict
+from trt_yolact.model.stats import conv_macs_by_module
+from trt_yolact.model.yolact import Yolact
+from trt_yolact.runtime.torch_runner import TorchRunner
+from trt_yolact.tables import format_markdown_table, format_table
 
 OTHER = "other"
 
@@ -92,8 +93,11 @@ class Profiled:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="yolact_shapes,yolact_shapes_pruned",
-                        help="comma-separated checkpoints or embedded names; the first is the reference")
+    parser.add_argument(
+        "--models",
+        default="yolact_shapes,yolact_shapes_pruned",
+        help="comma-separated checkpoints or embedded names; the first is the reference",
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--no-fuse", action="store_true", help="time the models with their batch norms")
@@ -172,7 +176,7 @@ def candidate_models(args: argparse.Namespace):
     from gpu_check import random_model
 
     from trt_yolact.config import get_config
-    from trt_yolact.prune import prune_model
+    from trt_yolact.model.prune import prune_model
 
     config = get_config(args.config)
     if args.size:

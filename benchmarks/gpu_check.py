@@ -8,6 +8,7 @@ peak CUDA memory once warm. FPS use the fastest of the forward variants.
 Random weights (BN scales drawn so that pruning has something to choose). Prints a table, writes JSON.
 Designed to finish well within 10 minutes on one modern GPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,19 +16,18 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from trt_yolact.config import get_config
-from trt_yolact.eval import format_table
 from trt_yolact.files import atomic_write_text
-from trt_yolact.fuse import fuse_model
-from trt_yolact.model import Yolact
-from trt_yolact.postprocess import postprocess
-from trt_yolact.prune import count_conv_macs, count_params, prune_model
+from trt_yolact.inference.postprocess import postprocess
+from trt_yolact.model.fuse import fuse_model
+from trt_yolact.model.prune import prune_model
+from trt_yolact.model.stats import count_conv_macs, count_params
+from trt_yolact.model.yolact import Yolact
 from trt_yolact.structures import RawOutputs
+from trt_yolact.tables import format_table
 
 
 def random_model(config, seed: int = 0) -> Yolact:
@@ -143,7 +143,14 @@ def main() -> int:
         for precision in precisions:
             for batch in (int(b) for b in args.batches.split(",")):
                 result = measure(model, batch, precision, device, args.iters, args.size)
-                record = {"model": name, "precision": precision, "batch": batch, "params": params, "macs": macs, **result}
+                record = {
+                    "model": name,
+                    "precision": precision,
+                    "batch": batch,
+                    "params": params,
+                    "macs": macs,
+                    **result,
+                }
                 records.append(record)
                 ms = lambda key: "-" if f"{key}_ms" not in result else f"{result[f'{key}_ms']:.2f}"  # noqa: E731
                 rows.append([name, precision, batch, ms("eager"), ms("eager_nhwc"), ms("graph_nchw"), ms("graph_nhwc"),
@@ -154,7 +161,9 @@ def main() -> int:
     for r in records:
         b = base[(r["precision"], r["batch"])]
         r["speed_change_pct"] = 100 * (r["fps_end_to_end"] / b["fps_end_to_end"] - 1)
-        r["memory_change_pct"] = 100 * (r["peak_cuda_bytes"] / b["peak_cuda_bytes"] - 1) if b["peak_cuda_bytes"] else None
+        r["memory_change_pct"] = (
+            100 * (r["peak_cuda_bytes"] / b["peak_cuda_bytes"] - 1) if b["peak_cuda_bytes"] else None
+        )
     header = ["model", "prec", "batch", "eager ms", "eager NHWC ms", "graph ms", "graph NHWC ms", "post ms", "FPS fwd",
               "FPS e2e", "peak MiB", "params M", "GMACs"]  # fmt: skip
     print(format_table(rows, header))

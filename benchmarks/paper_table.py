@@ -10,6 +10,7 @@ mask AP on the given set — each as a change against the dense model on the sam
 like with like). Throughput is given end to end and for the network alone (forward only). Timings are
 interleaved within one run (``trt_yolact.bench``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,17 +20,22 @@ import time
 
 import torch
 
-from trt_yolact.backends import ModelSource, make_runner
-from trt_yolact.bench import run_benchmark
-from trt_yolact.eval import evaluate, format_markdown_table, format_table
 from trt_yolact.files import atomic_write_text
-from trt_yolact.predict import Predictor
+from trt_yolact.inference.predictor import Predictor
+from trt_yolact.inference.sources import runner_for
+from trt_yolact.metrics.coco_eval import evaluate
+from trt_yolact.metrics.speed import BenchOptions, run_benchmark
+from trt_yolact.model.checkpoint import ModelSource
+from trt_yolact.tables import format_markdown_table, format_table
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="yolact_shapes,yolact_shapes_pruned",
-                        help="comma-separated checkpoints or embedded names; the first is the dense reference")
+    parser.add_argument(
+        "--models",
+        default="yolact_shapes,yolact_shapes_pruned",
+        help="comma-separated checkpoints or embedded names; the first is the dense reference",
+    )
     parser.add_argument("--ann", required=True)
     parser.add_argument("--images", required=True)
     parser.add_argument("--iters", type=int, default=20)
@@ -47,10 +53,11 @@ def main() -> int:
         accuracy = {}
         for source in sources:
             for backend in backends:
-                runner = make_runner(source, backend, "fp32", "cpu", args.cache)
-                result, _ = evaluate(Predictor(runner, source.config), args.ann, args.images, 8, args.max_images)
+                with runner_for(source, backend, "fp32", "cpu", args.cache) as runner:
+                    result, _ = evaluate(Predictor(runner, source.config), args.ann, args.images, 8, args.max_images)
                 accuracy[(source.name, backend)] = result
-        speed, _ = run_benchmark(sources, backends, ["fp32"], [1, 8], args.iters, cache_dir=args.cache)
+        options = BenchOptions(backends, ("fp32",), (1, 8), args.iters, device="cpu", cache_dir=args.cache)
+        speed, _ = run_benchmark(sources, options)
     rows = []
     dense = {(r.backend, r.batch): r for r in speed if r.model == sources[0].name}
     for source in sources:

@@ -10,6 +10,7 @@ architecture-from-shapes loader, run through `Predictor` on a 640x480 image, exp
 ONNX Runtime against torch; then the eager-mode CPU forward time at batch 1 (through the torch runner, in its
 NHWC CPU layout) of dense, dense+fused, pruned and pruned+fused, interleaved, median of --repeats.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,16 +25,16 @@ import numpy as np
 import torch
 from gpu_check import random_model
 
-from trt_yolact.bench import synthetic_images
-from trt_yolact.checkpoint import load_model, save_checkpoint
 from trt_yolact.config import get_config
-from trt_yolact.eval import format_markdown_table, format_table
-from trt_yolact.export import export_onnx
+from trt_yolact.deploy.onnx_export import export_onnx
 from trt_yolact.files import atomic_write_text
-from trt_yolact.fuse import fuse_model
-from trt_yolact.predict import Predictor
-from trt_yolact.prune import prune_model
-from trt_yolact.runners import TorchRunner
+from trt_yolact.inference.images import synthetic_frames as synthetic_images
+from trt_yolact.inference.predictor import Predictor
+from trt_yolact.model.checkpoint import load_model, save_checkpoint
+from trt_yolact.model.fuse import fuse_model
+from trt_yolact.model.prune import prune_model
+from trt_yolact.runtime.torch_runner import TorchRunner
+from trt_yolact.tables import format_markdown_table, format_table
 
 
 def onnx_max_error(model, path: Path, size: int) -> float:

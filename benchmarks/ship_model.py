@@ -7,6 +7,7 @@
 and its priors follow the feature-map sizes): the demo models train at 256 px and run at 320 px, the size
 chosen on the validation split (box/mask AP 66.1/56.0 at 256 -> 69.3/63.8 at 320, 200 validation images).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,7 @@ import sys
 
 import torch
 
-from trt_yolact.checkpoint import load_model, save_checkpoint
+from trt_yolact.model.checkpoint import load_model, save_checkpoint
 
 
 def main() -> int:
@@ -22,8 +23,9 @@ def main() -> int:
     parser.add_argument("source")
     parser.add_argument("target")
     parser.add_argument("--input-size", type=int, default=None, help="deployment input size (default: as trained)")
-    parser.add_argument("--name", default=None,
-                        help="config name stored with the model (default: the training config's name)")
+    parser.add_argument(
+        "--name", default=None, help="config name stored with the model (default: the training config's name)"
+    )
     parser.add_argument("--note", default=None, help="provenance stored in the file (e.g. the recipe)")
     parser.add_argument("--max-mb", type=float, default=8.0, help="the package's size limit per model")
     args = parser.parse_args()
@@ -36,8 +38,10 @@ def main() -> int:
     # fp16 storage halves the file; the loader casts back to fp32 (AP change measured in the README).
     path = save_checkpoint(args.target, model, half=True, **extra)
     size_mb = path.stat().st_size / 2**20
-    print(f"{path}: {size_mb:.2f} MiB, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, "
-          f"torch {torch.__version__}")
+    print(
+        f"{path}: {size_mb:.2f} MiB, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, "
+        f"torch {torch.__version__}"
+    )
     if size_mb > args.max_mb:
         print(f"error: {size_mb:.2f} MiB is over the {args.max_mb} MiB limit", file=sys.stderr)
         return 1

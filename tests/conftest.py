@@ -1,4 +1,5 @@
 """Shared fixtures: the reference data of the original YOLACT and small models."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,7 +33,7 @@ def reference_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def fixture_model(reference_dir):
-    from trt_yolact.checkpoint import load_model
+    from trt_yolact.model.checkpoint import load_model
 
     return load_model(reference_dir / "yolact_fixture.pth", FIXTURE_CONFIG)
 

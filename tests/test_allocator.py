@@ -1,4 +1,5 @@
 """Freed CPU memory stays in the process for the next inference call (glibc)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -10,7 +11,7 @@ import pytest
 # still resident (MiB). Run in a fresh interpreter: the allocator setting is process-wide.
 _PROBE = """
 import sys, torch
-from trt_yolact.allocator import keep_freed_memory
+from trt_yolact.runtime.allocator import keep_freed_memory
 def rss():
     return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20
 if sys.argv[1] == 'reuse':
@@ -38,16 +39,16 @@ def test_freed_activations_stay_resident_for_reuse():
 
 
 def test_torch_runner_applies_it_on_the_cpu_only_when_asked(monkeypatch):
-    from trt_yolact import runners
+    from trt_yolact.runtime import torch_runner
     from trt_yolact.config import BackboneConfig, YolactConfig
-    from trt_yolact.model import Yolact
+    from trt_yolact.model.yolact import Yolact
 
     tiny = YolactConfig(name="tiny", backbone=BackboneConfig(layers=(1, 1, 1, 1), widths=(8, 8, 8, 8), stem_channels=8),
                         max_size=64, class_names=("a",), category_ids=(1,), fpn_channels=8, proto_channels=8,
                         head_channels=8, mask_dim=4)  # fmt: skip
     calls = []
-    monkeypatch.setattr(runners, "keep_freed_memory", lambda: calls.append(1) or True)
-    runners.TorchRunner(Yolact(tiny), "cpu", reuse_freed_memory=False)
+    monkeypatch.setattr(torch_runner, "keep_freed_memory", lambda: calls.append(1) or True)
+    torch_runner.TorchRunner(Yolact(tiny), "cpu", reuse_freed_memory=False)
     assert calls == []
-    runners.TorchRunner(Yolact(tiny), "cpu")
+    torch_runner.TorchRunner(Yolact(tiny), "cpu")
     assert calls == [1]

@@ -1,4 +1,5 @@
 """The comparison (eval) against pycocotools run directly on predict's JSON, and bench's report."""
+
 from __future__ import annotations
 
 import contextlib
@@ -8,10 +9,10 @@ import shutil
 
 import pytest
 import torch
+from conftest import FIXTURE_CONFIG
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from conftest import FIXTURE_CONFIG
 from trt_yolact.bench import main as bench_main
 from trt_yolact.eval import main as eval_main
 from trt_yolact.predict import main as predict_main
@@ -81,23 +82,23 @@ def test_eval_aps_equal_pycocotools_on_predict_json(reference_dir, fixture_datas
 
 def test_max_ap_drop_fails_a_regression(reference_dir, fixture_dataset, tmp_path, monkeypatch):
     """A backend that loses mask AP beyond --max-ap-drop makes eval exit non-zero."""
-    import trt_yolact.backends as backends
+    from trt_yolact.metrics import coco_eval
 
-    real = backends.make_runner
+    real = coco_eval.runner_for
 
     def degraded(source, backend, precision, *args, **kwargs):
         runner = real(source, "torch", "fp32", *args, **kwargs)
         if backend == "onnxruntime":
-            original = runner.infer
+            original = runner._infer
 
             def noisy(images):  # shift every box: a broken deployment
                 out = original(images)
-                return out._replace(loc=out.loc + 0.8)
+                return {**out, "loc": out["loc"] + 0.8}
 
-            runner.infer = noisy
+            runner._infer = noisy
         return runner
 
-    monkeypatch.setattr(backends, "make_runner", degraded)
+    monkeypatch.setattr(coco_eval, "runner_for", degraded)
     ann, images = fixture_dataset
     code = eval_main(["--weights", str(reference_dir / "yolact_fixture.pth"), "--config", str(FIXTURE_CONFIG),
                       "--ann", str(ann), "--images", str(images), "--backends", "torch,onnxruntime",
@@ -128,25 +129,27 @@ def test_bench_json_has_the_fields(reference_dir, tmp_path):
 
 def test_bench_settles_each_configuration_before_measuring_it(reference_dir, tmp_path, monkeypatch):
     """Each round runs every configuration ``settle`` times unmeasured, then once measured, in turn."""
-    from trt_yolact import bench
-    from trt_yolact.backends import ModelSource
+    from trt_yolact.metrics import speed
+    from trt_yolact.model.checkpoint import ModelSource
 
     calls = []
-    original = bench.Measurement.once
+    original = speed.Measurement.once
 
     def once(self, record=True):
         calls.append((self.runner.backend, len(self.images), record))
         original(self, record)
 
-    monkeypatch.setattr(bench.Measurement, "once", once)
+    monkeypatch.setattr(speed.Measurement, "once", once)
     source = ModelSource.load(str(reference_dir / "yolact_fixture.pth"), str(FIXTURE_CONFIG))
-    rows, _ = bench.run_benchmark([source], ["torch"], ["fp32"], [1, 2], iters=3, warmup=1, settle=2,
-                                  cache_dir=str(tmp_path))  # fmt: skip
+    options = speed.BenchOptions(("torch",), ("fp32",), (1, 2), iters=3, warmup=1, settle=2, cache_dir=str(tmp_path))
+    rows, _ = speed.run_benchmark([source], options)
     assert [len(r.samples) for r in rows] == [3, 3]
     timed = calls[2:]  # after one warm-up per configuration
     one_round = [("torch", 1, False)] * 2 + [("torch", 1, True)] + [("torch", 2, False)] * 2 + [("torch", 2, True)]
     assert timed == one_round * 3
-    assert main_exit_code(["--settle", "-1"], reference_dir) == 2
+    with pytest.raises(SystemExit) as exit_info:  # rejected by the argument parser
+        main_exit_code(["--settle", "-1"], reference_dir)
+    assert exit_info.value.code == 2
 
 
 def main_exit_code(extra: list[str], reference_dir) -> int:
@@ -160,8 +163,8 @@ def test_block_profile_splits_time_and_macs_by_block(tmp_path):
     import sys
     from pathlib import Path
 
-    from trt_yolact.backends import ModelSource
-    from trt_yolact.prune import count_conv_macs
+    from trt_yolact.model.checkpoint import ModelSource
+    from trt_yolact.model.stats import count_conv_macs
 
     out = tmp_path / "blocks.json"
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "block_profile.py"
@@ -195,11 +198,11 @@ def test_cuda_memory_counts_this_configuration_alone(monkeypatch):
     rise above the level just before its warm-up; a TensorRT engine brings its own weights."""
     from types import SimpleNamespace
 
-    from trt_yolact import bench
+    from trt_yolact.metrics import speed
 
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 5_000)
     runner = SimpleNamespace(device=torch.device("cuda", 0))
-    measurement = bench.Measurement(runner, None, [])
+    measurement = speed.Measurement(SimpleNamespace(runner=runner), [])
     assert measurement.memory(before=4_200, weight_bytes=300) == (1_100, "cuda weights + peak allocated rise")
     runner.device_memory_bytes = 2_000
     assert measurement.memory(before=4_200, weight_bytes=300)[0] == 2_800

@@ -1,4 +1,5 @@
 """The build command: every artifact written whole, verified against torch, and reported."""
+
 from __future__ import annotations
 
 import json
@@ -6,9 +7,9 @@ import json
 import pytest
 
 from trt_yolact.build import main as build_main
-from trt_yolact.checkpoint import save_checkpoint
 from trt_yolact.config import BackboneConfig, YolactConfig
-from trt_yolact.model import Yolact
+from trt_yolact.model.checkpoint import save_checkpoint
+from trt_yolact.model.yolact import Yolact
 
 TINY = YolactConfig(
     name="tiny", backbone=BackboneConfig(layers=(1, 1, 1, 1), widths=(8, 16, 16, 32), stem_channels=16),
@@ -39,7 +40,13 @@ def test_build_writes_verified_artifacts_and_a_report(tiny_checkpoint, tmp_path,
     assert code == 0, printed
     assert "TensorRT engine skipped" in printed or "tensorrt" in printed
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["tiny.build.json", "tiny.fused.fp16.onnx", "tiny.fused.onnx", "tiny.fused.postprocess.onnx"]
+    assert names == [
+        "tiny.build.json",
+        "tiny.fused.fp16.onnx",
+        "tiny.fused.onnx",
+        "tiny.fused.postprocess.onnx",
+        "tiny.fused.pth",
+    ]
     report = json.loads((out / "tiny.build.json").read_text())
     by_name = {a["name"]: a for a in report["artifacts"]}
     assert max(by_name["tiny.fused.onnx"]["max_abs_error"].values()) < 1e-4
@@ -58,5 +65,7 @@ def test_build_bad_input_is_one_line(tiny_checkpoint, tmp_path, capsys):
     blocker.write_text("not a folder")
     assert build_main(["--weights", str(tiny_checkpoint), "--out", str(blocker / "sub")]) == 2
     assert capsys.readouterr().err.startswith("error:")
-    assert build_main(["--weights", str(tiny_checkpoint), "--batch", "8,4,1", "--out", str(tmp_path / "y")]) == 2
+    with pytest.raises(SystemExit) as exit_info:  # rejected by the argument parser, naming the flag
+        build_main(["--weights", str(tiny_checkpoint), "--batch", "8,4,1", "--out", str(tmp_path / "y")])
+    assert exit_info.value.code == 2 and "argument --batch: need min <= opt <= max" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()

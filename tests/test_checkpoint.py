@@ -1,16 +1,17 @@
 """Official layouts, strict loading, architecture from checkpoint shapes, and clear errors."""
+
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import official_layout, random_state_dict
-from trt_yolact.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
-from trt_yolact.config import OFFICIAL_CONFIGS, ConfigError, get_config, infer_config_name
-from trt_yolact.model import Yolact
+
+from trt_yolact.config import OFFICIAL_CONFIGS, get_config, infer_config_name
+from trt_yolact.errors import CheckpointError, ConfigError
+from trt_yolact.model.checkpoint import load_model, read_checkpoint, save_checkpoint
+from trt_yolact.model.yolact import Yolact
 
 OFFICIAL = sorted(OFFICIAL_CONFIGS)
 
@@ -55,7 +56,7 @@ def test_darknet_internal_widths_follow_the_checkpoint(reference_dir):
         state[f"{key}.1.{suffix}"] = state[f"{key}.1.{suffix}"][:40]
     conv2 = "backbone.layers.2.3.conv2.0.weight"
     state[conv2] = state[conv2][:, :40]
-    from trt_yolact.checkpoint import build_model
+    from trt_yolact.model.checkpoint import build_model
 
     model = build_model(state, get_config("yolact_darknet53"))
     assert model.backbone.layers[2][3].conv1[0].out_channels == 40
@@ -128,7 +129,9 @@ def test_config_inferred_from_file_name(file_name, expected):
     assert infer_config_name(file_name) == expected
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "benchmarks" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "benchmarks" / "configs").glob("*.yaml")), ids=lambda p: p.stem
+)
 def test_benchmark_configs_build_and_run(path):
     """The candidate architectures in benchmarks/configs load, are named after their file, and run."""
     config = get_config(path)

@@ -1,4 +1,5 @@
 """Augmentation: box/mask/label consistency under random TrainTransform, determinism, normalisation."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ def cases(draw: st.DrawFn) -> Case:
         y1, y2 = sorted(draw(st.lists(st.integers(0, h - 1), min_size=2, max_size=2, unique=True)))
         crowd = i >= n - num_crowds
         if crowd or draw(st.booleans()):
-            masks[i, y1:y2 + 1, x1:x2 + 1] = 1
+            masks[i, y1 : y2 + 1, x1 : x2 + 1] = 1
             labels[i] = CROWD if crowd else RECT
         else:
             cx, cy, rx, ry = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2 + 0.5, (y2 - y1) / 2 + 0.5
@@ -73,8 +74,8 @@ def _check_result(result, case: Case) -> None:  # noqa: ANN001 (TransformResult)
     assert set(np.unique(result.masks)) <= {0, 1}
     # Crowds stay last and are counted.
     assert 0 <= result.num_crowds <= n
-    assert (result.labels[n - result.num_crowds:] == CROWD).all()
-    assert (result.labels[:n - result.num_crowds] != CROWD).all()
+    assert (result.labels[n - result.num_crowds :] == CROWD).all()
+    assert (result.labels[: n - result.num_crowds] != CROWD).all()
     assert (result.boxes >= -1e-6).all() and (result.boxes <= 1 + 1e-6).all()
     for box, mask, label in zip(result.boxes * s, result.masks, result.labels):
         assert box[2] > box[0] and box[3] > box[1]
@@ -100,8 +101,9 @@ def test_train_transform_keeps_targets_consistent(case: Case) -> None:
     if ((case.labels == RECT) & (sizes.min(axis=1) >= 6)).any():
         assert (result.labels != CROWD).any()
     # Same seed, same output.
-    again = TrainTransform(case.max_size, seed=case.seed)(case.image, case.masks, case.boxes, case.labels,
-                                                          case.num_crowds)
+    again = TrainTransform(case.max_size, seed=case.seed)(
+        case.image, case.masks, case.boxes, case.labels, case.num_crowds
+    )
     assert np.array_equal(result.image, again.image)
     assert np.array_equal(result.masks, again.masks)
     assert np.array_equal(result.boxes, again.boxes)

@@ -1,4 +1,5 @@
 """COCO dataset: round trip through generated shapes data, crowd ordering, input validation."""
+
 from __future__ import annotations
 
 import copy
@@ -93,10 +94,22 @@ def crowd_file(shapes: dict[str, Path], tmp_path: Path) -> tuple[Path, dict[str,
     first["iscrowd"] = 1
     first["segmentation"] = _uncompressed_rle(mask)
     polygon = [[4.0, 4.0, 20.0, 4.0, 20.0, 14.0, 4.0, 14.0]]
-    raw["annotations"].append({"id": 10_000, "image_id": 1, "category_id": 2, "segmentation": polygon,
-                               "area": 160.0, "bbox": [4.0, 4.0, 16.0, 10.0], "iscrowd": 0})
-    return _write(tmp_path / "crowd.json", raw), {"mask": mask, "label": first["category_id"] - 1,
-                                                  "n": sum(a["image_id"] == 1 for a in raw["annotations"])}
+    raw["annotations"].append(
+        {
+            "id": 10_000,
+            "image_id": 1,
+            "category_id": 2,
+            "segmentation": polygon,
+            "area": 160.0,
+            "bbox": [4.0, 4.0, 16.0, 10.0],
+            "iscrowd": 0,
+        }
+    )
+    return _write(tmp_path / "crowd.json", raw), {
+        "mask": mask,
+        "label": first["category_id"] - 1,
+        "n": sum(a["image_id"] == 1 for a in raw["annotations"]),
+    }
 
 
 def test_crowds_come_last(shapes: dict[str, Path], crowd_file: tuple[Path, dict[str, Any]]) -> None:

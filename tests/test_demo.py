@@ -1,4 +1,5 @@
 """The threaded video demo: every frame out in order, clean stops (Ctrl-C included), one-line errors."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,13 +18,15 @@ import numpy as np
 import pytest
 import torch
 
-from trt_yolact.checkpoint import save_checkpoint
-from trt_yolact.config import BackboneConfig, YolactConfig
-from trt_yolact.demo import DemoError, PipelineError, VideoSource, main, run_demo
-from trt_yolact.model import Yolact
-from trt_yolact.postprocess import PostprocessConfig
-from trt_yolact.predict import Predictor
-from trt_yolact.runners import TorchRunner
+from trt_yolact.config import BackboneConfig, PostprocessConfig, YolactConfig
+from trt_yolact.demo import main
+from trt_yolact.errors import DemoError
+from trt_yolact.inference.predictor import Predictor
+from trt_yolact.inference.stream import PipelineError, run_demo
+from trt_yolact.inference.video_io import VideoSource
+from trt_yolact.model.checkpoint import save_checkpoint
+from trt_yolact.model.yolact import Yolact
+from trt_yolact.runtime.torch_runner import TorchRunner
 
 REPO = Path(__file__).resolve().parents[1]
 BITS = 6  # frame indices 0..63 are drawn as black/white cells along the bottom of each frame
@@ -193,7 +196,9 @@ def test_a_failing_stage_is_reported_and_leaves_nothing(tmp_path, model, video60
 def test_ctrl_c_exits_130_with_a_playable_video(tmp_path, checkpoint):
     video = write_video(tmp_path / "long.mp4", 300, 320, 240)
     out = tmp_path / "out.mp4"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
     command = [sys.executable, "-m", "trt_yolact.demo", "--source", str(video), "--weights", str(checkpoint),
                "--out", str(out), "--no-display", "--batch", "2", "--score-threshold", "0"]  # fmt: skip
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -255,17 +260,43 @@ def test_run_demo_raises_for_an_unreadable_source(tmp_path, model):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--engine", "missing.engine"], "--engine file .*missing.engine does not exist"),
-        (["--onnx", "missing.onnx"], "--onnx file .*missing.onnx does not exist"),
-        (["--backend", "tensorrt"], "needs --engine"),
-        (["--engine", "a.engine", "--onnx", "a.onnx"], "not both"),
-        (["--batch", "0"], "at least 1"),
+        (["--weights", "missing.engine"], "missing.engine does not exist"),
+        (["--weights", "missing.onnx"], "missing.onnx does not exist"),
+        (["--backend", "tensorrt"], "TensorRT"),
+        (["--weights", "CHECKPOINT.onnx", "--backend", "tensorrt"], "runs with the onnxruntime backend, not tensorrt"),
     ],
 )
-def test_bad_model_arguments_are_one_error_line(tmp_path, capsys, video60, args, message):
-    args = [str(tmp_path / a) if a.endswith((".engine", ".onnx")) else a for a in args]
+def test_bad_model_arguments_are_one_error_line(tmp_path, capsys, video60, tiny_onnx, args, message):
+    names = {"CHECKPOINT.onnx": str(tiny_onnx)}
+    args = [names.get(a, str(tmp_path / a) if a.endswith((".engine", ".onnx")) else a) for a in args]
     assert main(["--source", str(video60), "--no-display", *args]) == 2
     assert re.search(message, one_error_line(capsys))
+
+
+def test_bad_numbers_are_rejected_by_the_argument_parser(capsys, video60):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--source", str(video60), "--no-display", "--batch", "0"])
+    assert exit_info.value.code == 2 and "argument --batch: must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory, checkpoint) -> Path:
+    from trt_yolact.export import main as export_main
+
+    out = tmp_path_factory.mktemp("onnx")
+    assert export_main(["--weights", str(checkpoint), "--out", str(out), "--name", "tiny"]) == 0
+    return out / "tiny.onnx"
+
+
+def test_an_onnx_export_runs_a_video(tmp_path, capsys, video60, tiny_onnx):
+    """--weights X.onnx: the export runs with ONNX Runtime, its config read from the file's metadata."""
+    out = tmp_path / "onnx.mp4"
+    code = main(["--source", str(video60), "--weights", str(tiny_onnx), "--out", str(out), "--no-display",
+                 "--batch", "4", "--score-threshold", "0", "--top-k", "1"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    count, frames = read_video(out)
+    assert count == 60 and [decode_index(f) for f in frames] == list(range(60))
+    assert "60 frames read, 60 written" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("out", ["blocker/out.mp4", "out.txt"])
@@ -290,7 +321,7 @@ def test_a_live_source_skips_stale_frames_but_keeps_the_order(tmp_path, model, v
 
 
 def test_a_missing_onnxruntime_runner_is_one_error_line(tmp_path, capsys, video60, monkeypatch):
-    monkeypatch.setitem(sys.modules, "trt_yolact.onnxruntime_runner", None)  # as if it were not installed
+    monkeypatch.setitem(sys.modules, "trt_yolact.runtime.onnxruntime_runner", None)  # as if it were not installed
     (tmp_path / "model.onnx").write_bytes(b"onnx")
-    assert main(["--source", str(video60), "--onnx", str(tmp_path / "model.onnx"), "--no-display"]) == 2
+    assert main(["--source", str(video60), "--weights", str(tmp_path / "model.onnx"), "--no-display"]) == 2
     assert "onnxruntime backend is not available" in one_error_line(capsys)

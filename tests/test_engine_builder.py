@@ -1,6 +1,7 @@
 """Engine builder logic without TensorRT: batch profile, precision plan, sidecar and staleness,
 and build_engine's control flow against a fake ``tensorrt`` module. Tests that need the real
 TensorRT and a GPU are skipped here."""
+
 from __future__ import annotations
 
 import json
@@ -16,22 +17,27 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from trt_yolact import engine as eng
-from trt_yolact.engine import (
-    BuildProfile,
-    EngineBuildError,
-    PrecisionError,
-    PrecisionPlan,
-    TensorRTUnavailable,
-    build_engine,
+from trt_yolact import files
+from trt_yolact.deploy import engine_format, onnx_format
+from trt_yolact.deploy import tensorrt_build as eng
+from trt_yolact.deploy.engine_format import (
     engine_compatibility_problem,
+    read_sidecar,
+    rebuild_command,
+    sidecar_path,
+    trt_major,
+    write_sidecar,
+)
+from trt_yolact.deploy.tensorrt_build import (
+    BuildProfile,
+    PrecisionPlan,
+    build_engine,
     expected_metadata,
     is_engine_stale,
     precision_plan,
-    read_sidecar,
-    sidecar_path,
-    write_sidecar,
 )
+from trt_yolact.errors import EngineBuildError, PrecisionError, TensorRTUnavailable
+from trt_yolact.runtime.tensorrt_runner import dump_engine_layers
 
 API_DIR = Path(__file__).resolve().parent / "data" / "tensorrt_api"
 STRONG = PrecisionPlan(("STRONGLY_TYPED",), ())
@@ -108,13 +114,15 @@ def _ns(**flags):
 
 
 def test_trt_major():
-    assert eng.trt_major("10.16.1.11") == "10"
-    assert eng.trt_major("11.4.0.106") == "11"
+    assert trt_major("10.16.1.11") == "10"
+    assert trt_major("11.4.0.106") == "11"
     with pytest.raises(ValueError):
-        eng.trt_major("ten")
+        trt_major("ten")
 
 
-@pytest.mark.parametrize("trt", [None, _ns(NetworkDefinitionCreationFlag=_ns(STRONGLY_TYPED=1), BuilderFlag=_ns(FP16=0))])
+@pytest.mark.parametrize(
+    "trt", [None, _ns(NetworkDefinitionCreationFlag=_ns(STRONGLY_TYPED=1), BuilderFlag=_ns(FP16=0))]
+)
 def test_plan_trt10_strongly_typed(trt):
     assert precision_plan("10.16.1.11", True, "fp16", trt) == STRONG  # FP16 ONNX, strongly typed
     assert precision_plan("10.16.1.11", False, "fp32", trt) == STRONG
@@ -160,7 +168,7 @@ def test_plan_rejects_unknown_precision_and_version():
 def test_plan_against_real_name_lists(path):
     """Flags planned for each extracted TensorRT version exist in that version."""
     trt = fake_module_from_list(path)
-    version = path.stem[len("tensorrt-"):]
+    version = path.stem[len("tensorrt-") :]
     for onnx_fp16, requested in [(True, "fp16"), (False, "fp32"), (False, "fp16")]:
         try:
             plan = precision_plan(version, onnx_fp16, requested, trt)
@@ -293,9 +301,14 @@ def test_engine_compatibility_problem():
     problem = engine_compatibility_problem(meta, "10.16.1.11", {"name": "NVIDIA L4", "compute_capability": "8.9"})
     assert "8.9" in problem and "9.0" in problem
     # same architecture, other board: TensorRT accepts it
-    assert engine_compatibility_problem(meta, "10.16.1.11", {"name": "NVIDIA H100 NVL", "compute_capability": "9.0"}) is None
+    assert (
+        engine_compatibility_problem(meta, "10.16.1.11", {"name": "NVIDIA H100 NVL", "compute_capability": "9.0"})
+        is None
+    )
     assert engine_compatibility_problem(meta, "10.16.1.11", None) is None
-    assert "python -m trt_yolact.build" in eng.rebuild_command("x.engine") and "x.engine" in eng.rebuild_command("x.engine")
+    assert "python -m trt_yolact.build" in rebuild_command("x.engine") and "x.engine" in rebuild_command(
+        "x.engine"
+    )
 
 
 def test_atomic_write_cleans_up_on_interrupt(tmp_path, monkeypatch):
@@ -305,16 +318,16 @@ def test_atomic_write_cleans_up_on_interrupt(tmp_path, monkeypatch):
     def interrupted(src, dst):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(eng.os, "replace", interrupted)
+    monkeypatch.setattr(files.os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        eng._atomic_write(target, b"new")
+        files.atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU answer")
 def test_gpu_info_without_cuda():
-    assert eng.gpu_info() is None
+    assert engine_format.gpu_info() is None
 
 
 # --------------------------------------------------------------------------- ONNX inspection
@@ -372,13 +385,13 @@ def _tiny_onnx(path: Path, *, size=32, fp16=False, dynamic_size=False, input_nam
 def test_onnx_inspection(tmp_path):
     fp32 = _tiny_onnx(tmp_path / "m.onnx")
     fp16 = _tiny_onnx(tmp_path / "m.fp16.onnx", fp16=True)
-    assert eng.onnx_is_fp16(fp32) is False
-    assert eng.onnx_is_fp16(fp16) is True
-    assert eng.onnx_input_size(fp32) == 32
+    assert onnx_format.onnx_is_fp16(fp32) is False
+    assert onnx_format.onnx_is_fp16(fp16) is True
+    assert onnx_format.onnx_input_size(fp32) == 32
     with pytest.raises(EngineBuildError, match="static"):
-        eng.onnx_input_size(_tiny_onnx(tmp_path / "dyn.onnx", dynamic_size=True))
+        onnx_format.onnx_input_size(_tiny_onnx(tmp_path / "dyn.onnx", dynamic_size=True))
     with pytest.raises(EngineBuildError, match="no input named"):
-        eng.onnx_input_size(_tiny_onnx(tmp_path / "x.onnx", input_name="input"))
+        onnx_format.onnx_input_size(_tiny_onnx(tmp_path / "x.onnx", input_name="input"))
 
 
 def test_tiny_onnx_is_valid_yolact_shaped(tmp_path):
@@ -469,8 +482,9 @@ class FakeTRT(types.ModuleType):
                 return Profile()
 
             def build_serialized_network(self, network, config):
-                calls.append(("build", network.flags, list(config.flags), config.profiles[0].shape,
-                              config.profiling_verbosity))
+                calls.append(
+                    ("build", network.flags, list(config.flags), config.profiles[0].shape, config.profiling_verbosity)
+                )
                 monitor = config.progress_monitor
                 if monitor is not None:
                     monitor.phase_start("Building", None, 2)
@@ -528,8 +542,11 @@ class FakeTRT(types.ModuleType):
         self.Logger, self.Builder, self.OnnxParser, self.Runtime = Logger, Builder, OnnxParser, Runtime
         self.IProgressMonitor = IProgressMonitor
         self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1 if version.startswith("10") else 0)
-        self.BuilderFlag = types.SimpleNamespace(FP16="FP16", TF32="TF32") if version.startswith("10") \
+        self.BuilderFlag = (
+            types.SimpleNamespace(FP16="FP16", TF32="TF32")
+            if version.startswith("10")
             else types.SimpleNamespace(TF32="TF32")
+        )
         self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
         self.ProfilingVerbosity = types.SimpleNamespace(DETAILED="DETAILED")
         self.LayerInformationFormat = types.SimpleNamespace(JSON="JSON")
@@ -660,8 +677,8 @@ def test_stale_check_accepts_profile_objects(engine_file):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the errors of a machine without GPU")
 def test_runner_errors_without_gpu(fake_trt, tmp_path):
-    from trt_yolact.runners import RunnerError
-    from trt_yolact.tensorrt_runner import TensorRTRunner
+    from trt_yolact.errors import RunnerError
+    from trt_yolact.runtime.tensorrt_runner import TensorRTRunner
 
     fake_trt()
     with pytest.raises(RunnerError, match="python -m trt_yolact.build"):
@@ -702,12 +719,12 @@ def test_dump_engine_layers(fake_trt, onnx_pair, tmp_path):
     fake_trt()
     out = tmp_path / "a.engine"
     build_engine(onnx_pair[1], out)
-    info = eng.dump_engine_layers(out, tmp_path / "layers.json")
+    info = dump_engine_layers(out, tmp_path / "layers.json")
     assert info == {"Layers": ["conv"], "format": "JSON"}
     assert json.loads((tmp_path / "layers.json").read_text()) == info
     out.write_bytes(b"garbage")
     with pytest.raises(EngineBuildError, match="rebuild"):
-        eng.dump_engine_layers(out, tmp_path / "layers2.json")
+        dump_engine_layers(out, tmp_path / "layers2.json")
 
 
 # --------------------------------------------------------------------------- real TensorRT (GPU machines)
@@ -717,7 +734,7 @@ def test_dump_engine_layers(fake_trt, onnx_pair, tmp_path):
 def test_real_build_and_run(tmp_path):
     pytest.importorskip("tensorrt", reason="needs the TensorRT Python package (GPU machines only)")
     ort = pytest.importorskip("onnxruntime")
-    from trt_yolact.tensorrt_runner import TensorRTRunner
+    from trt_yolact.runtime.tensorrt_runner import TensorRTRunner
 
     path = _tiny_onnx(tmp_path / "m.onnx", size=32)
     result = build_engine(path, tmp_path / "m.engine", "1,2,4", "fp32", workspace_gib=1)
@@ -730,5 +747,5 @@ def test_real_build_and_run(tmp_path):
     for got, want in zip(out, ref):
         assert got.is_cuda
         np.testing.assert_allclose(got.cpu().numpy(), want, rtol=1e-3, atol=1e-3)
-    layers = eng.dump_engine_layers(tmp_path / "m.engine", tmp_path / "layers.json")
+    layers = dump_engine_layers(tmp_path / "m.engine", tmp_path / "layers.json")
     assert layers

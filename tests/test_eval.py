@@ -1,4 +1,5 @@
 """COCO evaluation on a tiny synthetic annotation set with known answers."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,9 @@ import pytest
 import torch
 
 from trt_yolact.config import YolactConfig
-from trt_yolact.eval import evaluate
-from trt_yolact.postprocess import Detections
-from trt_yolact.results import encode_mask
+from trt_yolact.inference.coco_results import encode_mask
+from trt_yolact.metrics.coco_eval import evaluate
+from trt_yolact.structures import Detections
 
 CONFIG = YolactConfig(name="toy", class_names=("square", "bar"), category_ids=(3, 7))
 

@@ -1,8 +1,7 @@
 """ONNX export: parity with torch (raw outputs and graph post-processing), metadata, FP16, runner, CLI."""
+
 from __future__ import annotations
 
-import io
-import json
 import os
 import warnings
 
@@ -12,27 +11,26 @@ import onnx
 import pytest
 import torch
 
-from conftest import FIXTURE_CONFIG
 from trt_yolact import __version__
-from trt_yolact.checkpoint import save_checkpoint
-from trt_yolact.config import BackboneConfig, YolactConfig
-from trt_yolact.engine import onnx_input_size, onnx_is_fp16
-from trt_yolact.export import (
+from trt_yolact.config import BackboneConfig, PostprocessConfig, YolactConfig
+from trt_yolact.deploy.onnx_export import export_onnx
+from trt_yolact.deploy.onnx_format import (
     GRAPH_OUTPUT_NAMES,
     RAW_OUTPUT_NAMES,
-    ExportError,
-    convert_fp16,
-    export_onnx,
-    main as export_main,
+    onnx_input_size,
+    onnx_is_fp16,
     read_onnx_metadata,
 )
+from trt_yolact.deploy.onnx_fp16 import convert_fp16
+from trt_yolact.deploy.onnx_postprocess import GraphPostprocess
+from trt_yolact.errors import ExportError, RunnerError
+from trt_yolact.export import main as export_main
 from trt_yolact.files import sha256_file
-from trt_yolact.model import Yolact
-from trt_yolact.onnx_postprocess import GraphPostprocess
-from trt_yolact.onnxruntime_runner import OnnxRuntimeRunner
-from trt_yolact.postprocess import PostprocessConfig, assemble_masks, select_detections
-from trt_yolact.preprocess import preprocess
-from trt_yolact.runners import RunnerError
+from trt_yolact.inference.postprocess import assemble_masks, select_detections
+from trt_yolact.inference.preprocess import preprocess
+from trt_yolact.model.checkpoint import save_checkpoint
+from trt_yolact.model.yolact import Yolact
+from trt_yolact.runtime.onnxruntime_runner import OnnxRuntimeRunner
 from trt_yolact.structures import RawOutputs
 
 LOW_RES = PostprocessConfig(full_resolution_masks=False)
@@ -88,7 +86,9 @@ def test_graph_interface_and_checker(exported, fixture_model):
     model = onnx.load(str(result.path))
     onnx.checker.check_model(model, full_check=True)
     assert result.simplified and result.simplify_error is None
-    assert [o.name for o in model.graph.output] == list(RAW_OUTPUT_NAMES) == ["loc", "conf", "coeffs", "proto", "priors"]
+    assert (
+        [o.name for o in model.graph.output] == list(RAW_OUTPUT_NAMES) == ["loc", "conf", "coeffs", "proto", "priors"]
+    )
     assert [i.name for i in model.graph.input] == ["images"]
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", 3, 320, 320] and result.batch_dynamic
@@ -166,7 +166,7 @@ def test_graph_postprocess_matches_torch_postprocess(exported, images):
         np.testing.assert_allclose(out["masks"][b, :n].numpy(), dets.masks.numpy(), rtol=0, atol=1e-3)
         assert (out["scores"][b, n:] == 0).all() and (out["classes"][b, n:] == -1).all()
     with pytest.raises(RunnerError, match="not the raw outputs"):
-        graph.infer(batch[:1])
+        graph(batch[:1])
 
 
 def test_graph_postprocess_module_equals_select_detections_in_eager_mode(images):
@@ -180,7 +180,12 @@ def _assert_same_detections(got, raw: RawOutputs, cfg: PostprocessConfig, mask_a
     got = [torch.as_tensor(t) for t in got]
     num_dets, boxes, scores, classes, masks = got
     selected = select_detections(raw, cfg)
-    dets = assemble_masks(raw, selected, [(8, 8)] * raw.loc.shape[0], PostprocessConfig(**{**cfg.__dict__, "full_resolution_masks": False}))
+    dets = assemble_masks(
+        raw,
+        selected,
+        [(8, 8)] * raw.loc.shape[0],
+        PostprocessConfig(**{**cfg.__dict__, "full_resolution_masks": False}),
+    )
     assert num_dets.tolist() == selected.num_detections.tolist()
     for b, d in enumerate(dets):
         n = len(d)
@@ -234,7 +239,9 @@ def test_exported_postprocess_handles_ties_and_few_candidates(tmp_path):
         _assert_same_detections([torch.from_numpy(v) for v in got], case, cfg, mask_atol=1e-6)
         eager = GraphPostprocess(cfg).run(case)
         _assert_same_detections(eager, case, cfg, mask_atol=1e-6)
-    counts = [session.run(["num_dets"], {n: t.numpy() for n, t in zip(RawOutputs._fields, c)})[0].tolist() for c in cases]
+    counts = [
+        session.run(["num_dets"], {n: t.numpy() for n, t in zip(RawOutputs._fields, c)})[0].tolist() for c in cases
+    ]
     assert cfg.max_detections in counts[0]  # more kept detections than output slots
     assert counts[-1][1] == 0 and 0 < counts[-1][2] <= 5 * 3  # no candidates; 5 candidates x 3 classes
 
@@ -307,7 +314,7 @@ def test_cli_fixed_batch(tiny_checkpoint, tmp_path):
     fixed = runner(out / "model.onnx")
     assert fixed.max_batch == 2
     images = torch.randn(3, 3, 64, 64)
-    from trt_yolact.checkpoint import load_model
+    from trt_yolact.model.checkpoint import load_model
 
     with torch.no_grad():
         want = load_model(tiny_checkpoint)(images)
@@ -343,7 +350,7 @@ def test_cli_fails_cleanly(tiny_checkpoint, tmp_path, capsys):
 def test_failed_simplification_keeps_the_exported_model(tiny_checkpoint, tmp_path, monkeypatch):
     import onnxsim
 
-    from trt_yolact.checkpoint import load_model
+    from trt_yolact.model.checkpoint import load_model
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated onnxsim crash")

@@ -1,4 +1,5 @@
 """BN folding: exactness, fused checkpoints, and parity with the original YOLACT after fusion."""
+
 from __future__ import annotations
 
 import copy
@@ -7,15 +8,16 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from conftest import FIXTURE_CONFIG, load_expected
 from test_prune import TINY_DARKNET, TINY_RESNET, images, max_difference, tiny_model
-from trt_yolact.checkpoint import read_checkpoint, save_checkpoint
+from torch import nn
+
 from trt_yolact.config import get_config
-from trt_yolact.fuse import conv_bn_pairs, fuse_model, is_fused_state_dict, load_fused_state, main
-from trt_yolact.postprocess import postprocess
-from trt_yolact.preprocess import preprocess
+from trt_yolact.fuse import main
+from trt_yolact.inference.postprocess import postprocess
+from trt_yolact.inference.preprocess import preprocess
+from trt_yolact.model.checkpoint import build_model, read_checkpoint, save_checkpoint
+from trt_yolact.model.fuse import conv_bn_pairs, fuse_model, is_fused_state_dict
 
 
 def assert_fully_fused(model: nn.Module) -> None:
@@ -61,14 +63,14 @@ def test_fused_checkpoint_is_detected_loads_and_predicts(tmp_path):
     assert is_fused_state_dict(checkpoint.state_dict) and not is_fused_state_dict(model.state_dict())
     assert not any(k.endswith(".running_var") for k in checkpoint.state_dict)
     assert "backbone.layers.0.0.conv1.bias" in checkpoint.state_dict
-    loaded = load_fused_state(checkpoint.config, checkpoint.state_dict)
+    loaded = build_model(checkpoint.state_dict, checkpoint.config)
     assert_fully_fused(loaded)
     assert max_difference(fused, loaded, images()) == 0.0
     assert max_difference(model, loaded, images()) < 1e-5
     with pytest.raises(ValueError, match="does not fit config"):
-        load_fused_state(TINY_DARKNET, checkpoint.state_dict)
+        build_model(checkpoint.state_dict, TINY_DARKNET)
     # The ordinary loader recognises a fused checkpoint by itself.
-    from trt_yolact.checkpoint import load_model
+    from trt_yolact.model.checkpoint import load_model
 
     through_loader = load_model(path)
     assert_fully_fused(through_loader)
@@ -101,11 +103,25 @@ def test_fuse_cli_writes_a_loadable_checkpoint_and_refuses_bad_input(reference_d
     assert "raw outputs differ by at most" in capsys.readouterr().out
     checkpoint = read_checkpoint(out)
     assert checkpoint.extra["fused"] is True
-    model = load_fused_state(get_config(FIXTURE_CONFIG), checkpoint.state_dict)
+    model = build_model(checkpoint.state_dict, get_config(FIXTURE_CONFIG))
     assert_fully_fused(model)
     half = tmp_path / "half.pth"
-    assert main(["--weights", str(reference_dir / "yolact_fixture.pth"), "--config", str(FIXTURE_CONFIG),
-                 "--out", str(half), "--check-size", "0", "--half"]) == 0
+    assert (
+        main(
+            [
+                "--weights",
+                str(reference_dir / "yolact_fixture.pth"),
+                "--config",
+                str(FIXTURE_CONFIG),
+                "--out",
+                str(half),
+                "--check-size",
+                "0",
+                "--half",
+            ]
+        )
+        == 0
+    )
     stored = torch.load(half, map_location="cpu", weights_only=True)["model"]
     assert all(v.dtype == torch.float16 for v in stored.values() if v.is_floating_point())
     assert half.stat().st_size < 0.6 * out.stat().st_size

@@ -1,4 +1,5 @@
 """Tests of the YOLACT training loss (matching, OHEM, mask and segmentation terms, normalisation)."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trt_yolact.boxes import encode, pairwise_iou, point_form
-from trt_yolact.loss import (
+from trt_yolact.model.boxes import encode, pairwise_iou, point_form
+from trt_yolact.structures import TrainOutputs
+from trt_yolact.training.loss import (
     LossConfig,
     Targets,
     YolactLoss,
@@ -16,7 +18,6 @@ from trt_yolact.loss import (
     match,
     select_hard_negatives,
 )
-from trt_yolact.structures import TrainOutputs
 
 LN2 = math.log(2.0)
 
@@ -311,9 +312,7 @@ def test_semantic_segmentation_targets_union_per_class_and_skip_crowds():
     masks[1, 8:32, 8:32] = 1  # class 1 (overlaps the first)
     masks[2, 40:64, 0:24] = 1  # class 0
     masks[3, 32:64, 32:64] = 1  # crowd, class 2: ignored
-    boxes = torch.tensor(
-        [(0, 0, 0.25, 0.25), (0.125, 0.125, 0.5, 0.5), (0, 0.625, 0.375, 1), (0.5, 0.5, 1, 1)]
-    )
+    boxes = torch.tensor([(0, 0, 0.25, 0.25), (0.125, 0.125, 0.5, 0.5), (0, 0.625, 0.375, 1), (0.5, 0.5, 1, 1)])
     targets = Targets([boxes] * 2, [torch.tensor([1, 1, 0, 2])] * 2, [masks] * 2, [1, 1])
     # Expected targets at 8x8 (factor 8, blocks align with the masks).
     want = torch.zeros(3, 8, 8)
@@ -386,9 +385,7 @@ def test_losses_are_finite_and_gradients_flow():
 
 def test_batch_without_any_object_is_finite():
     priors, _, _ = mask_example()
-    targets = Targets(
-        [torch.zeros(0, 4)], [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, INPUT, INPUT)], [0]
-    )
+    targets = Targets([torch.zeros(0, 4)], [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, INPUT, INPUT)], [0])
     out = YolactLoss()(outputs_for(priors, 1), targets)
     assert all(torch.isfinite(v) for v in out.values())
     assert float(out["box"]) == 0 and float(out["mask"]) == 0 and float(out["conf"]) == 0
@@ -400,9 +397,7 @@ def test_targets_may_be_dicts():
     loss = YolactLoss()
     want = loss(outputs, targets)["total"]
     as_dict = loss(outputs, targets._asdict())["total"]
-    per_image = [
-        {"boxes": b, "labels": lab, "masks": m, "num_crowds": c} for b, lab, m, c in zip(*targets)
-    ]
+    per_image = [{"boxes": b, "labels": lab, "masks": m, "num_crowds": c} for b, lab, m, c in zip(*targets)]
     torch.testing.assert_close(as_dict, want)
     torch.testing.assert_close(loss(outputs, per_image)["total"], want)
 

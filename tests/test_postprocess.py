@@ -1,4 +1,5 @@
 """Batched post-processing: Fast NMS against a brute-force reference, batch == singles, options."""
+
 from __future__ import annotations
 
 import cv2
@@ -8,9 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trt_yolact.boxes import decode, pairwise_iou
-from trt_yolact.postprocess import PostprocessConfig, postprocess, select_detections
-from trt_yolact.preprocess import preprocess
+from trt_yolact.config import PostprocessConfig
+from trt_yolact.inference.postprocess import postprocess, select_detections
+from trt_yolact.inference.preprocess import preprocess
+from trt_yolact.model.boxes import decode, pairwise_iou
 from trt_yolact.structures import RawOutputs
 
 
@@ -92,7 +94,9 @@ def test_batch_equals_single_image_calls():
     sizes = [(40, 50), (33, 17), (40, 50), (64, 64)]
     together = postprocess(raw, sizes)
     for b, size in enumerate(sizes):
-        single_raw = RawOutputs(raw.loc[b : b + 1], raw.conf[b : b + 1], raw.coeffs[b : b + 1], raw.proto[b : b + 1], raw.priors)
+        single_raw = RawOutputs(
+            raw.loc[b : b + 1], raw.conf[b : b + 1], raw.coeffs[b : b + 1], raw.proto[b : b + 1], raw.priors
+        )
         (single,) = postprocess(single_raw, [size])
         assert torch.equal(together[b].classes, single.classes)
         assert torch.equal(together[b].boxes, single.boxes)
@@ -162,7 +166,7 @@ def test_same_code_on_cuda():
     k=st.integers(1, 40),
 )
 def test_stable_topk_equals_a_stable_sort(values, k):
-    from trt_yolact.postprocess import stable_topk
+    from trt_yolact.inference.postprocess import stable_topk
 
     scores = torch.tensor([values, values[::-1]])
     k = min(k, len(values))
@@ -192,8 +196,8 @@ def test_windowed_upsampling_equals_interpolate(crop, sizes):
 def test_gpu_upsampling_path_equals_the_windowed_path(crop):
     """CUDA takes one resize per image instead of the windowed path; run here on the CPU, where both use
     PyTorch's CPU arithmetic, they must agree exactly, images without detections included."""
-    from trt_yolact.boxes import box_window
-    from trt_yolact.postprocess import _upsample_group, _upsample_whole
+    from trt_yolact.inference.postprocess import _upsample_group, _upsample_whole
+    from trt_yolact.model.boxes import box_window
 
     generator = torch.Generator().manual_seed(5)
     masks = torch.rand(3, 6, 17, 19, generator=generator)

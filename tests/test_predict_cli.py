@@ -1,10 +1,12 @@
 """The predict command end to end on the reference fixture model."""
+
 from __future__ import annotations
 
 import json
 import shutil
 
 from conftest import FIXTURE_CONFIG
+
 from trt_yolact.cli import main as cli_main
 from trt_yolact.predict import main as predict_main
 

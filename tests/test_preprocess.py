@@ -1,4 +1,5 @@
 """Image normalisation and batched preprocessing."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,8 @@ import pytest
 import torch
 
 from trt_yolact.config import get_config
-from trt_yolact.preprocess import ImageError, preprocess, to_bgr_uint8
+from trt_yolact.errors import ImageError
+from trt_yolact.inference.preprocess import preprocess, to_bgr_uint8
 
 CONFIG = get_config("yolact_base").replace(max_size=64)
 
@@ -23,7 +25,10 @@ def test_gray_alpha_and_16_bit_are_normalised():
     assert np.array_equal(to_bgr_uint8(wide), color)
 
 
-@pytest.mark.parametrize("bad", [np.zeros((0, 5, 3), np.uint8), np.zeros((5, 0), np.uint8), np.zeros(0, np.uint8), np.zeros((4, 4, 2), np.uint8)])
+@pytest.mark.parametrize(
+    "bad",
+    [np.zeros((0, 5, 3), np.uint8), np.zeros((5, 0), np.uint8), np.zeros(0, np.uint8), np.zeros((4, 4, 2), np.uint8)],
+)
 def test_bad_images_raise_clear_errors(bad):
     with pytest.raises(ImageError):
         preprocess([bad], CONFIG)

@@ -1,30 +1,30 @@
 """Network slimming: channel selection, exact removal with compensation, the sparsity update, the CLI."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
+from conftest import official_layout, random_state_dict
 from torch import nn
 
-from conftest import official_layout, random_state_dict
-from trt_yolact.checkpoint import load_model, save_checkpoint
 from trt_yolact.config import BackboneConfig, YolactConfig
-from trt_yolact.fuse import fuse_model, is_fused_state_dict, load_fused_state
-from trt_yolact.model import Yolact
-from trt_yolact.prune import (
-    PruneError,
-    conv_macs_by_module,
-    count_conv_macs,
+from trt_yolact.errors import PruneError
+from trt_yolact.model.checkpoint import build_model, load_model, save_checkpoint
+from trt_yolact.model.fuse import fuse_model, is_fused_state_dict
+from trt_yolact.model.prune import (
     gammas_by_stage,
-    main,
     plot_gamma_histograms,
     prunable_batchnorms,
     prunable_layers,
     prune_model,
     select_channels,
 )
-from trt_yolact.train import apply_sparsity_penalty
+from trt_yolact.model.stats import conv_macs_by_module, count_conv_macs
+from trt_yolact.model.yolact import Yolact
+from trt_yolact.prune import main
+from trt_yolact.training.sparsity import apply_sparsity_penalty
 
 _SMALL = dict(
     max_size=64, class_names=("a", "b", "c"), category_ids=(1, 2, 3), fpn_channels=16, proto_channels=16,
@@ -344,7 +344,7 @@ def test_cli_fuse_writes_a_fused_pruned_checkpoint(tiny_checkpoint, tmp_path, ca
     data = torch.load(out, weights_only=True)
     assert data["fused"] is True and data["pruning"]["ratio"] == 0.4
     assert is_fused_state_dict(data["model"])
-    fused = load_fused_state(TINY_RESNET, data["model"])
+    fused = build_model(data["model"], TINY_RESNET)
     reference, _ = prune_model(load_model(tiny_checkpoint), ratio=0.4)
     assert max_difference(reference, fused, images()) < 1e-5
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())

@@ -1,4 +1,5 @@
 """Our model against outputs of the original YOLACT implementation (../shared/reference)."""
+
 from __future__ import annotations
 
 import copy
@@ -7,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import load_expected
-from trt_yolact.postprocess import postprocess
-from trt_yolact.preprocess import preprocess
-from trt_yolact.runners import TorchRunner
+
+from trt_yolact.inference.postprocess import postprocess
+from trt_yolact.inference.preprocess import preprocess
+from trt_yolact.runtime.torch_runner import TorchRunner
 
 IMAGES = ["chelsea", "shapes"]
 

@@ -4,17 +4,18 @@ The accuracy checks run on shapes images generated here with seeds no training r
 standard and the unseen background families, so a broken model, loader or post-processing fails them.
 The full 500-image numbers are in the README; these small sets only guard against regressions.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from trt_yolact.checkpoint import EMBEDDED_MODELS, embedded_model_path, load_model
 from trt_yolact.data.shapes import SHAPE_CLASSES, generate_dataset
-from trt_yolact.eval import evaluate
-from trt_yolact.predict import Predictor
-from trt_yolact.prune import count_params
-from trt_yolact.runners import TorchRunner
+from trt_yolact.inference.predictor import Predictor
+from trt_yolact.metrics.coco_eval import evaluate
+from trt_yolact.model.checkpoint import EMBEDDED_MODELS, embedded_model_path, load_model
+from trt_yolact.model.stats import count_params
+from trt_yolact.runtime.torch_runner import TorchRunner
 
 MAX_SHIPPED_BYTES = 8 * 2**20
 # (box, mask) AP lower bounds on these 40-image sets, about 5-6 points under what the shipped models score
@@ -50,7 +51,10 @@ def test_pruned_model_is_the_dense_one_slimmed():
     dense, pruned = load_model("yolact_shapes"), load_model("yolact_shapes_pruned")
     assert dense.state_dict().keys() == pruned.state_dict().keys(), "same architecture, narrower layers"
     assert count_params(pruned) < 0.5 * count_params(dense)
-    assert embedded_model_path("yolact_shapes_pruned").stat().st_size <= 0.4 * embedded_model_path("yolact_shapes").stat().st_size
+    assert (
+        embedded_model_path("yolact_shapes_pruned").stat().st_size
+        <= 0.4 * embedded_model_path("yolact_shapes").stat().st_size
+    )
 
 
 @pytest.mark.parametrize("name", EMBEDDED_MODELS)

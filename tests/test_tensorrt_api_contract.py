@@ -1,11 +1,12 @@
 """Every TensorRT name used by trt_yolact exists in every TensorRT version it claims to support.
 
 TensorRT cannot be installed on CI, so the TensorRT code paths never run here. Instead, the
-sources of ``trt_yolact/engine.py`` and ``trt_yolact/tensorrt_runner.py`` are parsed and the
-names they use are checked against the name lists extracted from the real bindings by
+sources of every module that imports TensorRT (the builder ``trt_yolact/deploy/tensorrt_build.py``,
+``trt_yolact/deploy/engine_format.py`` and the runner ``trt_yolact/runtime/tensorrt_runner.py``) are
+parsed and the names they use are checked against the name lists extracted from the real bindings by
 ``tools/extract_tensorrt_names.py`` (``tests/data/tensorrt_api/tensorrt-<version>.txt``).
 
-What the checker sees (conventions documented in ``trt_yolact/engine.py``):
+What the checker sees (conventions documented in ``trt_yolact/deploy/engine_format.py``):
 
 * attribute chains on the module alias: ``trt.BuilderFlag.FP16`` -> ``BuilderFlag.FP16``
   (the alias is ``trt``, plus whatever ``import tensorrt as X`` binds);
@@ -21,19 +22,22 @@ against the lists of those major versions. When a prefix of a chain is a leaf of
 value whose members are not listed, e.g. ``__version__`` or an enum value), the rest of the
 chain cannot be checked and is accepted.
 """
+
 from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 API_DIR = ROOT / "tests" / "data" / "tensorrt_api"
-SOURCES = [ROOT / "trt_yolact" / "engine.py", ROOT / "trt_yolact" / "tensorrt_runner.py"]
-ENGINE_SOURCE = SOURCES[0]
+# Every module that gets hold of the tensorrt module, found by its text so that no new one escapes the check.
+_GETS_TENSORRT = re.compile(r"\bimport tensorrt\b|\bimport_tensorrt\(\)")
+SOURCES = sorted(path for path in (ROOT / "trt_yolact").rglob("*.py") if _GETS_TENSORRT.search(path.read_text()))
+ENGINE_SOURCE = ROOT / "trt_yolact" / "deploy" / "engine_format.py"  # the conventions' constants
 
 
 # --------------------------------------------------------------------------- checker
@@ -42,7 +46,9 @@ ENGINE_SOURCE = SOURCES[0]
 def module_constant(source: str, name: str):
     """Value of a literal module-level assignment ``NAME = ...`` / ``NAME: T = ...``."""
     for node in ast.parse(source).body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
         if any(isinstance(t, ast.Name) and t.id == name for t in targets) and node.value is not None:
             return ast.literal_eval(node.value)
     raise KeyError(name)
@@ -142,7 +148,7 @@ def load_api_lists(directory: Path = API_DIR) -> dict[str, frozenset[str]]:
     """{version: names} from ``tensorrt-<version>.txt`` files."""
     lists = {}
     for path in sorted(directory.glob("tensorrt-*.txt")):
-        version = path.stem[len("tensorrt-"):]
+        version = path.stem[len("tensorrt-") :]
         lists[version] = frozenset(line.strip() for line in path.read_text().splitlines() if line.strip())
     return lists
 
@@ -250,24 +256,46 @@ def test_trt_names_exist_in_every_supported_version(source, used_names, api_list
 
 
 def test_checker_sees_the_tensorrt_code(used_names):
-    engine = {n for n, _ in used_names["engine.py"]}
+    assert {"engine_format.py", "tensorrt_build.py", "tensorrt_runner.py"} <= set(used_names)
+    engine = {n for n, _ in used_names["tensorrt_build.py"]}
     runner = {n for n, _ in used_names["tensorrt_runner.py"]}
     for name in (
-        "Builder", "OnnxParser", "OnnxParser.parse_from_file", "ParserError.node_name",
-        "NetworkDefinitionCreationFlag.STRONGLY_TYPED", "BuilderFlag.FP16",
-        "IBuilderConfig.set_memory_pool_limit", "MemoryPoolType.WORKSPACE", "IBuilderConfig.progress_monitor",
-        "IBuilderConfig.create_timing_cache", "ITimingCache.serialize", "ProfilingVerbosity.DETAILED",
-        "IOptimizationProfile.set_shape", "Builder.build_serialized_network", "IProgressMonitor",
-        "IProgressMonitor.phase_start", "IProgressMonitor.step_complete", "IProgressMonitor.phase_finish",
-        "Runtime.deserialize_cuda_engine", "ICudaEngine.create_engine_inspector",
-        "EngineInspector.get_engine_information", "LayerInformationFormat.JSON", "__version__",
+        "Builder",
+        "OnnxParser",
+        "OnnxParser.parse_from_file",
+        "ParserError.node_name",
+        "NetworkDefinitionCreationFlag.STRONGLY_TYPED",
+        "BuilderFlag.FP16",
+        "IBuilderConfig.set_memory_pool_limit",
+        "MemoryPoolType.WORKSPACE",
+        "IBuilderConfig.progress_monitor",
+        "IBuilderConfig.create_timing_cache",
+        "ITimingCache.serialize",
+        "ProfilingVerbosity.DETAILED",
+        "IOptimizationProfile.set_shape",
+        "Builder.build_serialized_network",
+        "IProgressMonitor",
+        "IProgressMonitor.phase_start",
+        "IProgressMonitor.step_complete",
+        "IProgressMonitor.phase_finish",
+        "__version__",
     ):
-        assert name in engine, f"checker did not find trt.{name} in engine.py"
+        assert name in engine, f"checker did not find trt.{name} in tensorrt_build.py"
     for name in (
-        "IExecutionContext.set_input_shape", "IExecutionContext.set_tensor_address",
-        "IExecutionContext.execute_async_v3", "IExecutionContext.get_tensor_shape",
-        "ICudaEngine.get_tensor_profile_shape", "ICudaEngine.num_io_tensors", "ICudaEngine.get_tensor_mode",
-        "TensorIOMode.INPUT", "DataType.HALF", "ICudaEngine.create_execution_context",
+        "IExecutionContext.set_input_shape",
+        "IExecutionContext.set_tensor_address",
+        "IExecutionContext.execute_async_v3",
+        "IExecutionContext.get_tensor_shape",
+        "ICudaEngine.get_tensor_profile_shape",
+        "ICudaEngine.num_io_tensors",
+        "ICudaEngine.get_tensor_mode",
+        "TensorIOMode.INPUT",
+        "DataType.HALF",
+        "ICudaEngine.create_execution_context",
+        "Runtime.deserialize_cuda_engine",
+        "ICudaEngine.create_engine_inspector",
+        "EngineInspector.get_engine_information",
+        "LayerInformationFormat.JSON",
     ):
         assert name in runner, f"checker did not find trt.{name} in tensorrt_runner.py"
 
@@ -278,7 +306,8 @@ def test_version_specific_names_are_used_and_really_version_specific(used_names,
         assert name in used, f"VERSION_SPECIFIC_TRT_NAMES lists {name}, which is not used any more"
         allowed = _allowed_majors(name, {name: majors})
         missing_somewhere = any(
-            name not in names for v, names in api_lists.items()
+            name not in names
+            for v, names in api_lists.items()
             if v.split(".")[0] in contract["supported"] and v.split(".")[0] not in allowed
         )
         assert missing_somewhere, f"{name} exists in every supported version: drop it from VERSION_SPECIFIC_TRT_NAMES"
@@ -307,12 +336,35 @@ def test_name_lists_are_sorted_and_plausible(api_lists):
 # --------------------------------------------------------------------------- the checker itself
 
 LISTS = {
-    "10.0.0": frozenset({"Builder", "BuilderFlag", "BuilderFlag.FP16", "BuilderFlag.TF32", "__version__",
-                         "IBuilderConfig", "IBuilderConfig.set_flag", "IProgressMonitor",
-                         "IProgressMonitor.phase_start", "DataType", "DataType.HALF"}),
-    "11.0.0": frozenset({"Builder", "BuilderFlag", "BuilderFlag.TF32", "__version__", "IBuilderConfig",
-                         "IBuilderConfig.set_flag", "IProgressMonitor", "IProgressMonitor.phase_start",
-                         "DataType", "DataType.HALF"}),
+    "10.0.0": frozenset(
+        {
+            "Builder",
+            "BuilderFlag",
+            "BuilderFlag.FP16",
+            "BuilderFlag.TF32",
+            "__version__",
+            "IBuilderConfig",
+            "IBuilderConfig.set_flag",
+            "IProgressMonitor",
+            "IProgressMonitor.phase_start",
+            "DataType",
+            "DataType.HALF",
+        }
+    ),
+    "11.0.0": frozenset(
+        {
+            "Builder",
+            "BuilderFlag",
+            "BuilderFlag.TF32",
+            "__version__",
+            "IBuilderConfig",
+            "IBuilderConfig.set_flag",
+            "IProgressMonitor",
+            "IProgressMonitor.phase_start",
+            "DataType",
+            "DataType.HALF",
+        }
+    ),
 }
 
 

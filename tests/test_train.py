@@ -1,4 +1,5 @@
 """The trainer: it learns, resumes exactly, runs under DDP, and rejects bad input up front."""
+
 from __future__ import annotations
 
 import csv
@@ -17,10 +18,11 @@ from trt_yolact.config import BackboneConfig, YolactConfig
 from trt_yolact.data.augment import TrainTransform, ValTransform
 from trt_yolact.data.coco import CocoDetection, collate_samples
 from trt_yolact.data.shapes import SHAPE_CLASSES, generate_dataset
-from trt_yolact.eval import evaluate
-from trt_yolact.predict import Predictor
-from trt_yolact.runners import TorchRunner
-from trt_yolact.train import TrainConfig, Trainer, initial_model, main as train_main
+from trt_yolact.inference.predictor import Predictor
+from trt_yolact.metrics.coco_eval import evaluate
+from trt_yolact.runtime.torch_runner import TorchRunner
+from trt_yolact.train import main as train_main
+from trt_yolact.training.trainer import TrainConfig, Trainer, initial_model
 
 TINY = YolactConfig(
     name="tiny",
@@ -194,7 +196,7 @@ def test_ddp_gradients_equal_the_single_process_average(shapes_data, tmp_path):
 def test_distributed_backend_follows_the_training_device(monkeypatch, device, local_rank, backend, expected):
     # Found on a GPU machine: CPU training there chose NCCL (the machine has CUDA), which cannot carry CPU
     # tensors, and every torchrun rank used cuda:0.
-    import trt_yolact.train as train_module
+    import trt_yolact.training.trainer as train_module
 
     calls = []
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -253,8 +255,8 @@ def test_bad_input_fails_before_training(shapes_data, tmp_path, capsys):
 
 
 def test_starting_from_other_classes_reinitialises_only_class_layers(tmp_path):
-    from trt_yolact.checkpoint import save_checkpoint
-    from trt_yolact.model import Yolact
+    from trt_yolact.model.checkpoint import save_checkpoint
+    from trt_yolact.model.yolact import Yolact
 
     torch.manual_seed(0)
     coco_like = Yolact(TINY.replace(class_names=("a", "b", "c"), category_ids=(1, 2, 3)))

@@ -59,6 +59,7 @@ Usage::
     python tools/extract_tensorrt_names.py                 # newest 10.x and newest 11.x
     python tools/extract_tensorrt_names.py --versions 10.16.1.11 11.4.0.106
 """
+
 from __future__ import annotations
 
 import argparse
@@ -122,7 +123,8 @@ def available_versions(package: str) -> list[str]:
     """Versions the configured package index serves for `package` (via ``pip index versions``)."""
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "index", "versions", package],
-        text=True, capture_output=True,
+        text=True,
+        capture_output=True,
     )
     m = re.search(r"Available versions:\s*(.+)", proc.stdout)
     if proc.returncode != 0 or not m:
@@ -144,7 +146,8 @@ def pick_versions(majors: tuple[str, ...]) -> list[tuple[str, str]]:
     for major in majors:
         for package in PACKAGES:
             candidates = [
-                v for v in available_versions(package)
+                v
+                for v in available_versions(package)
                 if v.split(".")[0] == major and not re.search(r"(a|b|rc|dev)\d*$", v)
             ]
             if candidates:
@@ -157,8 +160,20 @@ def pick_versions(majors: tuple[str, ...]) -> list[tuple[str, str]]:
 
 def download_wheel(package: str, version: str, dest: Path) -> Path:
     log(f"downloading {package}=={version}")
-    run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-         "--disable-pip-version-check", "-d", str(dest), f"{package}=={version}"])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-d",
+            str(dest),
+            f"{package}=={version}",
+        ]
+    )
     wheels = sorted(dest.glob("*.whl"))
     if len(wheels) != 1:
         raise SystemExit(f"expected one wheel in the download directory, found {len(wheels)}")
@@ -221,19 +236,20 @@ def introspect(site: Path, package: str, stub_dir: Path) -> dict:
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(stub_dir), env.get("LD_LIBRARY_PATH")]))
     env["PYTHONPATH"] = str(site)
     env["PYTHONNOUSERSITE"] = "1"
-    proc = subprocess.run([sys.executable, "-c", _INTROSPECT, package], env=env,
-                          text=True, capture_output=True, cwd=str(site))
+    proc = subprocess.run(
+        [sys.executable, "-c", _INTROSPECT, package], env=env, text=True, capture_output=True, cwd=str(site)
+    )
     if proc.returncode != 0:
-        raise SystemExit(f"importing {package} against the stub libraries failed "
-                         f"(rc={proc.returncode}):\n{proc.stderr[-4000:]}")
+        raise SystemExit(
+            f"importing {package} against the stub libraries failed (rc={proc.returncode}):\n{proc.stderr[-4000:]}"
+        )
     return json.loads(proc.stdout)
 
 
 def sanity_check(names: list[str], ext: Path, site: Path, package: str) -> None:
     blob = ext.read_bytes()
     py_text = "\n".join(p.read_text(errors="replace") for p in (site / package).rglob("*.py"))
-    missing = [n for n in names
-               if n.rsplit(".", 1)[-1].encode() not in blob and n.rsplit(".", 1)[-1] not in py_text]
+    missing = [n for n in names if n.rsplit(".", 1)[-1].encode() not in blob and n.rsplit(".", 1)[-1] not in py_text]
     if missing:
         raise SystemExit(f"{len(missing)} extracted names do not occur in the binary or sources: {missing[:20]}")
     for must in ("Builder", "BuilderFlag", "OnnxParser", "Runtime", "ICudaEngine", "__version__"):
@@ -270,8 +286,11 @@ def extract(package: str, version: str, out_dir: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--versions", nargs="*", help="exact versions (default: newest 10.x and 11.x)")
-    ap.add_argument("--package", default=None,
-                    help=f"bindings package to download (default: first of {', '.join(PACKAGES)} serving the version)")
+    ap.add_argument(
+        "--package",
+        default=None,
+        help=f"bindings package to download (default: first of {', '.join(PACKAGES)} serving the version)",
+    )
     ap.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     args = ap.parse_args(argv)
     if not sys.platform.startswith("linux"):

@@ -3,6 +3,7 @@
 The four released YOLACT configurations are reproduced exactly; custom models are described by a YAML or
 JSON file with the same fields. Nothing here is global or mutable: a config is passed to whatever needs it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .errors import ConfigError
 
 COCO_CLASSES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -37,11 +40,10 @@ MEAN_BGR = (103.94, 116.78, 123.68)
 STD_BGR = (57.38, 57.12, 58.40)
 
 BACKBONE_KINDS = ("resnet", "darknet")
+# Where a model runs and in which precision (every deployed form is checked against torch fp32).
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16")
 INPUT_NORMALIZATIONS = ("mean_std", "scale")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot describe a YOLACT model."""
 
 
 @dataclass(frozen=True)
@@ -103,9 +105,7 @@ class YolactConfig:
         if self.normalization not in INPUT_NORMALIZATIONS:
             raise ConfigError(f"normalization must be one of {INPUT_NORMALIZATIONS}")
         if len(self.category_ids) != len(self.class_names):
-            raise ConfigError(
-                f"{len(self.class_names)} class_names but {len(self.category_ids)} category_ids"
-            )
+            raise ConfigError(f"{len(self.class_names)} class_names but {len(self.category_ids)} category_ids")
         if len(self.pred_scales) != self.num_levels:
             raise ConfigError(
                 f"pred_scales has {len(self.pred_scales)} levels, the FPN has {self.num_levels} "
@@ -127,14 +127,14 @@ class YolactConfig:
     def priors_per_location(self) -> int:
         return len(self.pred_scales[0]) * len(self.pred_aspect_ratios)
 
-    def replace(self, **changes: Any) -> "YolactConfig":
+    def replace(self, **changes: Any) -> YolactConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "YolactConfig":
+    def from_dict(cls, data: dict[str, Any]) -> YolactConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -174,18 +174,14 @@ OFFICIAL_CONFIGS: dict[str, YolactConfig] = {
     "yolact_base": YolactConfig(name="yolact_base", backbone=RESNET101),
     "yolact_resnet50": YolactConfig(name="yolact_resnet50", backbone=RESNET50),
     "yolact_darknet53": YolactConfig(name="yolact_darknet53", backbone=DARKNET53, normalization="scale"),
-    "yolact_im700": YolactConfig(
-        name="yolact_im700", backbone=RESNET101, max_size=700, pred_scales=_IM700_SCALES
-    ),
+    "yolact_im700": YolactConfig(name="yolact_im700", backbone=RESNET101, max_size=700, pred_scales=_IM700_SCALES),
 }
 
 
 # The small model trained here on the synthetic shapes dataset (the embedded demo model): the same family
 # as the released ones (bottleneck ResNet with batch norm, FPN, protonet, shared head), sized for a CPU and
-# for the package's 8 MB limit. Most of its compute sits in the backbone stages, in bottleneck-internal
-# channels (what network slimming prunes), as in ResNet-101: 83 % of its conv MACs at 320 px. The first demo
-# architecture (benchmarks/configs/yolact_shapes_narrow.yaml) spent half its time in the stem, FPN,
-# protonet and head, which slimming cannot touch, and gained only 1.2x-1.3x end to end from it.
+# for the package's 8 MB limit. Like ResNet-101 it keeps most of its compute in bottleneck-internal channels,
+# the ones network slimming prunes (docs/MODEL_CARD.md tells why the architecture was chosen).
 SHAPES_CONFIG = YolactConfig(
     name="yolact_shapes",
     backbone=BackboneConfig(kind="resnet", layers=(1, 3, 5, 1), widths=(32, 80, 160, 160), stem_channels=32),
@@ -246,3 +242,17 @@ def infer_config_name(checkpoint_path: str | Path) -> str | None:
         if candidate == name or candidate.startswith(name + "_"):
             return name
     return None
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Thresholds and limits of the post-processing (host or in-graph), the original's defaults."""
+
+    conf_threshold: float = 0.05  # a prior is a candidate when its best class beats this
+    nms_threshold: float = 0.5
+    top_k: int = 200  # candidates per class entering Fast NMS
+    max_detections: int = 100  # per image, after NMS
+    cross_class_nms: bool = False  # one NMS over all classes instead of per class
+    score_threshold: float = 0.0  # final filter on detection scores (the original's postprocess)
+    crop_masks: bool = True
+    full_resolution_masks: bool = True  # False: low-resolution mask probabilities, faster

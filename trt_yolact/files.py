@@ -1,9 +1,13 @@
-"""Artifact files: atomic writes and content hashes."""
+"""Artifact files: atomic writes, content hashes, and staged folders that appear complete or not at all."""
+
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -38,3 +42,27 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@contextmanager
+def staged_folder(out_dir: str | os.PathLike, error: type[Exception]) -> Iterator[Path]:
+    """A private folder inside ``out_dir`` to write a set of artifacts into; on success each file in it is
+    moved into ``out_dir`` (the set appears complete), on failure nothing new is left behind (not even
+    ``out_dir`` when this created it). ``error``: the exception type for an unwritable ``out_dir``."""
+    out_dir = Path(out_dir)
+    existed = out_dir.is_dir()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    except OSError as exc:
+        raise error(f"cannot write to output folder {out_dir}: {exc.strerror or exc}") from None
+    try:
+        yield staging
+        for item in sorted(staging.iterdir()):
+            os.replace(item, out_dir / item.name)
+    except BaseException:
+        if not existed:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

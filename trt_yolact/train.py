@@ -3,526 +3,41 @@
     python -m trt_yolact.train --config yolact_shapes --data-train ANN:IMAGES --data-val ANN:IMAGES \\
         [--weights INIT] [--iters N] [--batch-size B] [--lr LR] [--out DIR] [--resume] [--stop-at ITER]
 
-Runs unchanged under ``torchrun`` (DistributedDataParallel; gloo on CPU, NCCL on GPUs). Every random choice
-(shuffling, augmentation, mask subsampling) derives from ``--seed`` and the iteration, so ``--resume``
-continues exactly where the last checkpoint left off.
+Runs unchanged under ``torchrun``. Every random choice derives from ``--seed`` and the iteration, so
+``--resume`` continues exactly where the last checkpoint left off (:mod:`trt_yolact.training.trainer`).
 """
+
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import math
-import os
 import sys
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import torch
 import torch.distributed as dist
-from torch import nn
-from torch.utils.data import Dataset, Sampler
-from tqdm import tqdm
 
-from .checkpoint import CheckpointError, clean_state_dict, read_checkpoint, save_checkpoint
-from .config import ConfigError, YolactConfig, get_config
-from .files import atomic_write_bytes, atomic_write_text
-from .loss import LossConfig, YolactLoss
-from .model import Yolact
+from .command_line import add_config_argument, non_negative_int, positive_int, run_command
+from .errors import TrainingError
+from .training.trainer import FINAL_MODEL, TRAIN_STATE, TrainConfig, Trainer, TrainingRun, make_trainer
 
-LOSS_TERMS = ("box", "conf", "mask", "segm", "total")
-TRAIN_STATE = "last.pth"
-FINAL_MODEL = "model_final.pth"
 
-
-@dataclass
-class TrainConfig:
-    iters: int = 8000
-    batch_size: int = 8
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_iters: int = 500
-    warmup_init: float = 1e-4  # lr at iteration 0, raised linearly to ``lr`` over the warm-up
-    lr_steps: tuple[float, ...] = (0.7, 0.9)  # fractions of ``iters`` where the lr is multiplied by gamma
-    gamma: float = 0.1
-    seed: int = 0
-    workers: int = 2
-    val_every: int = 1000
-    val_images: int = 200
-    checkpoint_every: int = 200
-    log_every: int = 10
-    sparsity: float = 0.0  # L1 penalty on prunable BN scales (network slimming)
-    clip_grad: float = 0.0  # max gradient norm; 0 = off (the original does not clip; from scratch helps)
-    expand_max_ratio: float = 4.0  # augmentation zoom-out limit (the original's 4 suits COCO at 550 px)
-    min_box_size: float = 4.0  # objects smaller than this many pixels after augmentation are dropped
-    amp: bool = True  # mixed precision on CUDA only
-
-    def lr_at(self, iteration: int) -> float:
-        if iteration < self.warmup_iters:
-            return self.warmup_init + (self.lr - self.warmup_init) * iteration / self.warmup_iters
-        passed = sum(iteration >= int(step * self.iters) for step in self.lr_steps)
-        return self.lr * self.gamma**passed
-
-
-class TrainingError(ValueError):
-    """Bad training input, reported before training starts."""
-
-
-# ------------------------------------------------------------------------------------------------ data
-def parse_data_argument(value: str) -> tuple[Path, Path]:
-    """``ANN.json:IMAGES_DIR`` -> paths (the last ``:`` splits, so Windows-style drive letters survive)."""
-    if ":" not in value:
-        raise TrainingError(f"--data-* expects ANNOTATIONS.json:IMAGE_DIR, got {value!r}")
-    ann, images = value.rsplit(":", 1)
-    return Path(ann), Path(images)
-
-
-class IterationSampler(Sampler[int]):
-    """An endless stream of sample positions for one rank, starting at ``start`` (for resuming).
-
-    Position ``p`` is the ``p``-th sample drawn overall; ranks interleave positions so that together they
-    see exactly what one process would."""
-
-    def __init__(self, start: int, rank: int = 0, world: int = 1):
-        self.start, self.rank, self.world = start, rank, world
-
-    def __iter__(self) -> Iterator[int]:
-        position = self.start + self.rank
-        while True:
-            yield position
-            position += self.world
-
-    def __len__(self) -> int:  # pragma: no cover - endless
-        return sys.maxsize
-
-
-class PositionDataset(Dataset):
-    """Maps a stream position to (epoch permutation, sample) and seeds the augmentation from the position,
-    so a sample's augmentation does not depend on workers, ranks or interruptions."""
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset = dataset
-        self.seed = seed
-        self._epoch = -1
-        self._order: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, position: int):
-        size = len(self.dataset)
-        epoch, offset = divmod(position, size)
-        if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._order = torch.randperm(size, generator=generator)
-            self._epoch = epoch
-        transform = getattr(self.dataset, "transform", None)
-        if transform is not None and hasattr(transform, "reseed"):
-            transform.reseed((self.seed << 32) + position)
-        return self.dataset[int(self._order[offset])]
-
-
-def build_datasets(train_arg: str, val_arg: str | None, config: YolactConfig, train_config: TrainConfig = TrainConfig()):
-    from .data.augment import TrainTransform, ValTransform
-    from .data.coco import CocoDetection
-
-    train_ann, train_images = parse_data_argument(train_arg)
-    augment = TrainTransform(
-        config.max_size, normalize=config.normalization, min_box_size=train_config.min_box_size,
-        expand_max_ratio=train_config.expand_max_ratio,
-    )  # fmt: skip
-    train = CocoDetection(train_ann, train_images, augment)
-    val = None
-    if val_arg:
-        val_ann, val_images = parse_data_argument(val_arg)
-        val = CocoDetection(val_ann, val_images, ValTransform(config.max_size, config.normalization), keep_empty=True)
-    return train, val
-
-
-# ----------------------------------------------------------------------------------------------- model
-def init_head_weights(model: Yolact, background_prior: float = 0.99) -> None:
-    """Xavier-uniform weights and zero biases for every conv outside the backbone, as the original, plus a
-    background prior on the class biases: every prior starts out confidently background, so the flood of
-    easy negatives does not produce the huge first-step gradients that, from scratch, drive the shared
-    head's ReLUs dead (the focal-loss paper's prior initialisation, applied to the softmax)."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d) and not name.startswith("backbone."):
-            nn.init.xavier_uniform_(module.weight)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-    if background_prior > 0:
-        num_classes = model.config.num_classes
-        conf = model.prediction_layers[0].conf_layer
-        with torch.no_grad():
-            bias = conf.bias.view(-1, num_classes)
-            bias[:, 0] = math.log(background_prior * (num_classes - 1) / (1 - background_prior))
-
-
-CLASS_DEPENDENT_PREFIXES = ("prediction_layers.0.conf_layer.", "semantic_seg_conv.")
-
-
-def initial_model(config: YolactConfig, weights: str | None) -> tuple[Yolact, list[str]]:
-    """A fresh model, or one started from ``weights`` (internal widths follow the checkpoint, e.g. after
-    pruning). Class-dependent layers are re-initialised when the number of classes differs."""
-    if weights is None:
-        model = Yolact(config)
-        init_head_weights(model)
-        return model, []
-    state = clean_state_dict(read_checkpoint(weights).state_dict, config)
-    model = Yolact(config, state)
-    init_head_weights(model)
-    expected = model.state_dict()
-    mismatched = [
-        k for k in state
-        if k.startswith(CLASS_DEPENDENT_PREFIXES) and k in expected and state[k].shape != expected[k].shape
-    ]  # fmt: skip
-    missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in mismatched}, strict=False)
-    problems = [k for k in missing if k not in mismatched]
-    if problems or unexpected:
-        raise CheckpointError(
-            f"{weights} does not fit config {config.name!r}: missing {problems[:8]}, unexpected {unexpected[:8]}"
-        )
-    return model, sorted({k.rsplit(".", 1)[0] for k in mismatched})
-
-
-class TrainForward(nn.Module):
-    """Makes ``forward_train`` the module's forward, so that DistributedDataParallel hooks it."""
-
-    def __init__(self, model: Yolact):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor):
-        return self.model.forward_train(images)
-
-
-# ------------------------------------------------------------------------------------------ sparsity
-def apply_sparsity_penalty(model: Yolact, strength: float) -> None:
-    """Network slimming: add ``strength * sign(gamma)`` to the gradient of every prunable BN scale."""
-    if strength <= 0:
-        return
-    from .prune import prunable_batchnorms
-
-    for bn in prunable_batchnorms(model):
-        if bn.weight.grad is not None:
-            bn.weight.grad.add_(torch.sign(bn.weight.detach()), alpha=strength)
-
-
-def gamma_statistics(model: Yolact) -> dict[str, float]:
-    """Summary of |gamma| over the prunable BNs, to watch sparsity training work."""
-    from .prune import prunable_batchnorms
-
-    values = torch.cat([bn.weight.detach().abs().flatten().cpu() for bn in prunable_batchnorms(model)])
-    return {
-        "mean": float(values.mean()),
-        "median": float(values.median()),
-        "below_0.01": float((values < 0.01).float().mean()),
-        "below_0.1": float((values < 0.1).float().mean()),
-    }
-
-
-# ------------------------------------------------------------------------------------------- trainer
-@dataclass
-class TrainState:
-    iteration: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)  # validation rows
-
-
-def _serialize(payload: Any) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return buffer.getvalue()
-
-
-def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state()}
-
-
-def distributed_context(device: torch.device) -> tuple[int, int, torch.device]:
-    """(rank, world size, this process's device); initialises the process group when launched by torchrun.
-
-    Under torchrun each process takes the GPU of its local rank. The backend follows the training device,
-    not the machine: NCCL carries CUDA tensors only, so CPU training on a GPU machine needs gloo."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, device
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), world, device
-
-
-class Trainer:
-    def __init__(
-        self,
-        config: YolactConfig,
-        train_set: Dataset,
-        val_set: Dataset | None,
-        out_dir: Path,
-        train_config: TrainConfig,
-        model: Yolact,
-        device: torch.device,
-        loss_config: LossConfig = LossConfig(),
-    ):
-        self.config, self.train_set, self.val_set = config, train_set, val_set
-        self.out_dir, self.tc = out_dir, train_config
-        self.rank, self.world, device = distributed_context(device)
-        self.device = device
-        self.model = model.to(device)
-        self.forward = TrainForward(self.model)
-        if self.world > 1:
-            self.forward = nn.parallel.DistributedDataParallel(
-                self.forward, device_ids=[device.index] if device.type == "cuda" else None
-            )
-        self.loss = YolactLoss(loss_config)
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=train_config.lr, momentum=train_config.momentum,
-            weight_decay=train_config.weight_decay,
-        )  # fmt: skip
-        self.use_amp = train_config.amp and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.state = TrainState()
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    # -- checkpoints ---------------------------------------------------------------------------------
-    def save(self) -> None:
-        if not self.is_main:
-            return
-        payload = {
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "config": self.config.to_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "iteration": self.state.iteration,
-            "history": self.state.history,
-            "train_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.tc).items()},
-            "rng": rng_state(),
-        }
-        atomic_write_bytes(self.out_dir / TRAIN_STATE, _serialize(payload))
-
-    def resume(self) -> None:
-        path = self.out_dir / TRAIN_STATE
-        if not path.is_file():
-            raise TrainingError(f"--resume: no checkpoint {path}; train without --resume first")
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        self.model.load_state_dict(data["model"])
-        self.optimizer.load_state_dict(data["optimizer"])
-        self.scaler.load_state_dict(data["scaler"])
-        self.state = TrainState(int(data["iteration"]), list(data.get("history", [])))
-        torch.set_rng_state(data["rng"]["torch"])
-
-    # -- loop ----------------------------------------------------------------------------------------
-    def _loader(self):
-        from .data.coco import collate_samples
-
-        sampler = IterationSampler(self.state.iteration * self.tc.batch_size * self.world, self.rank, self.world)
-        return torch.utils.data.DataLoader(
-            PositionDataset(self.train_set, self.tc.seed),
-            batch_size=self.tc.batch_size,
-            sampler=sampler,
-            num_workers=self.tc.workers,
-            collate_fn=collate_samples,
-            persistent_workers=self.tc.workers > 0,
-            pin_memory=self.device.type == "cuda",
-        )
-
-    def step(self, batch) -> dict[str, float]:
-        """One optimisation step on one batch; returns the loss terms."""
-        tc = self.tc
-        for group in self.optimizer.param_groups:
-            group["lr"] = tc.lr_at(self.state.iteration)
-        self.model.train()
-        images = batch.images.to(self.device, non_blocking=True)
-        targets = {
-            "boxes": [b.to(self.device) for b in batch.boxes],
-            "labels": [l.to(self.device) for l in batch.labels],
-            "masks": [m.to(self.device) for m in batch.masks],
-            "num_crowds": batch.num_crowds,
-        }
-        # Mask subsampling draws from a generator tied to the iteration: exact on resume.
-        generator = torch.Generator(device="cpu").manual_seed(tc.seed * 7919 + self.state.iteration * 31 + self.rank)
-        with torch.autocast(self.device.type, enabled=self.use_amp):
-            outputs = self.forward(images)
-        outputs = type(outputs)(*(t.float() for t in outputs))
-        losses = self.loss(outputs, targets, generator=generator)
-        self.optimizer.zero_grad(set_to_none=True)
-        if torch.isfinite(losses["total"]):
-            self.scaler.scale(losses["total"]).backward()
-            self.scaler.unscale_(self.optimizer)
-            apply_sparsity_penalty(self.model, tc.sparsity)
-            if tc.clip_grad > 0:
-                nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        self.state.iteration += 1
-        return {k: float(v.detach()) for k, v in losses.items()}
-
-    def validate(self) -> dict[str, float]:
-        from .eval import evaluate
-        from .predict import Predictor
-        from .runners import TorchRunner
-
-        self.model.eval()
-        with torch.no_grad():
-            # NCHW: the runner's in-place NHWC conversion would change the layout the model trains in.
-            predictor = Predictor(TorchRunner(self.model, self.device, channels_last=False), self.config)
-            result, _ = evaluate(
-                predictor, self.val_set.ann_file, self.val_set.image_dir, batch_size=8,
-                max_images=self.tc.val_images, progress=False,
-            )  # fmt: skip
-        self.model.train()
-        return {"iteration": self.state.iteration, "box_ap": result.bbox["AP"], "mask_ap": result.segm["AP"]}
-
-    def run(self, stop_at: int | None = None) -> TrainState:
-        """Train to ``tc.iters``; with ``stop_at``, end after that iteration with a checkpoint (a long schedule
-        split into periods of work, continued with --resume) and no final model."""
-        tc = self.tc
-        end = tc.iters if stop_at is None else min(stop_at, tc.iters)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.out_dir / "log.csv"
-        writer = None
-        if self.is_main:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                writer = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.state.iteration)
-            except ImportError:
-                tqdm.write("tensorboard is not installed: logging to CSV only")
-            if self.state.iteration == 0 or not log_path.exists():
-                with open(log_path, "w", newline="") as handle:
-                    csv.writer(handle).writerow(["iteration", "lr", *LOSS_TERMS, "seconds"])
-            else:
-                _drop_rows_after(log_path, self.state.iteration)
-        gamma_log = self.out_dir / "gamma.csv"
-        if self.is_main and tc.sparsity > 0:
-            initial = self.out_dir / "gamma_initial.pth"
-            if not initial.exists():  # kept across --resume for the before/after histogram
-                atomic_write_bytes(initial, _serialize({k: v.detach().cpu() for k, v in self.model.state_dict().items()}))
-            if not gamma_log.exists():
-                with open(gamma_log, "w", newline="") as handle:
-                    csv.writer(handle).writerow(["iteration", *gamma_statistics(self.model)])
-            else:
-                _drop_rows_after(gamma_log, self.state.iteration)
-        bar = tqdm(total=tc.iters, initial=self.state.iteration, desc="train", unit="it", disable=not self.is_main)
-        running: dict[str, float] = {}
-        start = time.perf_counter()
-        loader = iter(self._loader())
-        try:
-            while self.state.iteration < end:
-                losses = self.step(next(loader))
-                running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in losses.items()}
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()})
-                it = self.state.iteration
-                if self.is_main and (it % tc.log_every == 0 or it == tc.iters):
-                    with open(log_path, "a", newline="") as handle:
-                        csv.writer(handle).writerow(
-                            [it, tc.lr_at(it - 1), *(f"{losses[k]:.5f}" for k in LOSS_TERMS), f"{time.perf_counter() - start:.1f}"]
-                        )
-                    if writer:
-                        for k, v in losses.items():
-                            writer.add_scalar(f"loss/{k}", v, it)
-                        writer.add_scalar("lr", tc.lr_at(it - 1), it)
-                    if tc.sparsity > 0:
-                        stats = gamma_statistics(self.model)
-                        with open(gamma_log, "a", newline="") as handle:
-                            csv.writer(handle).writerow([it, *(f"{v:.5f}" for v in stats.values())])
-                        if writer:
-                            for k, v in stats.items():
-                                writer.add_scalar(f"gamma/{k}", v, it)
-                if self.is_main and self.val_set is not None and tc.val_every and (it % tc.val_every == 0 or it == tc.iters):
-                    row = self.validate()
-                    self.state.history.append(row)
-                    tqdm.write(f"iter {it}: box AP {100 * row['box_ap']:.2f}  mask AP {100 * row['mask_ap']:.2f}")
-                    if writer:
-                        writer.add_scalar("val/box_ap", row["box_ap"], it)
-                        writer.add_scalar("val/mask_ap", row["mask_ap"], it)
-                if it % tc.checkpoint_every == 0 or it == end:
-                    self.save()
-        finally:
-            bar.close()
-            if writer:
-                writer.close()
-        if self.is_main and self.state.iteration == tc.iters:
-            save_checkpoint(self.out_dir / FINAL_MODEL, self.model, iteration=self.state.iteration)
-            plot_curves(log_path, self.state.history, self.out_dir / "curves.png")
-            if tc.sparsity > 0:
-                from .prune import plot_gamma_histograms
-
-                before = torch.load(self.out_dir / "gamma_initial.pth", map_location="cpu", weights_only=True)
-                plot_gamma_histograms([before, self.model], ["before", "after"], self.out_dir / "gamma_hist.png")
-        return self.state
-
-
-def _drop_rows_after(csv_path: Path, iteration: int) -> None:
-    """Remove the rows a run logged after its last checkpoint (it was stopped between checkpoints), so that
-    a resumed run does not log those iterations twice."""
-    with open(csv_path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) <= iteration]
-    if len(kept) < len(rows):
-        buffer = io.StringIO()
-        csv.writer(buffer).writerows(kept)
-        atomic_write_text(csv_path, buffer.getvalue())
-
-
-def plot_curves(log_path: Path, history: list[dict[str, float]], out_png: Path) -> None:
-    """Loss terms over iterations and validation APs, in one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = list(csv.DictReader(open(log_path)))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    if rows:
-        its = [int(r["iteration"]) for r in rows]
-        for term in LOSS_TERMS:
-            axes[0].plot(its, [float(r[term]) for r in rows], label=term, linewidth=1)
-        axes[0].set_yscale("log")
-    axes[0].set(title="training loss", xlabel="iteration")
-    axes[0].legend()
-    if history:
-        its = [h["iteration"] for h in history]
-        axes[1].plot(its, [100 * h["box_ap"] for h in history], "o-", label="box AP")
-        axes[1].plot(its, [100 * h["mask_ap"] for h in history], "o-", label="mask AP")
-        axes[1].legend()
-    axes[1].set(title="validation AP@[.5:.95]", xlabel="iteration", ylabel="%")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(out_png, buffer.getvalue())
-
-
-# ------------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     parser = argparse.ArgumentParser(prog="python -m trt_yolact.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="preset name or .yaml/.json file")
+    add_config_argument(parser, required=True, help="preset name or .yaml/.json file: the architecture")
+    parser.add_argument("--weights", default=None, help="initial weights: a checkpoint, e.g. a pruned one to fine-tune")
     parser.add_argument("--data-train", required=True, metavar="ANN:IMAGES")
     parser.add_argument("--data-val", default=None, metavar="ANN:IMAGES")
-    parser.add_argument("--weights", default=None, help="initial weights (e.g. a pruned checkpoint to fine-tune)")
-    parser.add_argument("--iters", type=int, default=d.iters)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
+    parser.add_argument("--iters", type=positive_int, default=d.iters)
+    parser.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="per process")
     parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--warmup-iters", type=int, default=d.warmup_iters)
+    parser.add_argument("--warmup-iters", type=non_negative_int, default=d.warmup_iters)
     parser.add_argument("--lr-steps", default=",".join(str(s) for s in d.lr_steps), help="fractions of --iters")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--workers", type=int, default=d.workers)
-    parser.add_argument("--val-every", type=int, default=d.val_every)
-    parser.add_argument("--val-images", type=int, default=d.val_images)
-    parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    parser.add_argument("--seed", type=non_negative_int, default=d.seed)
+    parser.add_argument("--workers", type=non_negative_int, default=d.workers)
+    parser.add_argument("--val-every", type=non_negative_int, default=d.val_every)
+    parser.add_argument("--val-images", type=positive_int, default=d.val_images)
+    parser.add_argument("--checkpoint-every", type=positive_int, default=d.checkpoint_every)
     parser.add_argument("--expand-max", type=float, default=d.expand_max_ratio, help="augmentation zoom-out limit")
     parser.add_argument("--min-box-size", type=float, default=d.min_box_size, help="drop smaller objects (px)")
     parser.add_argument("--clip-grad", type=float, default=0.0, help="max gradient norm (0: no clipping)")
@@ -530,54 +45,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--out", default="runs/train", help="output folder")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pth")
-    parser.add_argument("--stop-at", type=int, default=None, metavar="ITER",
-                        help="end this run after iteration ITER with a checkpoint (continue later with --resume)")
+    parser.add_argument("--stop-at", type=positive_int, default=None, metavar="ITER",
+                        help="end this run after iteration ITER with a checkpoint (continue later with --resume)")  # fmt: skip
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.iters < 1 or args.batch_size < 1:
-            raise TrainingError("--iters and --batch-size must be at least 1")
-        if args.sparsity < 0:
-            raise TrainingError("--sparsity must be >= 0")
-        if args.stop_at is not None and not 1 <= args.stop_at <= args.iters:
-            raise TrainingError(f"--stop-at must be from 1 to --iters ({args.iters}), got {args.stop_at}")
-        tc = TrainConfig(
-            iters=args.iters, batch_size=args.batch_size, lr=args.lr, warmup_iters=args.warmup_iters,
-            lr_steps=tuple(float(s) for s in args.lr_steps.split(",") if s), seed=args.seed,
-            workers=args.workers, val_every=args.val_every, val_images=args.val_images,
-            checkpoint_every=args.checkpoint_every, sparsity=args.sparsity, clip_grad=args.clip_grad,
-            expand_max_ratio=args.expand_max, min_box_size=args.min_box_size,
-        )  # fmt: skip
-        out_dir = Path(args.out)
-        if args.resume and not (out_dir / TRAIN_STATE).is_file():
-            raise TrainingError(f"--resume: no checkpoint {out_dir / TRAIN_STATE}; train without --resume first")
-        config = get_config(args.config)
-        train_set, val_set = build_datasets(args.data_train, args.data_val, config, tc)
-        # The dataset decides the classes; the config keeps the architecture.
-        config = config.replace(class_names=train_set.class_names, category_ids=train_set.category_ids)
-        from .runners import resolve_device
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    if args.sparsity < 0:
+        raise TrainingError("--sparsity must be >= 0")
+    if args.stop_at is not None and args.stop_at > args.iters:
+        raise TrainingError(f"--stop-at must be from 1 to --iters ({args.iters}), got {args.stop_at}")
+    return TrainConfig(
+        iters=args.iters, batch_size=args.batch_size, lr=args.lr, warmup_iters=args.warmup_iters,
+        lr_steps=tuple(float(s) for s in args.lr_steps.split(",") if s), seed=args.seed,
+        workers=args.workers, val_every=args.val_every, val_images=args.val_images,
+        checkpoint_every=args.checkpoint_every, sparsity=args.sparsity, clip_grad=args.clip_grad,
+        expand_max_ratio=args.expand_max, min_box_size=args.min_box_size,
+    )  # fmt: skip
 
-        device = resolve_device(args.device)
-        torch.manual_seed(tc.seed)
-        model, reset = initial_model(config, args.weights)
-        if reset:
-            print(f"re-initialised class-dependent layers for {len(config.class_names)} classes: {', '.join(reset)}")
-        trainer = Trainer(config, train_set, val_set, out_dir, tc, model, device)
-        if args.resume:
-            trainer.resume()
-    except (TrainingError, ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+def _prepare(args: argparse.Namespace) -> Trainer:
+    run = TrainingRun(
+        args.config, args.data_train, args.data_val, Path(args.out), args.weights, args.device, args.resume
+    )
+    trainer, reset = make_trainer(run, train_config(args))
+    if reset:
+        print(
+            f"re-initialised class-dependent layers for {len(trainer.config.class_names)} classes: {', '.join(reset)}"
+        )
+    return trainer
+
+
+def _train(trainer: Trainer, stop_at: int | None) -> int:
+    out_dir, iters = trainer.out_dir, trainer.tc.iters
     try:
-        trainer.run(args.stop_at)
+        trainer.run(stop_at)
     except KeyboardInterrupt:
         print(f"\ninterrupted; the last complete checkpoint is {out_dir / TRAIN_STATE} (continue with --resume)")
         return 130
     if trainer.is_main:
-        if trainer.state.iteration < tc.iters:
+        if trainer.state.iteration < iters:
             print(f"stopped at iteration {trainer.state.iteration}: {out_dir / TRAIN_STATE} (continue with --resume)")
         else:
             print(f"done: {out_dir / FINAL_MODEL}")
@@ -586,6 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         dist.barrier()
         dist.destroy_process_group()
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(lambda: _train(_prepare(args), args.stop_at))
 
 
 if __name__ == "__main__":

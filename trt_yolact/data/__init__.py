@@ -3,6 +3,7 @@
 Names are imported lazily so that `python -m trt_yolact.data.shapes` neither pulls in torch nor
 triggers runpy's "found in sys.modules" warning.
 """
+
 from __future__ import annotations
 
 import importlib

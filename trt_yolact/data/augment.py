@@ -5,6 +5,7 @@ boxes [N, 4] x1y1x2y2 in PIXELS, labels [N] and a per-instance crowd flag. Crowd
 kept at the end of the arrays (every step filters in order), so `num_crowds` stays meaningful.
 Randomness only comes from an injected `numpy.random.Generator`, so a seed reproduces a sample.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -31,8 +32,9 @@ class Annotated:
     crowd: np.ndarray  # bool [N]; crowd instances come last
 
     def select(self, keep: np.ndarray) -> Annotated:
-        return replace(self, masks=self.masks[keep], boxes=self.boxes[keep], labels=self.labels[keep],
-                       crowd=self.crowd[keep])
+        return replace(
+            self, masks=self.masks[keep], boxes=self.boxes[keep], labels=self.labels[keep], crowd=self.crowd[keep]
+        )
 
 
 @dataclass
@@ -46,13 +48,16 @@ class TransformResult:
     num_crowds: int
 
 
-def to_annotated(image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
-                 num_crowds: int = 0) -> Annotated:
+def to_annotated(
+    image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, labels: np.ndarray, num_crowds: int = 0
+) -> Annotated:
     """Validate raw inputs and convert them to an `Annotated` (image becomes float32)."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be HWC with 3 (BGR) channels, got shape {image.shape}; "
-                         "load images with cv2.imread(path, cv2.IMREAD_COLOR)")
+        raise ValueError(
+            f"image must be HWC with 3 (BGR) channels, got shape {image.shape}; "
+            "load images with cv2.imread(path, cv2.IMREAD_COLOR)"
+        )
     height, width = image.shape[:2]
     masks = np.asarray(masks)
     boxes = np.asarray(boxes, dtype=np.float32)
@@ -69,12 +74,13 @@ def to_annotated(image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, labels
         raise ValueError(f"boxes must be [N, 4] (x1, y1, x2, y2 in pixels), got {boxes.shape}")
     n = masks.shape[0]
     if not (boxes.shape[0] == n == labels.shape[0]):
-        raise ValueError(f"masks, boxes and labels must have the same length, got {n}, {boxes.shape[0]}, "
-                         f"{labels.shape[0]}")
+        raise ValueError(
+            f"masks, boxes and labels must have the same length, got {n}, {boxes.shape[0]}, {labels.shape[0]}"
+        )
     if not 0 <= num_crowds <= n:
         raise ValueError(f"num_crowds must be in [0, {n}], got {num_crowds}")
     crowd = np.zeros(n, dtype=bool)
-    crowd[n - num_crowds:] = True
+    crowd[n - num_crowds :] = True
     return Annotated(image.astype(np.float32), (masks > 0).astype(np.uint8), boxes.copy(), labels.copy(), crowd)
 
 
@@ -124,9 +130,9 @@ def expand(sample: Annotated, rng: np.random.Generator, max_ratio: float = 4.0) 
     left, top = int(rng.uniform(0, new_w - width)), int(rng.uniform(0, new_h - height))
     image = np.empty((new_h, new_w, 3), dtype=np.float32)
     image[:] = MEAN_BGR
-    image[top:top + height, left:left + width] = sample.image
+    image[top : top + height, left : left + width] = sample.image
     masks = np.zeros((sample.masks.shape[0], new_h, new_w), dtype=np.uint8)
-    masks[:, top:top + height, left:left + width] = sample.masks
+    masks[:, top : top + height, left : left + width] = sample.masks
     boxes = sample.boxes + np.array([left, top, left, top], dtype=np.float32)
     return replace(sample, image=image, masks=masks, boxes=boxes)
 
@@ -140,8 +146,9 @@ def _iou_with(boxes: np.ndarray, rect: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_b + area_r - inter, 1e-9)
 
 
-def random_sample_crop(sample: Annotated, rng: np.random.Generator, max_modes: int = 20,
-                       trials_per_mode: int = 50) -> Annotated:
+def random_sample_crop(
+    sample: Annotated, rng: np.random.Generator, max_modes: int = 20, trials_per_mode: int = 50
+) -> Annotated:
     """SSD random crop: pick a min-IoU mode, then try crops (30-100% of each side, aspect ratio
     within [0.5, 2]) until one overlaps some non-crowd box by at least that IoU and contains the
     centre of at least one non-crowd box. Boxes whose centre falls outside are dropped."""
@@ -164,8 +171,12 @@ def random_sample_crop(sample: Annotated, rng: np.random.Generator, max_modes: i
             if _iou_with(sample.boxes[objects], rect).max() < min_iou:
                 continue
             centres = (sample.boxes[:, :2] + sample.boxes[:, 2:]) / 2.0
-            keep = ((centres[:, 0] > rect[0]) & (centres[:, 0] < rect[2])
-                    & (centres[:, 1] > rect[1]) & (centres[:, 1] < rect[3]))
+            keep = (
+                (centres[:, 0] > rect[0])
+                & (centres[:, 0] < rect[2])
+                & (centres[:, 1] > rect[1])
+                & (centres[:, 1] < rect[3])
+            )
             if not (keep & objects).any():
                 continue
             x1, y1, x2, y2 = (int(v) for v in rect)
@@ -173,8 +184,9 @@ def random_sample_crop(sample: Annotated, rng: np.random.Generator, max_modes: i
             boxes = kept.boxes.copy()
             boxes[:, :2] = np.maximum(boxes[:, :2], rect[:2]) - rect[:2]
             boxes[:, 2:] = np.minimum(boxes[:, 2:], rect[2:]) - rect[:2]
-            return replace(kept, image=sample.image[y1:y2, x1:x2].copy(), masks=kept.masks[:, y1:y2, x1:x2].copy(),
-                           boxes=boxes)
+            return replace(
+                kept, image=sample.image[y1:y2, x1:x2].copy(), masks=kept.masks[:, y1:y2, x1:x2].copy(), boxes=boxes
+            )
     return sample
 
 
@@ -191,11 +203,11 @@ def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
     """Bilinear resize + 0.5 threshold (smoother than nearest for thin parts)."""
     out = np.zeros((masks.shape[0], size, size), dtype=np.uint8)
     for start in range(0, masks.shape[0], _CV2_MAX_RESIZE_CHANNELS):
-        chunk = np.ascontiguousarray(masks[start:start + _CV2_MAX_RESIZE_CHANNELS].transpose(1, 2, 0)) * 255
+        chunk = np.ascontiguousarray(masks[start : start + _CV2_MAX_RESIZE_CHANNELS].transpose(1, 2, 0)) * 255
         resized = cv2.resize(chunk, (size, size), interpolation=cv2.INTER_LINEAR)
         if resized.ndim == 2:  # cv2 drops a single channel axis
             resized = resized[:, :, None]
-        out[start:start + chunk.shape[2]] = (resized > 127).transpose(2, 0, 1)
+        out[start : start + chunk.shape[2]] = (resized > 127).transpose(2, 0, 1)
     return out
 
 
@@ -251,8 +263,9 @@ class ValTransform:
         self.max_size = int(max_size)
         self.normalize = normalize
 
-    def __call__(self, image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
-                 num_crowds: int = 0) -> TransformResult:
+    def __call__(
+        self, image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, labels: np.ndarray, num_crowds: int = 0
+    ) -> TransformResult:
         sample = resize(to_annotated(image, masks, boxes, labels, num_crowds), self.max_size)
         return _finish(sample, self.max_size, self.normalize)
 
@@ -261,9 +274,16 @@ class TrainTransform:
     """YOLACT/SSD training pipeline: photometric distortion, expand, random sample crop, mirror,
     resize, drop tiny boxes, normalise. Seeded through its own `numpy.random.Generator`."""
 
-    def __init__(self, max_size: int = 550, seed: int | None = None, normalize: str = "mean_std",
-                 min_box_size: float = 4.0, max_attempts: int = 10, expand_max_ratio: float = 4.0,
-                 crop: bool = True) -> None:
+    def __init__(
+        self,
+        max_size: int = 550,
+        seed: int | None = None,
+        normalize: str = "mean_std",
+        min_box_size: float = 4.0,
+        max_attempts: int = 10,
+        expand_max_ratio: float = 4.0,
+        crop: bool = True,
+    ) -> None:
         _check_config(max_size, normalize)
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
@@ -291,8 +311,9 @@ class TrainTransform:
         sample = random_mirror(sample, rng)
         return drop_small(resize(sample, self.max_size), self.min_box_size)
 
-    def __call__(self, image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
-                 num_crowds: int = 0) -> TransformResult:
+    def __call__(
+        self, image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, labels: np.ndarray, num_crowds: int = 0
+    ) -> TransformResult:
         sample = to_annotated(image, masks, boxes, labels, num_crowds)
         has_objects = bool((~sample.crowd).any())
         for _ in range(self.max_attempts):

@@ -1,4 +1,5 @@
 """COCO-format instance-segmentation dataset and loader for YOLACT training/evaluation."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,7 +20,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from trt_yolact.data.augment import TransformResult
+from ..errors import DatasetError, UsageError
+from .augment import TransformResult
 
 # transform(image_bgr_hwc, masks[N,H,W], boxes_px[N,4], labels[N], num_crowds) -> TransformResult
 Transform = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int], TransformResult]
@@ -62,37 +64,55 @@ class Batch:
         def move(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
             return [t.to(device, non_blocking=non_blocking) for t in tensors]
 
-        return Batch(self.images.to(device, non_blocking=non_blocking), move(self.boxes), move(self.labels),
-                     move(self.masks), list(self.num_crowds), list(self.image_ids), list(self.orig_sizes))
+        return Batch(
+            self.images.to(device, non_blocking=non_blocking),
+            move(self.boxes),
+            move(self.labels),
+            move(self.masks),
+            list(self.num_crowds),
+            list(self.image_ids),
+            list(self.orig_sizes),
+        )
 
 
 def _load_coco_json(ann_file: Path) -> dict[str, Any]:
     if not ann_file.is_file():
-        raise FileNotFoundError(f"annotation file {ann_file} does not exist; pass the path of a COCO "
-                                "instances_*.json file")
+        raise FileNotFoundError(
+            f"annotation file {ann_file} does not exist; pass the path of a COCO instances_*.json file"
+        )
     try:
         with ann_file.open("r", encoding="utf-8") as f:
             data = json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"annotation file {ann_file} is not valid JSON ({err}); pass a COCO instances_*.json file") \
-            from err
+        raise DatasetError(
+            f"annotation file {ann_file} is not valid JSON ({err}); pass a COCO instances_*.json file"
+        ) from err
     missing = [k for k in _REQUIRED_TOP_KEYS if not isinstance(data, dict) or k not in data]
     if missing:
-        raise ValueError(f"annotation file {ann_file} is not COCO instance JSON: missing top-level key(s) "
-                         f"{', '.join(missing)}; expected 'images', 'annotations' and 'categories' lists")
+        raise DatasetError(
+            f"annotation file {ann_file} is not COCO instance JSON: missing top-level key(s) "
+            f"{', '.join(missing)}; expected 'images', 'annotations' and 'categories' lists"
+        )
     for key in _REQUIRED_TOP_KEYS:
         if not isinstance(data[key], list):
-            raise ValueError(f"annotation file {ann_file}: '{key}' must be a list, got {type(data[key]).__name__}")
+            raise DatasetError(f"annotation file {ann_file}: '{key}' must be a list, got {type(data[key]).__name__}")
     if not data["categories"]:
-        raise ValueError(f"annotation file {ann_file} has an empty 'categories' list; add at least one "
-                         "category ({'id': 1, 'name': ...})")
-    for key, required in (("images", _REQUIRED_IMAGE_KEYS), ("annotations", _REQUIRED_ANN_KEYS),
-                          ("categories", _REQUIRED_CAT_KEYS)):
+        raise DatasetError(
+            f"annotation file {ann_file} has an empty 'categories' list; add at least one "
+            "category ({'id': 1, 'name': ...})"
+        )
+    for key, required in (
+        ("images", _REQUIRED_IMAGE_KEYS),
+        ("annotations", _REQUIRED_ANN_KEYS),
+        ("categories", _REQUIRED_CAT_KEYS),
+    ):
         for i, entry in enumerate(data[key]):
             lacking = [k for k in required if not isinstance(entry, dict) or k not in entry]
             if lacking:
-                raise ValueError(f"annotation file {ann_file}: {key}[{i}] lacks field(s) {', '.join(lacking)}; "
-                                 f"every entry of '{key}' needs {', '.join(required)}")
+                raise DatasetError(
+                    f"annotation file {ann_file}: {key}[{i}] lacks field(s) {', '.join(lacking)}; "
+                    f"every entry of '{key}' needs {', '.join(required)}"
+                )
     return data
 
 
@@ -104,8 +124,10 @@ def ann_to_rle(ann: dict[str, Any], height: int, width: int) -> dict[str, Any]:
     segm = ann.get("segmentation")
     if isinstance(segm, dict) and "counts" in segm:
         if [int(s) for s in segm.get("size", ())] != [height, width]:
-            raise ValueError(f"annotation {ann.get('id')}: RLE size {segm.get('size')} does not match the image "
-                             f"size [{height}, {width}]; the annotation file and images do not belong together")
+            raise DatasetError(
+                f"annotation {ann.get('id')}: RLE size {segm.get('size')} does not match the image "
+                f"size [{height}, {width}]; the annotation file and images do not belong together"
+            )
         return mask_utils.frPyObjects(segm, height, width) if isinstance(segm["counts"], list) else segm
     # pycocotools reads a 4-number "polygon" as a box, so drop degenerate polygons first.
     polygons = [p for p in segm if len(p) >= 6] if isinstance(segm, list) else []
@@ -139,22 +161,31 @@ class CocoDetection(Dataset):
     `keep_empty` (use True for evaluation). All inputs are validated here, not on first access.
     """
 
-    def __init__(self, ann_file: str | os.PathLike, image_dir: str | os.PathLike,
-                 transform: Transform | None = None, keep_empty: bool = False) -> None:
+    def __init__(
+        self,
+        ann_file: str | os.PathLike,
+        image_dir: str | os.PathLike,
+        transform: Transform | None = None,
+        keep_empty: bool = False,
+    ) -> None:
         self.ann_file = Path(ann_file)
         self.image_dir = Path(image_dir)
         self.transform = transform
         self.keep_empty = keep_empty
         data = _load_coco_json(self.ann_file)
         if not self.image_dir.is_dir():
-            raise FileNotFoundError(f"image directory {self.image_dir} does not exist; pass the folder that holds "
-                                    f"the images listed in {self.ann_file.name}")
+            raise FileNotFoundError(
+                f"image directory {self.image_dir} does not exist; pass the folder that holds "
+                f"the images listed in {self.ann_file.name}"
+            )
 
         categories = sorted(data["categories"], key=lambda c: c["id"])
         self.category_ids: tuple[int, ...] = tuple(int(c["id"]) for c in categories)
         self.class_names: tuple[str, ...] = tuple(str(c["name"]) for c in categories)
         if len(set(self.category_ids)) != len(self.category_ids):
-            raise ValueError(f"annotation file {self.ann_file} lists a category id more than once; ids must be unique")
+            raise DatasetError(
+                f"annotation file {self.ann_file} lists a category id more than once; ids must be unique"
+            )
         self._label_of = {cat_id: label for label, cat_id in enumerate(self.category_ids)}
 
         self._coco = COCO()
@@ -164,11 +195,15 @@ class CocoDetection(Dataset):
 
         for ann in data["annotations"]:
             if ann["category_id"] not in self._label_of:
-                raise ValueError(f"annotation {ann['id']} in {self.ann_file} uses category_id {ann['category_id']}, "
-                                 f"which is not in 'categories' {list(self.category_ids)}")
+                raise DatasetError(
+                    f"annotation {ann['id']} in {self.ann_file} uses category_id {ann['category_id']}, "
+                    f"which is not in 'categories' {list(self.category_ids)}"
+                )
             if ann["image_id"] not in self._coco.imgs:
-                raise ValueError(f"annotation {ann['id']} in {self.ann_file} refers to image_id {ann['image_id']}, "
-                                 "which is not in 'images'")
+                raise DatasetError(
+                    f"annotation {ann['id']} in {self.ann_file} refers to image_id {ann['image_id']}, "
+                    "which is not in 'images'"
+                )
         self._check_images_exist(data["images"])
 
         # Per image: non-crowd annotations in file order, then crowd ones. Degenerate boxes are skipped.
@@ -185,9 +220,11 @@ class CocoDetection(Dataset):
     def _check_images_exist(self, images: list[dict[str, Any]]) -> None:
         missing = [img["file_name"] for img in images if not (self.image_dir / img["file_name"]).is_file()]
         if missing:
-            raise FileNotFoundError(f"{len(missing)} of {len(images)} images listed in {self.ann_file.name} are missing "
-                                    f"from {self.image_dir} (first: {missing[0]}); check that image_dir matches the "
-                                    "annotation file")
+            raise FileNotFoundError(
+                f"{len(missing)} of {len(images)} images listed in {self.ann_file.name} are missing "
+                f"from {self.image_dir} (first: {missing[0]}); check that image_dir matches the "
+                "annotation file"
+            )
 
     @property
     def coco(self) -> COCO:
@@ -208,11 +245,15 @@ class CocoDetection(Dataset):
         path = self.image_dir / info["file_name"]
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
-            raise ValueError(f"could not decode image {path}; the file is corrupt or not an image, replace or remove it")
+            raise DatasetError(
+                f"could not decode image {path}; the file is corrupt or not an image, replace or remove it"
+            )
         height, width = image.shape[:2]
         if (height, width) != (int(info["height"]), int(info["width"])):
-            raise ValueError(f"image {path} is {width}x{height} but {self.ann_file.name} says "
-                             f"{info['width']}x{info['height']}; the annotations do not match this image")
+            raise DatasetError(
+                f"image {path} is {width}x{height} but {self.ann_file.name} says "
+                f"{info['width']}x{info['height']}; the annotations do not match this image"
+            )
         anns = self._anns[image_id]
         masks = decode_rles([ann_to_rle(a, height, width) for a in anns], height, width)
         boxes = np.zeros((len(anns), 4), dtype=np.float32)
@@ -254,11 +295,13 @@ class CocoDetection(Dataset):
 def collate_samples(samples: Sequence[Sample]) -> Batch:
     """Stack images; keep variable-length targets as lists."""
     if not samples:
-        raise ValueError("cannot collate an empty list of samples")
+        raise DatasetError("cannot collate an empty list of samples")
     shapes = {tuple(s.image.shape) for s in samples}
     if len(shapes) > 1:
-        raise ValueError(f"images in a batch differ in shape {sorted(shapes)}; use a transform that resizes to a "
-                         "fixed max_size (TrainTransform/ValTransform)")
+        raise DatasetError(
+            f"images in a batch differ in shape {sorted(shapes)}; use a transform that resizes to a "
+            "fixed max_size (TrainTransform/ValTransform)"
+        )
     return Batch(
         images=torch.stack([s.image for s in samples]),
         boxes=[s.boxes for s in samples],
@@ -296,18 +339,25 @@ def _seed_worker(worker_id: int) -> None:
             transform.reseed(seed)
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int,
-                sampler: Sampler | None = None, drop_last: bool = False) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    workers: int,
+    seed: int,
+    sampler: Sampler | None = None,
+    drop_last: bool = False,
+) -> DataLoader:
     """DataLoader yielding `Batch`es; shuffling and worker augmentation are seeded by `seed`.
 
     With workers=0 the augmentation stream is the transform's own (e.g. TrainTransform(seed=...)).
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise UsageError(f"batch_size must be >= 1, got {batch_size}")
     if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
+        raise UsageError(f"workers must be >= 0, got {workers}")
     if sampler is not None and shuffle:
-        raise ValueError("pass either shuffle=True or a sampler, not both; the sampler decides the order")
+        raise UsageError("pass either shuffle=True or a sampler, not both; the sampler decides the order")
     generator = torch.Generator()
     generator.manual_seed(int(seed))
     return DataLoader(

@@ -9,6 +9,7 @@ CLI::
     python -m trt_yolact.data.shapes --out DIR --train 200 --val 50 --size 256 --seed 0
     python -m trt_yolact.data.shapes --out DIR --train 0 --val 300 --seed 777 --backgrounds unseen
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,6 +26,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
+
+from ..errors import TrtYolactError, UsageError
 
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "rectangle", "triangle", "star", "ring")
 
@@ -121,8 +124,9 @@ def sample_shape(rng: np.random.Generator, class_index: int, height: int, width:
         jitter = np.stack([rng.uniform(-20, 20, 3), rng.uniform(0.75, 1.0, 3)], axis=1)
         return ShapeSpec(class_index, center, radius, angle, vertex_jitter=tuple(jitter.ravel().tolist()))
     if name == "star":
-        return ShapeSpec(class_index, center, radius, angle, inner=float(rng.uniform(0.38, 0.55)),
-                         points=int(rng.integers(5, 7)))
+        return ShapeSpec(
+            class_index, center, radius, angle, inner=float(rng.uniform(0.38, 0.55)), points=int(rng.integers(5, 7))
+        )
     if name == "ring":
         # Keep both the hole and the band at least ~2 px wide so the hole survives rasterisation.
         inner = float(np.clip(rng.uniform(0.4, 0.7), 2.0 / radius, 1.0 - 2.0 / radius))
@@ -217,7 +221,7 @@ BACKGROUND_SETS = {"standard": _background, "unseen": _unseen_background}
 
 def _check_backgrounds(backgrounds: str) -> None:
     if backgrounds not in BACKGROUND_SETS:
-        raise ValueError(f"backgrounds (--backgrounds) must be one of {sorted(BACKGROUND_SETS)}, got {backgrounds!r}")
+        raise UsageError(f"backgrounds (--backgrounds) must be one of {sorted(BACKGROUND_SETS)}, got {backgrounds!r}")
 
 
 def _add_clutter(rng: np.random.Generator, img: np.ndarray) -> None:
@@ -298,7 +302,7 @@ def render_sample(
     Returns the image and a list of (class_index, mask_bool[H, W]); masks are pairwise disjoint.
     """
     if size < MIN_IMAGE_SIZE:
-        raise ValueError(f"size (--size) must be >= {MIN_IMAGE_SIZE} px, got {size}; pass a larger size")
+        raise UsageError(f"size (--size) must be >= {MIN_IMAGE_SIZE} px, got {size}; pass a larger size")
     _check_backgrounds(backgrounds)
     low = int(math.ceil(0.75 * size))
     height, width = int(rng.integers(low, size + 1)), int(rng.integers(low, size + 1))
@@ -346,17 +350,17 @@ def _check_args(out_dir: Path, n_train: int, n_val: int, size: int, seed: int, b
     _check_backgrounds(backgrounds)
     for name, value in (("n_train (--train)", n_train), ("n_val (--val)", n_val)):
         if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}; pass a non-negative image count")
+            raise UsageError(f"{name} must be >= 0, got {value}; pass a non-negative image count")
     if size < MIN_IMAGE_SIZE:
-        raise ValueError(f"size (--size) must be >= {MIN_IMAGE_SIZE} px, got {size}; pass a larger size")
+        raise UsageError(f"size (--size) must be >= {MIN_IMAGE_SIZE} px, got {size}; pass a larger size")
     if seed < 0:
-        raise ValueError(f"seed (--seed) must be >= 0, got {seed}; pass a non-negative seed")
+        raise UsageError(f"seed (--seed) must be >= 0, got {seed}; pass a non-negative seed")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir):
             pass
     except OSError as err:
-        raise ValueError(f"output directory {out_dir} is not writable ({err}); choose a writable directory") from err
+        raise UsageError(f"output directory {out_dir} is not writable ({err}); choose a writable directory") from err
 
 
 def _write_split(out_dir: Path, split: str, n: int, size: int, seed: int, backgrounds: str) -> tuple[Path, Path]:
@@ -373,18 +377,25 @@ def _write_split(out_dir: Path, split: str, n: int, size: int, seed: int, backgr
         image_id = i + 1
         images.append({"id": image_id, "file_name": file_name, "height": image.shape[0], "width": image.shape[1]})
         for class_index, mask in instances:
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": class_index + 1,
-                "segmentation": encode_mask(mask),
-                "area": float(mask.sum()),
-                "bbox": _mask_bbox(mask),
-                "iscrowd": 0,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": class_index + 1,
+                    "segmentation": encode_mask(mask),
+                    "area": float(mask.sum()),
+                    "bbox": _mask_bbox(mask),
+                    "iscrowd": 0,
+                }
+            )
     coco = {
-        "info": {"description": "trt_yolact synthetic shapes", "seed": seed, "split": split, "max_size": size,
-                 "backgrounds": backgrounds},
+        "info": {
+            "description": "trt_yolact synthetic shapes",
+            "seed": seed,
+            "split": split,
+            "max_size": size,
+            "backgrounds": backgrounds,
+        },
         "licenses": [],
         "images": images,
         "annotations": annotations,
@@ -414,23 +425,27 @@ def generate_dataset(
     return paths
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trt_yolact.data.shapes", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--train", type=int, default=200, help="number of training images")
     parser.add_argument("--val", type=int, default=50, help="number of validation images")
     parser.add_argument("--size", type=int, default=256, help="max image side in pixels (>= 32)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (>= 0)")
-    parser.add_argument("--backgrounds", choices=sorted(BACKGROUND_SETS), default="standard",
-                        help="'unseen': background families training never sees (generalisation check)")
+    parser.add_argument(
+        "--backgrounds",
+        choices=sorted(BACKGROUND_SETS),
+        default="standard",
+        help="'unseen': background families training never sees (generalisation check)",
+    )
     args = parser.parse_args(argv)
     try:
         paths = generate_dataset(args.out, args.train, args.val, args.size, args.seed, args.backgrounds)
-    except ValueError as err:
+    except (TrtYolactError, OSError) as err:
         parser.error(str(err))
     print(f"wrote {args.train} train / {args.val} val images to {paths['root']}", file=sys.stderr)
-    return paths
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

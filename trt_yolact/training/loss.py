@@ -8,6 +8,7 @@ matched ground-truth box and normalised by its area) and a per-class BCE on the 
 As in the original, the box, confidence and mask terms are divided by the number of positive priors in
 the whole batch and the segmentation term by the batch size.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -18,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .boxes import center_size, crop_masks, encode, pairwise_iou, point_form
-from .structures import TrainOutputs
+from ..model.boxes import center_size, crop_masks, encode, pairwise_iou, point_form
+from ..structures import TrainOutputs
 
 # Conf-target values besides class ids (``label + 1``).
 BACKGROUND = 0
@@ -250,9 +251,7 @@ def semantic_segmentation_loss(segm: Tensor, labels: Sequence[Tensor], masks: Se
             target = logits.new_zeros(num_classes, height * width)
             index = image_labels.long()[:, None].expand(-1, height * width)
             target.scatter_reduce_(0, index, small.flatten(1), reduce="amax")
-        total = total + F.binary_cross_entropy_with_logits(
-            logits, target.view_as(logits), reduction="sum"
-        )
+        total = total + F.binary_cross_entropy_with_logits(logits, target.view_as(logits), reduction="sum")
     return total / (height * width)
 
 

@@ -1,7 +1,7 @@
 """YOLACT post-processing with static shapes only, for export into the ONNX graph (``--postprocess graph``).
 
-:class:`GraphPostprocess` computes what :func:`trt_yolact.postprocess.select_detections` and the
-low-resolution :func:`~trt_yolact.postprocess.assemble_masks` compute (decode, candidate threshold,
+:class:`GraphPostprocess` computes what :func:`trt_yolact.inference.postprocess.select_detections` and the
+low-resolution :func:`~trt_yolact.inference.postprocess.assemble_masks` compute (decode, candidate threshold,
 per-class Fast NMS, top-N, mask assembly and cropping), but every tensor has a fixed size: top-k with a
 fixed ``k``, gathers and masked fills instead of boolean indexing, and a fixed number of output slots
 (``max_detections``) per image. It therefore exports to plain ONNX operators (TopK, Gather, Where,
@@ -13,36 +13,21 @@ eager mode; ONNX TopK specifies the same tie-break). Non-candidate priors get th
 after every real candidate, so they never suppress one and are never kept: the kept detections are the
 same whether an image has 5 or 5000 candidates.
 """
-from __future__ import annotations
 
-from typing import NamedTuple
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .boxes import decode, sanitize_coordinates
-from .postprocess import PostprocessConfig
-from .structures import RawOutputs
+from ..config import PostprocessConfig
+from ..errors import UsageError
+from ..model.boxes import decode, sanitize_coordinates
+from ..structures import GraphDetections, RawOutputs
 
 _INVALID = -1.0  # score of a slot that is not a candidate (below any probability)
 _DROPPED = -2.0  # ranking score of a candidate that Fast NMS suppressed
 PAD_CLASS = -1  # class of an empty output slot
-
-class GraphDetections(NamedTuple):
-    """Fixed-size detections; slot ``d`` of image ``b`` is real iff ``d < num_dets[b]``.
-
-    Empty slots hold a zero box, score 0, class ``-1`` and an all-zero mask.
-    """
-
-    num_dets: torch.Tensor  # [B] int32
-    boxes: torch.Tensor  # [B, D, 4] float32, relative x1, y1, x2, y2
-    scores: torch.Tensor  # [B, D] float32, best first
-    classes: torch.Tensor  # [B, D] int32, 0-based without background
-    masks: torch.Tensor  # [B, D, H', W'] float32 mask probabilities at prototype resolution
-
-
-GRAPH_OUTPUT_NAMES: tuple[str, ...] = GraphDetections._fields
 
 
 def _top_descending(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,18 +44,20 @@ def _top_descending(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
 
 def _pairwise_iou(boxes: torch.Tensor) -> torch.Tensor:
     """IoU of every pair of point-form ``boxes [..., K, 4]`` -> ``[..., K, K]``, out of place (exportable;
-    :func:`trt_yolact.boxes.pairwise_iou` works in place for eager speed). Same arithmetic and order:
+    :func:`trt_yolact.model.boxes.pairwise_iou` works in place for eager speed). Same arithmetic and order:
     intersection = width * height, union = (area_a + area_b) - intersection."""
     x1, y1, x2, y2 = boxes.unbind(-1)
     width = (torch.min(x2.unsqueeze(-1), x2.unsqueeze(-2)) - torch.max(x1.unsqueeze(-1), x1.unsqueeze(-2))).clamp(min=0)
-    height = (torch.min(y2.unsqueeze(-1), y2.unsqueeze(-2)) - torch.max(y1.unsqueeze(-1), y1.unsqueeze(-2))).clamp(min=0)
+    height = (torch.min(y2.unsqueeze(-1), y2.unsqueeze(-2)) - torch.max(y1.unsqueeze(-1), y1.unsqueeze(-2))).clamp(
+        min=0
+    )
     intersection = width * height
     area = (x2 - x1) * (y2 - y1)
     return intersection / (area.unsqueeze(-1) + area.unsqueeze(-2) - intersection)
 
 
 def _crop(masks: torch.Tensor, boxes: torch.Tensor, padding: int = 1) -> torch.Tensor:
-    """:func:`trt_yolact.boxes.crop_masks` (zero ``masks [B, H, W, D]`` outside the padded ``boxes
+    """:func:`trt_yolact.model.boxes.crop_masks` (zero ``masks [B, H, W, D]`` outside the padded ``boxes
     [B, D, 4]``), with the pixel grid built from Python ints so that it is a constant of the graph."""
     height, width = int(masks.shape[-3]), int(masks.shape[-2])
     x1, x2 = sanitize_coordinates(boxes[..., 0], boxes[..., 2], width, padding)
@@ -102,7 +89,7 @@ class GraphPostprocess(nn.Module):
     def __init__(self, cfg: PostprocessConfig = PostprocessConfig()):
         super().__init__()
         if cfg.top_k < 1 or cfg.max_detections < 1:
-            raise ValueError(f"top_k and max_detections must be at least 1, got {cfg.top_k}, {cfg.max_detections}")
+            raise UsageError(f"top_k and max_detections must be at least 1, got {cfg.top_k}, {cfg.max_detections}")
         self.cfg = cfg
 
     def _fast_nms_keep(self, boxes: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -188,7 +175,7 @@ class YolactWithPostprocess(nn.Module):
     """YOLACT followed by :class:`GraphPostprocess`: images -> :class:`GraphDetections` (the exported graph).
 
     The network is the submodule ``model``, so exported node names tell it apart from the post-processing
-    (:func:`trt_yolact.export.convert_fp16` keeps every node outside ``/model/`` in FP32).
+    (:func:`trt_yolact.deploy.onnx_fp16.convert_fp16` keeps every node outside ``/model/`` in FP32).
     """
 
     def __init__(self, model: nn.Module, cfg: PostprocessConfig = PostprocessConfig()):

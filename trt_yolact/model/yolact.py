@@ -4,19 +4,19 @@ Module and parameter names match the released checkpoints exactly, so their stat
 Block-internal widths are not fixed: pass ``state_dict`` and every bottleneck / residual block takes its
 internal widths from the checkpoint's tensor shapes (as after channel pruning).
 """
+
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import YolactConfig
-from .structures import RawOutputs, TrainOutputs
+from ..config import YolactConfig
+from ..structures import RawOutputs, TrainOutputs
 
 WidthLookup = Callable[[str, int], int]
 
@@ -46,9 +46,7 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_ch)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = (
-            nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
-            )
+            nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
             if downsample
             else None
         )
@@ -154,9 +152,7 @@ class FPN(nn.Module):
         super().__init__()
         # Lateral and smoothing layers are stored from the deepest level to the shallowest.
         self.lat_layers = nn.ModuleList(nn.Conv2d(c, channels, kernel_size=1) for c in reversed(in_channels))
-        self.pred_layers = nn.ModuleList(
-            nn.Conv2d(channels, channels, kernel_size=3, padding=1) for _ in in_channels
-        )
+        self.pred_layers = nn.ModuleList(nn.Conv2d(channels, channels, kernel_size=3, padding=1) for _ in in_channels)
         self.downsample_layers = nn.ModuleList(
             nn.Conv2d(channels, channels, kernel_size=3, padding=1, stride=2) for _ in range(num_downsample)
         )

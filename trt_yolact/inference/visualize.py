@@ -1,4 +1,5 @@
 """Drawing detections: masks in class colours with transparency, boxes, labels and scores."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -7,7 +8,7 @@ import cv2
 import numpy as np
 import torch
 
-from .postprocess import Detections
+from ..structures import Detections
 
 
 def class_color(class_index: int) -> tuple[int, int, int]:

@@ -2,12 +2,12 @@
 
 glibc serves large blocks with mmap and hands them back to the OS on free, and trims the heap's top once
 more than 128 KiB lies free there. An inference loop frees its activations after every call and allocates
-the same sizes again on the next, so each call page-faults all of them in afresh: the demo model at batch 8
-on 2 CPU cores spent over a quarter of its end-to-end time so (torch, 47 -> 65 FPS with reuse; the pruned
-model 61 -> 105). Taking every block from the heap and never trimming it lets the next call reuse the pages,
-as jemalloc or tcmalloc would. The resident set then stays at the loop's peak instead of falling between
+the same sizes again on the next, so each call page-faults all of them in afresh, a large share of a small
+model's time on a CPU (benchmarks/RESULTS.md). Taking every block from the heap and never trimming it lets
+the next call reuse the pages, as jemalloc or tcmalloc would. The resident set then stays at the loop's peak instead of falling between
 calls; :func:`release_freed_memory` still returns free pages on demand.
 """
+
 from __future__ import annotations
 
 import ctypes

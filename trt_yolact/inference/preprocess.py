@@ -1,4 +1,5 @@
 """Images -> network input, with the original YOLACT's arithmetic (its ``FastBaseTransform``)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -7,11 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import YolactConfig
-
-
-class ImageError(ValueError):
-    """An image array that cannot be fed to the network."""
+from ..config import YolactConfig
+from ..errors import ImageError
 
 
 def to_bgr_uint8(image: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ Boxes are either *center form* ``(cx, cy, w, h)`` (priors) or *point form* ``(x1
 relative to the network input size. Every function works on any leading batch dimensions and on CPU or
 CUDA tensors alike.
 """
+
 from __future__ import annotations
 
 import torch

@@ -5,64 +5,19 @@ tensors with no per-image Python loop; :func:`assemble_masks` combines prototype
 masks and splits the batch into one :class:`Detections` per image. The results equal the original YOLACT's
 ``Detect`` + ``postprocess`` (per-class Fast NMS, same ordering), image for image.
 """
-from __future__ import annotations
 
-from dataclasses import dataclass
+from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .boxes import box_window, decode, pairwise_iou, sanitize_coordinates
-from .structures import RawOutputs
+from ..config import PostprocessConfig
+from ..errors import UsageError
+from ..model.boxes import box_window, decode, pairwise_iou, sanitize_coordinates
+from ..structures import Detections, RawOutputs, SelectedDetections
 
 _INVALID = -1.0  # below any probability: marks padded slots
-
-
-@dataclass(frozen=True)
-class PostprocessConfig:
-    conf_threshold: float = 0.05  # a prior is a candidate when its best class beats this
-    nms_threshold: float = 0.5
-    top_k: int = 200  # candidates per class entering Fast NMS
-    max_detections: int = 100  # per image, after NMS
-    cross_class_nms: bool = False  # one NMS over all classes instead of per class
-    score_threshold: float = 0.0  # final filter on detection scores (the original's postprocess)
-    crop_masks: bool = True
-    full_resolution_masks: bool = True  # False: low-resolution mask probabilities, faster
-
-
-@dataclass
-class SelectedDetections:
-    """Padded per-batch detections before mask assembly; slot ``d`` of image ``b`` is real iff
-    ``d < num_detections[b]``. Boxes are relative point form."""
-
-    boxes: torch.Tensor  # [B, D, 4]
-    scores: torch.Tensor  # [B, D]
-    classes: torch.Tensor  # [B, D] 0-based, without background
-    coeffs: torch.Tensor  # [B, D, K]
-    num_detections: torch.Tensor  # [B]
-
-
-@dataclass
-class Detections:
-    """Detections of one image, best first."""
-
-    boxes: torch.Tensor  # [N, 4] int64 pixel corners x1, y1, x2, y2
-    scores: torch.Tensor  # [N] float
-    classes: torch.Tensor  # [N] int64, 0-based without background
-    masks: torch.Tensor  # [N, H, W] bool at image size, or [N, H', W'] float probabilities (low-res)
-    image_size: tuple[int, int]  # (h, w)
-    boxes_relative: torch.Tensor | None = None  # [N, 4] float, relative to the image
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
-
-    def to(self, device: str | torch.device) -> "Detections":
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Detections(
-            move(self.boxes), move(self.scores), move(self.classes), move(self.masks), self.image_size,
-            move(self.boxes_relative),
-        )  # fmt: skip
 
 
 def _gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -188,7 +143,7 @@ def assemble_masks(
 ) -> list[Detections]:
     """Masks = sigmoid(proto @ coeffs^T), cropped to the box, upsampled to each image's own size."""
     if len(image_sizes) != selected.scores.shape[0]:
-        raise ValueError(f"{len(image_sizes)} image sizes for a batch of {selected.scores.shape[0]}")
+        raise UsageError(f"{len(image_sizes)} image sizes for a batch of {selected.scores.shape[0]}")
     proto = raw.proto  # [B, H', W', K]
     batch, proto_h, proto_w, _ = proto.shape
     # coeffs @ proto^T gives [B, D, H'*W'] directly: masks first, no transpose of the result.
@@ -259,9 +214,7 @@ def _upsample_group(
     Separable: the horizontal pass runs on the few low-resolution rows a window reads, the vertical pass
     then reads two of those per output row, with the same products and two-term sums as ``F.interpolate``.
     The loop over masks is in NumPy, whose per-call cost is a fraction of torch's: per-call cost, not pixel
-    work, dominated the earlier whole-window torch ops per mask (post-processing per image at batch 8 of
-    640x480 frames, interleaved with the network: demo model 2.7 -> 1.4 ms, yolact_base with 100 detections
-    34 -> 29 ms).
+    work, dominates a few small ops per mask.
     """
     proto_h, proto_w = masks.shape[-2:]
     rows0, rows1, row_w0, row_w1 = _bilinear_axis(proto_h, height, masks.device)
@@ -325,15 +278,16 @@ def _upsample_whole(
     masks: torch.Tensor, members: list[int], counts: list[int], height: int, width: int
 ) -> dict[int, torch.Tensor]:
     """GPU path of :func:`_upsample_group`: one bilinear resize of all of an image's masks, then the 0.5
-    threshold. A GPU pays per kernel launch, not per pixel: the windowed path's few ops per mask made
-    post-processing launch-bound there (H200, demo model, 640x480: 3.3 ms per image, over 5x its forward).
-    Pixels outside a cropped mask's window resample zeros, so both paths agree up to CUDA's rounding."""
+    threshold. A GPU pays per kernel launch, not per pixel: the windowed path's few ops per mask would make
+    post-processing launch-bound there. Pixels outside a cropped mask's window resample zeros, so both paths agree up to CUDA's rounding."""
     out = {}
     for b in members:
         if counts[b] == 0:  # interpolate refuses an empty channel dimension
             out[b] = torch.zeros((0, height, width), dtype=torch.bool, device=masks.device)
             continue
-        resized = F.interpolate(masks[b : b + 1, : counts[b]], size=(height, width), mode="bilinear", align_corners=False)
+        resized = F.interpolate(
+            masks[b : b + 1, : counts[b]], size=(height, width), mode="bilinear", align_corners=False
+        )
         out[b] = resized[0] > 0.5
     return out
 

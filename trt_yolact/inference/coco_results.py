@@ -1,13 +1,17 @@
 """Detections -> COCO results entries (the format pycocotools' ``loadRes`` reads)."""
+
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pycocotools.mask as mask_util
 
-from .postprocess import Detections
+from ..errors import UsageError
+from ..structures import Detections
 
 
 def encode_mask(mask: np.ndarray) -> dict[str, Any]:
@@ -27,7 +31,7 @@ def detections_to_coco(
     As in the original evaluation, detections whose integer box has no area are left out.
     """
     if len(detections) and detections.masks.dtype.is_floating_point:
-        raise ValueError("COCO results need full-resolution masks (full_resolution_masks=True)")
+        raise UsageError("COCO results need full-resolution masks (full_resolution_masks=True)")
     boxes = detections.boxes.cpu().numpy()
     scores = detections.scores.cpu().numpy()
     classes = detections.classes.cpu().numpy()
@@ -51,3 +55,12 @@ def detections_to_coco(
         )
         entries.append(entry)
     return entries
+
+
+def image_id_for(path: Path, index: int, ids_by_name: Mapping[str, int] | None) -> int:
+    """The annotation's id when known, else a numeric file stem (COCO style), else the 1-based index."""
+    if ids_by_name is not None and path.name in ids_by_name:
+        return ids_by_name[path.name]
+    if re.fullmatch(r"\d+", path.stem):
+        return int(path.stem)
+    return index + 1

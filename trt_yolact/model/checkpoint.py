@@ -3,6 +3,7 @@
 Our own checkpoints are a dict ``{"model": state_dict, "config": config dict, ...}`` so they carry their
 config; released files are plain state dicts whose config follows from the file name.
 """
+
 from __future__ import annotations
 
 import io
@@ -15,17 +16,14 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, YolactConfig, get_config, infer_config_name
-from .errors import first_line
-from .files import atomic_write_bytes
-from .model import Yolact
+from ..config import YolactConfig, get_config, infer_config_name
+from ..errors import CheckpointError, ConfigError, first_line
+from ..files import atomic_write_bytes
+from .fuse import fuse_model, is_fused_state_dict
+from .yolact import Yolact
 
 EMBEDDED_MODELS = ("yolact_shapes", "yolact_shapes_pruned")
-DEFAULT_MODEL = "yolact_shapes"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit its config."""
+DEFAULT_MODEL = EMBEDDED_MODELS[0]
 
 
 @dataclass(frozen=True)
@@ -38,6 +36,13 @@ class Checkpoint:
 
 def embedded_model_path(name: str) -> Path:
     return Path(str(resources.files("trt_yolact") / "weights" / f"{name}.pth"))
+
+
+def model_name(weights: str | os.PathLike | None) -> str:
+    """How reports name a model: the file stem, or the embedded name (None: the default model)."""
+    if weights is None:
+        return DEFAULT_MODEL
+    return Path(weights).stem if Path(weights).suffix else str(weights)
 
 
 def resolve_weights(weights: str | os.PathLike | None) -> Path:
@@ -69,8 +74,10 @@ def read_checkpoint(weights: str | os.PathLike | None) -> Checkpoint:
         if data.get("config") is not None:
             config = YolactConfig.from_dict(dict(data["config"]))
         data = data["model"]
-    if not isinstance(data, Mapping) or not data or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()
+    if (
+        not isinstance(data, Mapping)
+        or not data
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items())
     ):
         raise CheckpointError(f"{path} does not hold a YOLACT state dict (a mapping of names to tensors)")
     state_dict = {k: (v.float() if v.is_floating_point() else v) for k, v in data.items()}
@@ -133,22 +140,45 @@ def _describe_mismatch(
     )
 
 
-def build_model(
-    state_dict: Mapping[str, torch.Tensor], config: YolactConfig, source: str = "checkpoint"
-) -> Yolact:
+def build_model(state_dict: Mapping[str, torch.Tensor], config: YolactConfig, source: str = "checkpoint") -> Yolact:
     """Build a model whose internal widths follow ``state_dict`` and load it strictly (eval mode).
     Fused checkpoints (conv biases, no BN) are recognised and loaded into a fused model."""
-    from .fuse import is_fused_state_dict, load_fused_state  # fuse builds on this module
-
-    if is_fused_state_dict(state_dict):
-        return load_fused_state(config, state_dict, source)
     state_dict = clean_state_dict(state_dict, config)
     model = Yolact(config, state_dict)
+    if is_fused_state_dict(state_dict):
+        model = fuse_model(model, inplace=True)
     problem = _describe_mismatch(model.state_dict(), state_dict, config, source)
     if problem:
         raise CheckpointError(problem)
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A checkpoint named by a ``--weights`` value (path or embedded name), with the config it runs with."""
+
+    name: str  # for reports: the file stem or the embedded name
+    path: Path
+    config: YolactConfig
+    fused: bool  # BN already folded into the convs
+    extra: dict[str, Any]  # run metadata stored beside the weights (iteration, pruning settings, ...)
+
+    @classmethod
+    def load(
+        cls, weights: str | os.PathLike | None, config: str | os.PathLike | YolactConfig | None = None
+    ) -> ModelSource:
+        checkpoint = read_checkpoint(weights)
+        fused = bool(checkpoint.extra.get("fused")) or is_fused_state_dict(checkpoint.state_dict)
+        return cls(model_name(weights), checkpoint.path, choose_config(checkpoint, config), fused, checkpoint.extra)
+
+    @property
+    def file_bytes(self) -> int:
+        return self.path.stat().st_size
+
+    def model(self) -> Yolact:
+        """The model in eval mode on the CPU (the file is read again: sources stay small)."""
+        return build_model(read_checkpoint(self.path).state_dict, self.config, source=str(self.path))
 
 
 def load_model(
@@ -163,15 +193,22 @@ def load_model(
     return model.to(device)
 
 
-def save_checkpoint(
-    path: str | os.PathLike, model: Yolact, half: bool = False, **extra: Any
-) -> Path:
-    """Write ``{"model", "config", **extra}`` atomically. ``half`` stores floating tensors as fp16."""
+def checkpoint_payload(model: Yolact, half: bool = False, **extra: Any) -> dict[str, Any]:
+    """What our checkpoints hold: ``{"model": state dict on the CPU, "config": config dict, **extra}``.
+    ``half`` stores floating tensors as fp16 (they load as fp32)."""
     state = {
         k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
         for k, v in model.state_dict().items()
     }
-    payload = {"model": state, "config": model.config.to_dict(), **extra}
+    return {"model": state, "config": model.config.to_dict(), **extra}
+
+
+def serialize(payload: Any) -> bytes:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_checkpoint(path: str | os.PathLike, model: Yolact, half: bool = False, **extra: Any) -> Path:
+    """Write :func:`checkpoint_payload` atomically."""
+    return atomic_write_bytes(path, serialize(checkpoint_payload(model, half, **extra)))

@@ -1,0 +1,136 @@
+"""What an exported ONNX model is: its tensor names, its ``metadata_props`` schema, and how to read them.
+
+The graph has one input ``images [B,3,S,S]`` (float32, normalised as the model expects) and either the raw
+outputs ``loc, conf, coeffs, proto, priors`` or, with the post-processing in the graph, the fixed-size
+detections ``num_dets, boxes, scores, classes, masks``. Everything a consumer needs to prepare inputs and
+read outputs is stored as string metadata (:func:`build_metadata`, :func:`parse_metadata`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..config import PostprocessConfig, YolactConfig
+from ..errors import EngineBuildError, ExportError, first_line
+from ..structures import GRAPH_OUTPUT_NAMES, OUTPUT_NAMES
+
+INPUT_NAME = "images"
+RAW_OUTPUT_NAMES: tuple[str, ...] = OUTPUT_NAMES
+__all__ = ["GRAPH_OUTPUT_NAMES", "INPUT_NAME", "RAW_OUTPUT_NAMES"]
+EXPORTER = "torch.onnx.export (TorchScript-based, dynamo=False)"
+POSTPROCESS_MODES = ("none", "graph")
+# Node names inside the network start with this scope (the export wrappers hold the network as ``model``);
+# every other node is post-processing or the priors constant.
+NETWORK_SCOPE = "/model/"
+
+
+def build_metadata(
+    config: YolactConfig,
+    *,
+    precision: str,
+    postprocess: PostprocessConfig | None,
+    source_sha256: str | None,
+) -> dict[str, str]:
+    """The ``metadata_props`` of an export: all values are strings, structured ones JSON."""
+    meta = {
+        "config": json.dumps(config.to_dict()),
+        "input_size": str(config.max_size),
+        "mean": json.dumps(list(config.mean)),
+        "std": json.dumps(list(config.std)),
+        "normalization": config.normalization,
+        "class_names": json.dumps(list(config.class_names)),
+        "category_ids": json.dumps(list(config.category_ids)),
+        "trt_yolact_version": __version__,
+        "postprocess": "graph" if postprocess is not None else "none",
+        "precision": precision,
+        "exporter": EXPORTER,
+    }
+    if postprocess is not None:
+        meta["postprocess_config"] = json.dumps(asdict(postprocess))
+    if source_sha256:
+        meta["source_sha256"] = source_sha256
+    return meta
+
+
+def parse_metadata(props: Mapping[str, str]) -> dict[str, Any]:
+    """Typed values of export metadata (as read by ONNX or by ONNX Runtime's ``custom_metadata_map``):
+    ``config`` -> :class:`YolactConfig`, ``postprocess_config`` -> :class:`PostprocessConfig`,
+    ``input_size`` -> int, lists -> tuples; unknown keys stay strings."""
+    out: dict[str, Any] = dict(props)
+    try:
+        if "config" in props:
+            out["config"] = YolactConfig.from_dict(json.loads(props["config"]))
+        if "postprocess_config" in props:
+            out["postprocess_config"] = PostprocessConfig(**json.loads(props["postprocess_config"]))
+        if "input_size" in props:
+            out["input_size"] = int(props["input_size"])
+        for key, cast in (("mean", float), ("std", float), ("class_names", str), ("category_ids", int)):
+            if key in props:
+                out[key] = tuple(cast(v) for v in json.loads(props[key]))
+    except (ValueError, TypeError) as exc:  # ConfigError and JSONDecodeError are ValueErrors
+        raise ExportError(f"malformed trt_yolact metadata in the ONNX model: {exc}") from None
+    return out
+
+
+def load_onnx(path: str | os.PathLike) -> Any:
+    """The ONNX ``ModelProto`` of ``path`` (weights stored outside the file are not loaded)."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"ONNX model not found: {path}")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is one message
+        raise ExportError(f"{path} is not a readable ONNX model: {first_line(exc)}") from None
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The export metadata of an ONNX file, typed (see :func:`parse_metadata`)."""
+    model = load_onnx(path)
+    return parse_metadata({p.key: p.value for p in model.metadata_props})
+
+
+def onnx_is_fp16(onnx_path: str | os.PathLike) -> bool:
+    """True when most floating-point weights of the ONNX are float16 (an FP16 export), or the ``images``
+    input itself is float16."""
+    import onnx
+
+    model = load_onnx(onnx_path)
+    f16 = onnx.TensorProto.FLOAT16
+    for graph_input in model.graph.input:
+        if graph_input.name == INPUT_NAME and graph_input.type.tensor_type.elem_type == f16:
+            return True
+    counts = {onnx.TensorProto.FLOAT: 0, f16: 0}
+    for init in model.graph.initializer:
+        if init.data_type in counts:
+            n = 1
+            for d in init.dims:
+                n *= int(d)
+            counts[init.data_type] += n
+    return counts[f16] > counts[onnx.TensorProto.FLOAT]
+
+
+def onnx_input_size(onnx_path: str | os.PathLike) -> int:
+    """S of the ``images`` input [B, 3, S, S]; an engine needs it static (:class:`EngineBuildError`)."""
+    model = load_onnx(onnx_path)
+    for graph_input in model.graph.input:
+        if graph_input.name == INPUT_NAME:
+            dims = graph_input.type.tensor_type.shape.dim
+            if len(dims) != 4:
+                raise EngineBuildError(f"ONNX input {INPUT_NAME!r} must be [B,3,S,S], has rank {len(dims)}")
+            h, w = dims[2].dim_value, dims[3].dim_value
+            if h <= 0 or h != w or dims[1].dim_value not in (0, 3):
+                raise EngineBuildError(
+                    f"ONNX input {INPUT_NAME!r} must be [B,3,S,S] with a static S, "
+                    f"got [{', '.join(d.dim_param or str(d.dim_value) for d in dims)}]"
+                )
+            return int(h)
+    names = [i.name for i in model.graph.input]
+    raise EngineBuildError(f"ONNX model has no input named {INPUT_NAME!r} (inputs: {names})")

@@ -1,0 +1,1 @@
+"""Images in, detections out: pre-processing, any runner, batched post-processing, results and overlays."""

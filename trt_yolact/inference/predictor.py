@@ -1,0 +1,119 @@
+"""Images -> detections with any runner: pre-processing, inference, batched post-processing, stage timing.
+
+The one pipeline behind predict, eval, bench, the demo, training's validation and build's checks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..config import PostprocessConfig, YolactConfig
+from ..errors import ImageError
+from ..runtime.base import Runner
+from ..structures import Detections, RawOutputs
+from .images import read_image
+from .postprocess import postprocess
+from .preprocess import preprocess
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage (device work synchronised before each reading), summed over calls."""
+
+    preprocess: float = 0.0
+    inference: float = 0.0
+    postprocess: float = 0.0
+    images: int = 0
+
+    def add(self, other: StageTimes) -> None:
+        self.preprocess += other.preprocess
+        self.inference += other.inference
+        self.postprocess += other.postprocess
+        self.images += other.images
+
+    @property
+    def total(self) -> float:
+        return self.preprocess + self.inference + self.postprocess
+
+    def per_image_ms(self) -> dict[str, float]:
+        count = max(self.images, 1)
+        stages = {"pre": self.preprocess, "infer": self.inference, "post": self.postprocess, "total": self.total}
+        return {name: 1000 * seconds / count for name, seconds in stages.items()}
+
+
+@dataclass
+class Prediction:
+    """What one call produced: the detections, the raw outputs they came from, and the call's timing."""
+
+    detections: list[Detections]
+    raw: RawOutputs
+    times: StageTimes
+
+
+@dataclass
+class Predictor:
+    """Images (BGR uint8, any sizes) -> one :class:`Detections` per image, with any runner.
+
+    ``times`` sums the stage timings of every call.
+    """
+
+    runner: Runner
+    config: YolactConfig
+    postprocess_config: PostprocessConfig = field(default_factory=PostprocessConfig)
+    times: StageTimes = field(default_factory=StageTimes)
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        return self.predict(images).detections
+
+    def predict(self, images: Sequence[np.ndarray]) -> Prediction:
+        clock, runner = time.perf_counter, self.runner
+        start = clock()
+        batch, sizes = preprocess(images, self.config, runner.device)
+        runner.synchronize()
+        after_pre = clock()
+        raw = runner(batch)
+        runner.synchronize()
+        after_infer = clock()
+        detections = postprocess(raw, sizes, self.postprocess_config)
+        runner.synchronize()
+        times = StageTimes(after_pre - start, after_infer - after_pre, clock() - after_infer, len(sizes))
+        self.times.add(times)
+        return Prediction(detections, raw, times)
+
+
+@dataclass
+class ImageResult:
+    """The detections of one image file."""
+
+    path: Path
+    index: int  # position in the list of paths
+    image: np.ndarray
+    detections: Detections
+
+
+def predict_paths(
+    predictor: Predictor, paths: Sequence[Path], batch_size: int, skipped: list[str]
+) -> Iterator[ImageResult]:
+    """The detections of every readable image, ``batch_size`` files at a time, in order; the message of each
+    unreadable one is appended to ``skipped``."""
+    for start in range(0, len(paths), batch_size):
+        indices, images = [], []
+        for index in range(start, min(start + batch_size, len(paths))):
+            try:
+                images.append(read_image(paths[index]))
+                indices.append(index)
+            except ImageError as exc:
+                skipped.append(str(exc))
+        if images:
+            for index, image, detections in zip(indices, images, predictor(images)):
+                yield ImageResult(paths[index], index, image, detections)
+
+
+def confident(detections: Detections, threshold: float) -> Detections:
+    """The detections scoring at least ``threshold`` (they are sorted best first)."""
+    return detections.first(int((detections.scores >= threshold).sum()))

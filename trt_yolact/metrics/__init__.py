@@ -1,0 +1,1 @@
+"""Detections -> numbers: COCO AP, agreement with the PyTorch reference, speed, size and memory."""

@@ -1,0 +1,270 @@
+"""Speed, size and memory of every model x backend x precision x batch, with the paper-style comparison.
+
+Latency percentiles after warm-up, throughput, the split into pre-processing / inference / post-processing,
+forward-only and end-to-end FPS (ultralytics reports the first, the original YOLACT the second), file size,
+params, MACs and peak memory (the model's weights plus the rise of CPU RSS or of CUDA allocated memory during
+its warm-up). Every row is compared with the first model on the same backend, precision and batch: size -%,
+speed +%, memory -%. Configurations are measured round-robin (interleaved) so that a noisy machine affects
+them alike.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..errors import BackendUnavailable
+from ..files import atomic_write_bytes
+from ..inference.images import synthetic_frames
+from ..inference.predictor import Predictor
+from ..inference.sources import DEFAULT_CACHE, runner_for
+from ..model.checkpoint import ModelSource
+from ..model.stats import count_conv_macs, count_params
+from ..runtime.allocator import release_freed_memory
+from ..runtime.base import Runner
+from ..tables import format_markdown_table
+
+
+@dataclass
+class BenchRow:
+    model: str
+    backend: str
+    precision: str
+    batch: int
+    fps: float = 0.0  # end to end: preprocess + inference + post-processing, images per second
+    forward_fps: float = 0.0  # inference only
+    p50_ms: float = 0.0  # end-to-end latency of one batch
+    p90_ms: float = 0.0
+    p99_ms: float = 0.0
+    preprocess_ms: float = 0.0  # per batch, medians
+    inference_ms: float = 0.0
+    postprocess_ms: float = 0.0
+    file_bytes: int = 0
+    params: int = 0
+    macs: int = 0
+    peak_memory_bytes: int = 0
+    memory_kind: str = ""
+    size_change_pct: float | None = None  # against the first model, same backend/precision/batch
+    speed_change_pct: float | None = None
+    memory_change_pct: float | None = None
+    samples: list[float] = field(default_factory=list, repr=False)
+
+
+def reset_peak_rss() -> None:
+    """Linux: hand freed heap pages back to the OS, then make VmHWM restart from the current RSS.
+
+    Without the trim, memory freed by an earlier configuration stays resident and a later one reuses it
+    without the resident set rising, which would flatter whichever model is measured later."""
+    release_freed_memory()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _proc_status_bytes(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field_name}:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_bytes() -> int:
+    peak = _proc_status_bytes("VmHWM")
+    if peak is not None:
+        return peak
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def current_rss_bytes() -> int:
+    current = _proc_status_bytes("VmRSS")
+    return peak_rss_bytes() if current is None else current
+
+
+class Measurement:
+    """Times one configuration, one iteration at a time, so that configurations can be interleaved."""
+
+    def __init__(self, predictor: Predictor, images: list[np.ndarray]):
+        self.predictor, self.images = predictor, images
+        self.total: list[float] = []
+        self.stages: list[tuple[float, float, float]] = []
+
+    @property
+    def runner(self) -> Runner:
+        return self.predictor.runner
+
+    def once(self, record: bool = True) -> None:
+        times = self.predictor.predict(self.images).times
+        if record:
+            self.total.append(times.total)
+            self.stages.append((times.preprocess, times.inference, times.postprocess))
+
+    def memory(self, before: int, weight_bytes: int) -> tuple[int, str]:
+        """Peak memory of this configuration alone. Every configuration shares one process, and on CUDA one
+        allocator that holds every model loaded so far, so a process-wide peak would mostly measure the
+        others: count this model's weights plus how far memory rose above ``before``, its level just before
+        the warm-up (activations, workspaces, allocator growth)."""
+        device = self.runner.device
+        if device.type == "cuda":
+            rise = max(0, int(torch.cuda.max_memory_allocated(device)) - before)
+            engine_bytes = getattr(self.runner, "device_memory_bytes", None)  # TensorRT: outside torch's allocator
+            if engine_bytes is not None:  # the engine holds the weights
+                return rise + int(engine_bytes), "TensorRT engine and activations + cuda allocated rise"
+            return weight_bytes + rise, "cuda weights + peak allocated rise"
+        return weight_bytes + max(0, peak_rss_bytes() - before), "cpu weights + peak rss rise"
+
+    def warm_up(self, iterations: int, weight_bytes: int) -> tuple[int, str]:
+        """Run unmeasured ``iterations``; they double as the peak-memory measurement of this configuration."""
+        device = self.runner.device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            before = int(torch.cuda.memory_allocated(device))
+        else:
+            reset_peak_rss()
+            before = current_rss_bytes()
+        for _ in range(iterations):
+            self.once(record=False)
+        return self.memory(before, weight_bytes)
+
+    def summarize(self, row: BenchRow) -> BenchRow:
+        """``row`` with the latency percentiles, stage medians and FPS of the recorded iterations."""
+        totals = np.array(self.total) * 1000
+        stages = np.median(np.array(self.stages), axis=0) * 1000
+        row.p50_ms, row.p90_ms, row.p99_ms = (float(np.percentile(totals, q)) for q in (50, 90, 99))
+        row.preprocess_ms, row.inference_ms, row.postprocess_ms = (float(s) for s in stages)
+        row.fps = 1000 * row.batch / row.p50_ms
+        row.forward_fps = 1000 * row.batch / row.inference_ms
+        row.samples = [float(t) for t in totals]
+        return row
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    backends: tuple[str, ...] = ("torch", "onnxruntime")
+    precisions: tuple[str, ...] = ("fp32",)
+    batches: tuple[int, ...] = (1, 8)
+    iters: int = 20
+    warmup: int = 3
+    settle: int = 1  # unmeasured iterations of a configuration before each measured one
+    device: str | None = None
+    cache_dir: str | os.PathLike = DEFAULT_CACHE
+
+
+def _configurations(
+    sources: list[ModelSource], options: BenchOptions, skipped: list[str]
+) -> list[tuple[BenchRow, Measurement]]:
+    """Every model x backend x precision x batch that can run here, warmed up, with its row."""
+    measurements = []
+    for source in sources:
+        model = source.model()
+        params, macs = count_params(model), count_conv_macs(model)
+        for backend in options.backends:
+            for precision in options.precisions:
+                try:
+                    runner = runner_for(source, backend, precision, options.device, options.cache_dir,
+                                        max(options.batches))  # fmt: skip
+                except BackendUnavailable as exc:
+                    skipped.append(f"{source.name} {backend} {precision}: {exc}")
+                    continue
+                for batch in options.batches:
+                    row = BenchRow(source.name, backend, precision, batch, file_bytes=source.file_bytes,
+                                   params=params, macs=macs)  # fmt: skip
+                    m = Measurement(Predictor(runner, source.config), synthetic_frames(batch))
+                    weight_bytes = params * (2 if precision == "fp16" else 4)
+                    row.peak_memory_bytes, row.memory_kind = m.warm_up(options.warmup, weight_bytes)
+                    measurements.append((row, m))
+    return measurements
+
+
+def run_benchmark(
+    sources: list[ModelSource], options: BenchOptions = BenchOptions()
+) -> tuple[list[BenchRow], list[str]]:
+    """Measure every model x backend x precision x batch, interleaved: each round gives every configuration
+    ``settle`` unmeasured iterations, then one measured one. The settling iterations make each measurement
+    follow its own configuration, as in a deployed pipeline that runs one model: on a small machine, the first
+    iteration after another configuration pays for thread pools and working sets to switch."""
+    skipped: list[str] = []
+    measurements = _configurations(sources, options, skipped)
+    # Interleave: every configuration once per round (after settling), so machine drift affects all alike.
+    for _ in tqdm(range(options.iters), desc="bench", unit="round"):
+        for _, m in measurements:
+            for _ in range(options.settle):
+                m.once(record=False)
+            m.once()
+    rows = [m.summarize(row) for row, m in measurements]
+    compare_with_first_model(rows, sources[0].name if sources else "")
+    return rows, skipped
+
+
+def compare_with_first_model(rows: list[BenchRow], baseline: str) -> None:
+    """Paper-style changes against the first (dense) model on the same backend, precision and batch."""
+    base = {(r.backend, r.precision, r.batch): r for r in rows if r.model == baseline}
+    for row in rows:
+        ref = base.get((row.backend, row.precision, row.batch))
+        if ref is None:
+            continue
+        row.size_change_pct = 100 * (row.file_bytes / ref.file_bytes - 1)
+        row.speed_change_pct = 100 * (row.fps / ref.fps - 1)
+        row.memory_change_pct = (
+            100 * (row.peak_memory_bytes / ref.peak_memory_bytes - 1) if ref.peak_memory_bytes else None
+        )
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1f}%"
+
+
+def table_rows(rows: list[BenchRow]) -> tuple[list[str], list[list[str]]]:
+    header = ["model", "backend", "prec", "batch", "FPS e2e", "FPS fwd", "p50 ms", "p90 ms", "p99 ms",
+              "pre/inf/post ms", "size MiB", "params M", "GMACs", "peak MiB", "size", "speed", "memory"]  # fmt: skip
+    body = [
+        [r.model, r.backend, r.precision, str(r.batch), f"{r.fps:.2f}", f"{r.forward_fps:.2f}", f"{r.p50_ms:.1f}",
+         f"{r.p90_ms:.1f}", f"{r.p99_ms:.1f}", f"{r.preprocess_ms:.1f}/{r.inference_ms:.1f}/{r.postprocess_ms:.1f}",
+         f"{r.file_bytes / 2**20:.2f}", f"{r.params / 1e6:.2f}", f"{r.macs / 1e9:.2f}",
+         f"{r.peak_memory_bytes / 2**20:.0f}", _pct(r.size_change_pct), _pct(r.speed_change_pct), _pct(r.memory_change_pct)]
+        for r in rows
+    ]  # fmt: skip
+    return header, body
+
+
+def markdown_table(rows: list[BenchRow]) -> str:
+    header, body = table_rows(rows)
+    return format_markdown_table(body, header)
+
+
+def plot_rows(rows: list[BenchRow], out_png: str | Path) -> None:
+    """End-to-end and forward FPS per configuration, and the per-image stage split, side by side."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+
+    figure = Figure(figsize=(11, 4), layout="constrained")
+    ax_fps, ax_split = figure.subplots(1, 2)
+    labels = [f"{r.model}\n{r.backend} {r.precision} b{r.batch}" for r in rows]
+    x = np.arange(len(rows))
+    ax_fps.bar(x - 0.2, [r.fps for r in rows], 0.4, label="end to end")
+    ax_fps.bar(x + 0.2, [r.forward_fps for r in rows], 0.4, label="forward only")
+    ax_fps.set_xticks(x, labels, fontsize=6, rotation=45, ha="right")
+    ax_fps.set_ylabel("images / s")
+    ax_fps.legend()
+    per_image = lambda v, r: v / r.batch  # noqa: E731
+    bottom = np.zeros(len(rows))
+    for name, attr in (("pre", "preprocess_ms"), ("inference", "inference_ms"), ("post", "postprocess_ms")):
+        values = np.array([per_image(getattr(r, attr), r) for r in rows])
+        ax_split.bar(x, values, 0.6, bottom=bottom, label=name)
+        bottom += values
+    ax_split.set_xticks(x, labels, fontsize=6, rotation=45, ha="right")
+    ax_split.set_ylabel("ms per image (median)")
+    ax_split.legend()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    atomic_write_bytes(out_png, buffer.getvalue())

@@ -1,0 +1,228 @@
+"""Every deployed form of a model checked against the PyTorch FP32 reference on sample images: raw-output
+error, detection agreement, latency; and the build report that collects the checks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import PostprocessConfig, YolactConfig
+from ..deploy.artifacts import Artifact, ArtifactChain, ExportOptions
+from ..deploy.engine_format import tensorrt_unavailable_reason
+from ..deploy.tensorrt_build import BuildProfile
+from ..inference.images import sample_images
+from ..inference.postprocess import select_detections
+from ..inference.predictor import Prediction, Predictor
+from ..inference.preprocess import preprocess
+from ..model.boxes import pairwise_iou
+from ..model.checkpoint import ModelSource, build_model, read_checkpoint
+from ..model.stats import count_conv_macs, count_params
+from ..runtime.base import Runner
+from ..runtime.open import open_artifact
+from ..runtime.torch_runner import TorchRunner
+from ..structures import Detections, RawOutputs
+from ..tables import format_table
+
+RAW_FIELDS = ("loc", "conf", "coeffs", "proto")
+AGREEMENT_SCORE = 0.3  # detections that matter for agreement: the ones a user would display
+
+
+@dataclass
+class ArtifactCheck:
+    """One deployed form of the model and how it compares with the PyTorch FP32 reference."""
+
+    name: str
+    backend: str
+    precision: str
+    path: str | None
+    size_bytes: int | None
+    max_abs_error: dict[str, float] = field(default_factory=dict)
+    detection_agreement: float | None = None  # share of reference detections found again (same class, IoU >= 0.9)
+    same_detections: bool | None = None  # same classes in the same order, boxes within 1 px
+    latency_ms: float | None = None  # inference only, batch 1, median
+    note: str = ""
+
+
+@dataclass
+class BuildReport:
+    model: str
+    source: str
+    config: str
+    params: int
+    macs: int
+    fused: bool
+    artifacts: list[ArtifactCheck]
+    skipped: list[str]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def table(self) -> str:
+        rows = []
+        for a in self.artifacts:
+            worst = max(a.max_abs_error.values()) if a.max_abs_error else None
+            rows.append([
+                a.name, a.backend, a.precision,
+                "-" if a.size_bytes is None else f"{a.size_bytes / 2**20:.2f} MiB",
+                "-" if worst is None else f"{worst:.1e}",
+                "-" if a.detection_agreement is None else f"{100 * a.detection_agreement:.1f}%",
+                "-" if a.same_detections is None else ("yes" if a.same_detections else "no"),
+                "-" if a.latency_ms is None else f"{a.latency_ms:.1f}",
+            ])  # fmt: skip
+        header = ["artifact", "backend", "precision", "size", "max |err|", "det. agreement", "identical", "ms/img"]
+        return format_table(rows, header)
+
+
+def detection_agreement(reference: Sequence[Detections], other: Sequence[Detections]) -> tuple[float, bool]:
+    """(share of confident reference detections matched by the same class with box IoU >= 0.9,
+    whether the detection lists are identical: same classes in order, boxes within 1 px)."""
+    matched = total = 0
+    identical = True
+    for ref, oth in zip(reference, other):
+        ref, oth = ref.to("cpu"), oth.to("cpu")
+        identical &= ref.classes.tolist() == oth.classes.tolist() and (
+            len(ref) == 0 or bool((ref.boxes - oth.boxes).abs().max() <= 1)
+        )
+        confident = ref.scores >= AGREEMENT_SCORE
+        total += int(confident.sum())
+        if not confident.any() or len(oth) == 0:
+            continue
+        iou = pairwise_iou(ref.boxes_relative[confident], oth.boxes_relative)
+        same_class = ref.classes[confident][:, None] == oth.classes[None, :]
+        matched += int(((iou >= 0.9) & same_class).any(dim=1).sum())
+    return (matched / total if total else 1.0), identical
+
+
+def max_errors(reference: RawOutputs, other: RawOutputs) -> dict[str, float]:
+    """Largest absolute difference of each batched raw output."""
+    return {
+        k: float((getattr(reference, k) - getattr(other, k).to(getattr(reference, k).device)).abs().max())
+        for k in RAW_FIELDS
+    }
+
+
+def median_latency_ms(predictor: Predictor, image: np.ndarray, repeats: int) -> float:
+    """Median inference time of one image, after one warm-up call."""
+    predictor.predict([image])
+    return float(np.median([1000 * predictor.predict([image]).times.inference for _ in range(repeats)]))
+
+
+def check_runner(
+    name: str, runner: Runner, config: YolactConfig, images: list[np.ndarray], reference: Prediction, repeats: int
+) -> ArtifactCheck:
+    """Raw outputs and detections of ``runner`` on ``images`` against the reference's."""
+    predictor = Predictor(runner, config)
+    prediction = predictor.predict(images)
+    raw = RawOutputs(*(t.float().cpu() for t in prediction.raw))
+    agreement, identical = detection_agreement(reference.detections, prediction.detections)
+    return ArtifactCheck(
+        name=name, backend=runner.backend, precision=runner.precision, path=None, size_bytes=None,
+        max_abs_error=max_errors(reference.raw, raw), detection_agreement=agreement, same_detections=identical,
+        latency_ms=median_latency_ms(predictor, images[0], repeats),
+    )  # fmt: skip
+
+
+def check_graph_export(
+    runner: Runner, inputs: torch.Tensor, reference_raw: RawOutputs, repeats: int
+) -> tuple[float, bool, float]:
+    """(detection agreement, identical, median ms at batch 1) of an ONNX with the post-processing in the
+    graph, against the torch post-processing of the same raw outputs."""
+    outputs = runner.run(inputs)
+    expected = select_detections(reference_raw, PostprocessConfig())
+    counts = [int(n) for n in outputs["num_dets"].tolist()]
+    identical = counts == expected.num_detections.tolist()
+    matched = total = 0
+    for b, n in enumerate(counts):
+        want = expected.classes[b, : int(expected.num_detections[b])].tolist()
+        got = [int(c) for c in outputs["classes"][b, :n].tolist()]
+        identical &= want == got
+        total += len(want)
+        matched += sum(1 for w, g in zip(want, got) if w == g)
+    runner.run(inputs[:1])  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        runner.run(inputs[:1])
+        runner.synchronize()
+        times.append(1000 * (time.perf_counter() - start))
+    return (matched / total if total else 1.0), identical, float(np.median(times))
+
+
+# ----------------------------------------------------------------------------------------- the build
+@dataclass(frozen=True)
+class BuildOptions:
+    out_dir: Path = Path("export")  # ONNX files, the fused checkpoint and the report
+    engine_dir: Path = Path("engines")
+    config: str | None = None
+    fuse: bool = True
+    precision: str = "fp16"  # of the engine (and of the extra ONNX it is built from)
+    profile: BuildProfile = BuildProfile()
+    graph_postprocess: bool = False  # also export the ONNX with the post-processing in the graph
+    repeats: int = 5  # timed runs per artifact
+
+
+def build_and_verify(weights: str | None, options: BuildOptions = BuildOptions()) -> BuildReport:
+    """Every artifact of a checkpoint made (or reused) by the artifact chain and checked against torch FP32
+    on the sample images; the engine is skipped, with the reason, where TensorRT cannot run."""
+    start = time.perf_counter()
+    source = ModelSource.load(weights, options.config)
+    chain = ArtifactChain(source, options.out_dir, options.engine_dir, options=ExportOptions(fuse=options.fuse))
+    images = sample_images()
+    reference_model = source.model()
+    reference = Predictor(TorchRunner(reference_model), source.config).predict(images)
+
+    def check(name: str, runner: Runner, artifact: Artifact | None) -> ArtifactCheck:
+        with runner:
+            result = check_runner(name, runner, source.config, images, reference, options.repeats)
+        if artifact is not None:
+            result.path, result.size_bytes, result.note = str(artifact.path), artifact.size_bytes, artifact.note
+        return result
+
+    checks = [
+        check(f"{source.name} (torch)", TorchRunner(reference_model), Artifact(source.path, "checkpoint", "fp32"))
+    ]
+    fused = chain.checkpoint()
+    deployed = build_model(read_checkpoint(fused.path).state_dict, source.config, source=str(fused.path))
+    if fused.path != source.path:
+        checks.append(check(f"{source.name} fused (torch)", TorchRunner(deployed), fused))
+    for precision in ("fp32", "fp16") if options.precision == "fp16" else ("fp32",):
+        onnx = chain.onnx(precision)
+        checks.append(check(onnx.path.name, open_artifact(onnx.path), onnx))
+    if options.graph_postprocess:
+        graph = chain.onnx("fp32", PostprocessConfig())
+        checks.append(_check_graph(graph, reference_model, source.config, images, options.repeats))
+    skipped = []
+    reason = tensorrt_unavailable_reason()
+    if reason is not None:
+        skipped.append(f"TensorRT engine skipped: {reason}")
+    else:
+        engine = chain.engine(options.precision, options.profile)
+        checks.append(check(engine.path.name, open_artifact(engine.path), engine))
+    return BuildReport(
+        model=source.name, source=str(source.path), config=source.config.name, params=count_params(deployed),
+        macs=count_conv_macs(deployed), fused=options.fuse or source.fused, artifacts=checks, skipped=skipped,
+        seconds=time.perf_counter() - start,
+    )  # fmt: skip
+
+
+def _check_graph(
+    artifact: Artifact, reference_model: torch.nn.Module, config: YolactConfig, images: list[np.ndarray], repeats: int
+) -> ArtifactCheck:
+    inputs, _ = preprocess(images, config)
+    with torch.no_grad():
+        reference_raw = reference_model(inputs)
+    with open_artifact(artifact.path) as runner:
+        agreement, identical, latency = check_graph_export(runner, inputs, reference_raw, repeats)
+        precision = runner.precision
+    return ArtifactCheck(
+        name=artifact.path.name, backend="onnxruntime", precision=precision, path=str(artifact.path),
+        size_bytes=artifact.size_bytes, detection_agreement=agreement, same_detections=identical,
+        latency_ms=latency, note="graph post-processing",
+    )  # fmt: skip

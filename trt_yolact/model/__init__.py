@@ -1,0 +1,1 @@
+"""The network and everything done to its weights: loading, fusing, pruning, counting."""

@@ -1,0 +1,1 @@
+"""Runners: open an artifact (a model in memory, an ONNX file, a TensorRT engine) and run it; never build one."""

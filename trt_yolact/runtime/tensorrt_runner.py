@@ -1,0 +1,200 @@
+"""Run a TensorRT engine built by :mod:`trt_yolact.deploy.tensorrt_build` on torch CUDA tensors.
+
+Inputs and outputs stay on the GPU: TensorRT reads and writes torch-allocated memory directly
+(``set_tensor_address`` + ``execute_async_v3`` on torch's current stream), there is no host copy. This module
+only opens engines, it never builds one. TensorRT objects are named as in
+``trt_yolact.deploy.engine_format.TRT_OBJECT_TYPES`` (see the API contract test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import PRECISIONS
+from ..deploy.engine_format import (
+    engine_compatibility_problem,
+    gpu_info,
+    import_tensorrt,
+    read_sidecar,
+    rebuild_command,
+    sidecar_path,
+)
+from ..deploy.onnx_format import INPUT_NAME
+from ..errors import EngineBuildError, RunnerError
+from ..files import atomic_write_text
+from ..structures import OUTPUT_NAMES
+from .base import Runner
+
+
+def _torch_dtypes(trt: Any) -> dict[Any, torch.dtype]:
+    return {
+        trt.DataType.FLOAT: torch.float32,
+        trt.DataType.HALF: torch.float16,
+        trt.DataType.BF16: torch.bfloat16,
+        trt.DataType.INT32: torch.int32,
+        trt.DataType.INT64: torch.int64,
+        trt.DataType.INT8: torch.int8,
+        trt.DataType.UINT8: torch.uint8,
+        trt.DataType.BOOL: torch.bool,
+    }
+
+
+def deserialize_engine(trt: Any, engine_path: str | os.PathLike, trt_logger: Any = None) -> tuple[Any, Any]:
+    """(runtime, engine); the runtime must outlive the engine."""
+    engine_path = Path(engine_path)
+    trt_logger = trt_logger or trt.Logger(trt.Logger.WARNING)
+    runtime = trt.Runtime(trt_logger)
+    engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+    if engine is None:
+        raise EngineBuildError(
+            f"TensorRT {trt.__version__} could not deserialize {engine_path.name}: it was probably built with "
+            "another TensorRT version or GPU; rebuild it"
+        )
+    return runtime, engine
+
+
+def dump_engine_layers(engine_path: str | os.PathLike, out_json: str | os.PathLike) -> dict[str, Any]:
+    """Write the engine inspector's per-layer information (JSON) to ``out_json`` and return it.
+
+    Full detail needs an engine built with ``ProfilingVerbosity.DETAILED`` (the builder sets it)."""
+    trt = import_tensorrt()
+    runtime, engine = deserialize_engine(trt, engine_path)
+    inspector = engine.create_engine_inspector()
+    info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    atomic_write_text(Path(out_json), json.dumps(info, indent=2) + "\n")
+    del inspector, engine, runtime
+    return info
+
+
+class TensorRTRunner(Runner):
+    """Runner over a serialized TensorRT engine (``.engine`` + its ``.engine.json`` sidecar).
+
+    The batch profile comes from the engine (batches above its max are split, below its min padded); an
+    engine with an FP16 input takes FP16. ``priors`` is a constant output. Not thread safe: one execution
+    context, use one runner per thread.
+    """
+
+    backend = "tensorrt"
+    name = "tensorrt"
+
+    def __init__(self, engine_path: str | os.PathLike, device: str | torch.device = "cuda", check_sidecar: bool = True):
+        super().__init__()
+        self.engine_path = Path(engine_path)
+        if not self.engine_path.is_file():
+            raise RunnerError(
+                f"TensorRT engine not found: {self.engine_path}; build it with: {rebuild_command(self.engine_path)}"
+            )
+        trt = import_tensorrt()
+        device = torch.device(device)
+        if device.type != "cuda":
+            raise RunnerError(f"TensorRT engines run on CUDA devices only, got device {str(device)!r}")
+        if not torch.cuda.is_available():
+            raise RunnerError("TensorRT needs an NVIDIA GPU, but torch sees no CUDA device")
+        self._device = device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
+        self.trt_version = trt.__version__
+        self.metadata = read_sidecar(self.engine_path)
+        self._check_sidecar(check_sidecar)
+        self.activate()
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def input_size(self) -> int:
+        return self._input_size
+
+    def __repr__(self) -> str:
+        return (
+            f"TensorRTRunner({self.engine_path.name!r}, device={str(self._device)!r}, precision={self.precision}, "
+            f"batch {self.min_batch}..{self.max_batch}, input {self._input_size}, TensorRT {self.trt_version})"
+        )
+
+    def _check_sidecar(self, check: bool) -> None:
+        if self.metadata is None:
+            print(f"warning: {sidecar_path(self.engine_path).name} is missing or unreadable; "
+                  "cannot check that the engine matches this TensorRT version and GPU", file=sys.stderr)  # fmt: skip
+            return
+        problem = engine_compatibility_problem(self.metadata, self.trt_version, gpu_info(self._device.index))
+        if check and problem:
+            raise RunnerError(
+                f"TensorRT engine {self.engine_path} cannot run here: {problem}. "
+                f"Rebuild it on this machine: {rebuild_command(self.engine_path)}"
+            )
+
+    def _activate(self) -> None:
+        trt = import_tensorrt()
+        with torch.cuda.device(self._device):
+            self._trt_logger = trt.Logger(trt.Logger.WARNING)
+            try:
+                self._runtime, self._engine = deserialize_engine(trt, self.engine_path, self._trt_logger)
+            except EngineBuildError as exc:
+                raise RunnerError(f"{exc}: {rebuild_command(self.engine_path)}") from None
+            self._context = self._engine.create_execution_context()
+            if self._context is None:
+                raise RunnerError(
+                    f"TensorRT could not create an execution context for {self.engine_path.name} (out of GPU memory?)"
+                )
+        self._read_interface(trt)
+
+    def _deactivate(self) -> None:
+        del self._context, self._engine, self._runtime
+
+    def _read_interface(self, trt: Any) -> None:
+        """Input dtype, output dtypes, batch profile, input size and precision, from the engine."""
+        dtypes = _torch_dtypes(trt)
+        inputs, self._output_dtypes = [], {}
+        for i in range(self._engine.num_io_tensors):
+            tensor_name = self._engine.get_tensor_name(i)
+            dtype = dtypes.get(self._engine.get_tensor_dtype(tensor_name))
+            if self._engine.get_tensor_mode(tensor_name) == trt.TensorIOMode.INPUT:
+                inputs.append(tensor_name)
+                self.input_dtype = dtype
+            elif dtype is None:
+                raise RunnerError(f"engine output {tensor_name!r} has an unsupported data type")
+            else:
+                self._output_dtypes[tensor_name] = dtype
+        if inputs != [INPUT_NAME] or self.input_dtype not in (torch.float32, torch.float16):
+            raise RunnerError(f"engine must have exactly one float32/float16 input {INPUT_NAME!r}, has {inputs}")
+        missing = [n for n in OUTPUT_NAMES if n not in self._output_dtypes]
+        if missing:
+            raise RunnerError(
+                f"engine lacks outputs {missing} (has {sorted(self._output_dtypes)}); rebuild it from the current "
+                f"ONNX export: {rebuild_command(self.engine_path)}"
+            )
+        # What the engine holds on the GPU outside torch's allocator: its weights (about the plan's size) and
+        # the activation memory its context allocated; `bench` adds this to torch's CUDA peak.
+        self.device_memory_bytes = int(self._engine.device_memory_size_v2) + self.engine_path.stat().st_size
+        min_shape, _opt_shape, max_shape = (tuple(d) for d in self._engine.get_tensor_profile_shape(INPUT_NAME, 0))
+        self.min_batch, self.max_batch = int(min_shape[0]), int(max_shape[0])
+        self._input_size = int(max_shape[2])
+        recorded = (self.metadata or {}).get("precision")
+        self.precision = (
+            recorded if recorded in PRECISIONS else ("fp16" if self.input_dtype == torch.float16 else "fp32")
+        )
+
+    def _infer(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.cuda.device(self._device):
+            stream = torch.cuda.current_stream(self._device)
+            if not self._context.set_input_shape(INPUT_NAME, tuple(images.shape)):
+                raise RunnerError(f"TensorRT rejected input shape {list(images.shape)}")
+            self._context.set_tensor_address(INPUT_NAME, images.data_ptr())
+            outputs = {}
+            for tensor_name, dtype in self._output_dtypes.items():
+                shape = tuple(self._context.get_tensor_shape(tensor_name))
+                if any(d < 0 for d in shape):
+                    raise RunnerError(f"output {tensor_name!r} has an unresolved shape {list(shape)}")
+                out = torch.empty(shape, dtype=dtype, device=self._device)
+                self._context.set_tensor_address(tensor_name, out.data_ptr())
+                outputs[tensor_name] = out
+            if not self._context.execute_async_v3(stream.cuda_stream):
+                raise RunnerError(f"TensorRT execution of {self.engine_path.name} failed (see the log above)")
+        # The input and the outputs were allocated on this stream: the caching allocator will not reuse their
+        # memory before the queued execution, so no synchronisation is needed here.
+        return {name: outputs[name] for name in OUTPUT_NAMES}
