@@ -69,21 +69,41 @@ def main() -> None:
         median = {k: statistics.median(v) / batch * 1000 for k, v in times.items()}
         total = sum(median.values())
         share = median["postprocess"] / total
-        records.append({"batch": batch, **{f"{k}_ms_per_image": v for k, v in median.items()},
-                        "end_to_end_ms_per_image": total, "postprocess_share": share,
-                        "detections_per_image": detections})  # fmt: skip
-        rows.append([batch, f"{median['preprocess']:.1f}", f"{median['forward']:.1f}", f"{median['postprocess']:.1f}",
-                     f"{total:.1f}", f"{100 * share:.1f}%", f"{detections:.0f}"])  # fmt: skip
+        records.append(
+            {
+                "batch": batch,
+                **{f"{k}_ms_per_image": v for k, v in median.items()},
+                "end_to_end_ms_per_image": total,
+                "postprocess_share": share,
+                "detections_per_image": detections,
+            }
+        )
+        rows.append(
+            [
+                batch,
+                f"{median['preprocess']:.1f}",
+                f"{median['forward']:.1f}",
+                f"{median['postprocess']:.1f}",
+                f"{total:.1f}",
+                f"{100 * share:.1f}%",
+                f"{detections:.0f}",
+            ]
+        )
     print(
         format_table(
             rows, ["batch", "pre ms/img", "forward ms/img", "post ms/img", "total ms/img", "post share", "dets/img"]
         )
     )
     report = {
-        "config": config.name, "input": "640x480 BGR", "repeats": args.repeats, "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-        "date": time.strftime("%Y-%m-%d"), "rows": records,
-    }  # fmt: skip
+        "config": config.name,
+        "input": "640x480 BGR",
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "rows": records,
+    }
     atomic_write_text(args.json, json.dumps(report, indent=2))
     print(f"-> {args.json}")
 

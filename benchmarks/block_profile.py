@@ -101,8 +101,12 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--no-fuse", action="store_true", help="time the models with their batch norms")
-    parser.add_argument("--settle", type=int, default=1,
-                        help="unmeasured calls of a model before each measured one (as bench's --settle)")  # fmt: skip
+    parser.add_argument(
+        "--settle",
+        type=int,
+        default=1,
+        help="unmeasured calls of a model before each measured one (as bench's --settle)",
+    )
     parser.add_argument("--config", help="instead of --models: a config (preset or YAML) with random weights")
     parser.add_argument("--ratio", type=float, default=0.8, help="with --config: the pruning ratio to compare")
     parser.add_argument("--size", type=int, default=None, help="with --config: input size (default: its own)")
@@ -145,19 +149,39 @@ def main() -> int:
     reference = {b: statistics.median(values) for b, values in first.samples.items()}
     for run in runs:
         ms = {b: 1000 * statistics.median(values) / args.batch for b, values in run.samples.items()}
-        record = {"model": run.name, "batch": args.batch, "input_size": run.runner.config.max_size,
-                  "fused": not args.no_fuse, "ms_per_image": ms, "conv_macs": dict(run.macs)}  # fmt: skip
+        record = {
+            "model": run.name,
+            "batch": args.batch,
+            "input_size": run.runner.config.max_size,
+            "fused": not args.no_fuse,
+            "ms_per_image": ms,
+            "conv_macs": dict(run.macs),
+        }
         records.append(record)
         for block in blocks + ["total"]:
             block_macs = sum(run.macs.values()) if block == "total" else run.macs.get(block, 0)
             speedup = reference[block] / statistics.median(run.samples[block]) if run.samples[block] else float("nan")
-            rows.append([run.name, block, f"{ms[block]:.2f}", f"{100 * ms[block] / ms['total']:.1f}%",
-                         f"{block_macs / 1e6:.1f}", f"{speedup:.2f}x"])  # fmt: skip
+            rows.append(
+                [
+                    run.name,
+                    block,
+                    f"{ms[block]:.2f}",
+                    f"{100 * ms[block] / ms['total']:.1f}%",
+                    f"{block_macs / 1e6:.1f}",
+                    f"{speedup:.2f}x",
+                ]
+            )
     header = ["model", "block", "ms/img", "share", "MMACs", f"vs {first.name}"]
     print(format_table(rows, header))
     atomic_write_text(args.md, format_markdown_table(rows, header) + "\n")
-    info = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "layout": "channels_last", "iters": args.iters, "rows": records}  # fmt: skip
+    info = {
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "layout": "channels_last",
+        "iters": args.iters,
+        "rows": records,
+    }
     atomic_write_text(args.json, json.dumps(info, indent=2))
     if args.plot:
         atomic_write_bytes(args.plot, stacked_bars(records, blocks))

@@ -101,7 +101,7 @@ def measure(model: Yolact, batch: int, precision: str, device: torch.device, ite
             if layout == "nhwc":
                 for _ in range(3):
                     net(layout_in)
-                forward_ms["eager_nhwc"] = timed(lambda: net(layout_in), iters, sync)
+                forward_ms["eager_nhwc"] = timed(lambda net=net, x=layout_in: net(x), iters, sync)
             if device.type == "cuda":
                 graph, out = capture_graph(net, layout_in, device)
                 forward_ms[f"graph_{layout}"] = timed(graph.replay, iters, sync)
@@ -112,11 +112,14 @@ def measure(model: Yolact, batch: int, precision: str, device: torch.device, ite
     net.float().cpu()
     best = min(forward_ms, key=forward_ms.get)
     return {
-        **{f"{name}_ms": ms for name, ms in forward_ms.items()}, "best_forward": best, "postprocess_ms": post_ms,
+        **{f"{name}_ms": ms for name, ms in forward_ms.items()},
+        "best_forward": best,
+        "postprocess_ms": post_ms,
         "fps_forward": 1000 * batch / forward_ms[best],
         "fps_end_to_end": 1000 * batch / (forward_ms[best] + post_ms),
-        "peak_cuda_bytes": int(peak), "detections_per_image": sum(len(d) for d in dets) / batch,
-    }  # fmt: skip
+        "peak_cuda_bytes": int(peak),
+        "detections_per_image": sum(len(d) for d in dets) / batch,
+    }
 
 
 def main() -> int:
@@ -152,10 +155,24 @@ def main() -> int:
                     **result,
                 }
                 records.append(record)
-                ms = lambda key: "-" if f"{key}_ms" not in result else f"{result[f'{key}_ms']:.2f}"  # noqa: E731
-                rows.append([name, precision, batch, ms("eager"), ms("eager_nhwc"), ms("graph_nchw"), ms("graph_nhwc"),
-                             ms("postprocess"), f"{result['fps_forward']:.1f}", f"{result['fps_end_to_end']:.1f}",
-                             f"{result['peak_cuda_bytes'] / 2**20:.0f}", f"{params / 1e6:.1f}", f"{macs / 1e9:.1f}"])  # fmt: skip
+                ms = lambda key, result=result: "-" if f"{key}_ms" not in result else f"{result[f'{key}_ms']:.2f}"
+                rows.append(
+                    [
+                        name,
+                        precision,
+                        batch,
+                        ms("eager"),
+                        ms("eager_nhwc"),
+                        ms("graph_nchw"),
+                        ms("graph_nhwc"),
+                        ms("postprocess"),
+                        f"{result['fps_forward']:.1f}",
+                        f"{result['fps_end_to_end']:.1f}",
+                        f"{result['peak_cuda_bytes'] / 2**20:.0f}",
+                        f"{params / 1e6:.1f}",
+                        f"{macs / 1e9:.1f}",
+                    ]
+                )
                 print(rows[-1], flush=True)
     base = {(r["precision"], r["batch"]): r for r in records if r["model"] == "dense"}
     for r in records:
@@ -164,13 +181,30 @@ def main() -> int:
         r["memory_change_pct"] = (
             100 * (r["peak_cuda_bytes"] / b["peak_cuda_bytes"] - 1) if b["peak_cuda_bytes"] else None
         )
-    header = ["model", "prec", "batch", "eager ms", "eager NHWC ms", "graph ms", "graph NHWC ms", "post ms", "FPS fwd",
-              "FPS e2e", "peak MiB", "params M", "GMACs"]  # fmt: skip
+    header = [
+        "model",
+        "prec",
+        "batch",
+        "eager ms",
+        "eager NHWC ms",
+        "graph ms",
+        "graph NHWC ms",
+        "post ms",
+        "FPS fwd",
+        "FPS e2e",
+        "peak MiB",
+        "params M",
+        "GMACs",
+    ]
     print(format_table(rows, header))
     info = {
-        "date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "size": args.size, "iters": args.iters, "rows": records,
-    }  # fmt: skip
+        "date": time.strftime("%Y-%m-%d"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "size": args.size,
+        "iters": args.iters,
+        "rows": records,
+    }
     atomic_write_text(args.json, json.dumps(info, indent=2))
     print(f"-> {args.json}")
     return 0

@@ -66,38 +66,73 @@ def main() -> int:
             b8 = next(r for r in speed if (r.model, r.backend, r.batch) == (source.name, backend, 8))
             acc = accuracy[(source.name, backend)]
             base1, base8, base_acc = dense[(backend, 1)], dense[(backend, 8)], accuracy[(sources[0].name, backend)]
-            rows.append({
-                "model": source.name, "backend": backend, "file_bytes": source.file_bytes, "params": b1.params,
-                "macs": b1.macs, "latency_ms_b1": b1.p50_ms, "fps_b1": b1.fps, "fps_b8": b8.fps,
-                "forward_fps_b1": b1.forward_fps, "forward_fps_b8": b8.forward_fps, "peak_memory_bytes_b8": b8.peak_memory_bytes,
-                "box_ap": acc.bbox["AP"], "mask_ap": acc.segm["AP"],
-                "size_change_pct": 100 * (source.file_bytes / sources[0].file_bytes - 1),
-                "params_change_pct": 100 * (b1.params / base1.params - 1),
-                "macs_change_pct": 100 * (b1.macs / base1.macs - 1),
-                "speed_b1_change_pct": 100 * (b1.fps / base1.fps - 1),
-                "throughput_b8_change_pct": 100 * (b8.fps / base8.fps - 1),
-                "forward_throughput_b8_change_pct": 100 * (b8.forward_fps / base8.forward_fps - 1),
-                "memory_change_pct": 100 * (b8.peak_memory_bytes / base8.peak_memory_bytes - 1),
-                "box_ap_change": 100 * (acc.bbox["AP"] - base_acc.bbox["AP"]),
-                "mask_ap_change": 100 * (acc.segm["AP"] - base_acc.segm["AP"]),
-            })  # fmt: skip
-    header = ["model", "backend", "file", "params", "GMACs", "ms/img b1", "FPS b1", "FPS b8", "fwd FPS b8",
-              "peak MiB", "box AP", "mask AP"]  # fmt: skip
+            rows.append(
+                {
+                    "model": source.name,
+                    "backend": backend,
+                    "file_bytes": source.file_bytes,
+                    "params": b1.params,
+                    "macs": b1.macs,
+                    "latency_ms_b1": b1.p50_ms,
+                    "fps_b1": b1.fps,
+                    "fps_b8": b8.fps,
+                    "forward_fps_b1": b1.forward_fps,
+                    "forward_fps_b8": b8.forward_fps,
+                    "peak_memory_bytes_b8": b8.peak_memory_bytes,
+                    "box_ap": acc.bbox["AP"],
+                    "mask_ap": acc.segm["AP"],
+                    "size_change_pct": 100 * (source.file_bytes / sources[0].file_bytes - 1),
+                    "params_change_pct": 100 * (b1.params / base1.params - 1),
+                    "macs_change_pct": 100 * (b1.macs / base1.macs - 1),
+                    "speed_b1_change_pct": 100 * (b1.fps / base1.fps - 1),
+                    "throughput_b8_change_pct": 100 * (b8.fps / base8.fps - 1),
+                    "forward_throughput_b8_change_pct": 100 * (b8.forward_fps / base8.forward_fps - 1),
+                    "memory_change_pct": 100 * (b8.peak_memory_bytes / base8.peak_memory_bytes - 1),
+                    "box_ap_change": 100 * (acc.bbox["AP"] - base_acc.bbox["AP"]),
+                    "mask_ap_change": 100 * (acc.segm["AP"] - base_acc.segm["AP"]),
+                }
+            )
+    header = [
+        "model",
+        "backend",
+        "file",
+        "params",
+        "GMACs",
+        "ms/img b1",
+        "FPS b1",
+        "FPS b8",
+        "fwd FPS b8",
+        "peak MiB",
+        "box AP",
+        "mask AP",
+    ]
     body = []
     for r in rows:
-        body.append([
-            r["model"], r["backend"], f"{r['file_bytes'] / 2**20:.2f} MiB ({r['size_change_pct']:+.1f}%)",
-            f"{r['params'] / 1e6:.2f} M ({r['params_change_pct']:+.1f}%)", f"{r['macs'] / 1e9:.2f} ({r['macs_change_pct']:+.1f}%)",
-            f"{r['latency_ms_b1']:.1f}", f"{r['fps_b1']:.2f} ({r['speed_b1_change_pct']:+.1f}%)",
-            f"{r['fps_b8']:.2f} ({r['throughput_b8_change_pct']:+.1f}%)",
-            f"{r['forward_fps_b8']:.1f} ({r['forward_throughput_b8_change_pct']:+.1f}%)",
-            f"{r['peak_memory_bytes_b8'] / 2**20:.0f} ({r['memory_change_pct']:+.1f}%)",
-            f"{100 * r['box_ap']:.2f} ({r['box_ap_change']:+.2f})", f"{100 * r['mask_ap']:.2f} ({r['mask_ap_change']:+.2f})",
-        ])  # fmt: skip
+        body.append(
+            [
+                r["model"],
+                r["backend"],
+                f"{r['file_bytes'] / 2**20:.2f} MiB ({r['size_change_pct']:+.1f}%)",
+                f"{r['params'] / 1e6:.2f} M ({r['params_change_pct']:+.1f}%)",
+                f"{r['macs'] / 1e9:.2f} ({r['macs_change_pct']:+.1f}%)",
+                f"{r['latency_ms_b1']:.1f}",
+                f"{r['fps_b1']:.2f} ({r['speed_b1_change_pct']:+.1f}%)",
+                f"{r['fps_b8']:.2f} ({r['throughput_b8_change_pct']:+.1f}%)",
+                f"{r['forward_fps_b8']:.1f} ({r['forward_throughput_b8_change_pct']:+.1f}%)",
+                f"{r['peak_memory_bytes_b8'] / 2**20:.0f} ({r['memory_change_pct']:+.1f}%)",
+                f"{100 * r['box_ap']:.2f} ({r['box_ap_change']:+.2f})",
+                f"{100 * r['mask_ap']:.2f} ({r['mask_ap_change']:+.2f})",
+            ]
+        )
     print(format_table(body, header))
     atomic_write_text(args.md, format_markdown_table(body, header) + "\n")
-    info = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "ann": args.ann, "rows": rows}  # fmt: skip
+    info = {
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "ann": args.ann,
+        "rows": rows,
+    }
     atomic_write_text(args.json, json.dumps(info, indent=2))
     print(f"-> {args.json}, {args.md}")
     return 0

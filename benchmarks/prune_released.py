@@ -75,22 +75,32 @@ def run_config(name: str, ratio: float, repeats: int, work: Path) -> dict:
     loaded = load_model(path)
     onnx_error = onnx_max_error(fuse_model(loaded), work / f"{name}_pruned.onnx", config.max_size)
     detections = Predictor(TorchRunner(loaded, torch.device("cpu")), loaded.config)(synthetic_images(1))
-    speed = forward_ms({"dense": dense, "dense+fused": fuse_model(dense), "pruned": pruned,
-                        "pruned+fused": fuse_model(pruned)}, config.max_size, repeats)  # fmt: skip
+    speed = forward_ms(
+        {"dense": dense, "dense+fused": fuse_model(dense), "pruned": pruned, "pruned+fused": fuse_model(pruned)},
+        config.max_size,
+        repeats,
+    )
     return {
-        "config": name, "ratio": ratio, "input_size": config.max_size,
-        "params_before": report.params_before, "params_after": report.params_after,
-        "macs_before": report.macs_before, "macs_after": report.macs_after,
-        "bytes_before": report.bytes_before, "bytes_after": report.bytes_after,
+        "config": name,
+        "ratio": ratio,
+        "input_size": config.max_size,
+        "params_before": report.params_before,
+        "params_after": report.params_after,
+        "macs_before": report.macs_before,
+        "macs_after": report.macs_after,
+        "bytes_before": report.bytes_before,
+        "bytes_after": report.bytes_after,
         "file_pct_of_original": 100 * report.bytes_after / report.bytes_before,
         "prunable_channels_before": sum(layer.total for layer in report.layers),
         "prunable_channels_after": sum(layer.kept for layer in report.layers),
-        "loaded_and_predicted": True, "detections": len(detections[0]), "onnx_max_abs_error": onnx_error,
+        "loaded_and_predicted": True,
+        "detections": len(detections[0]),
+        "onnx_max_abs_error": onnx_error,
         "forward_ms_b1": speed,
         "fusion_speedup_dense": speed["dense"] / speed["dense+fused"],
         "fusion_speedup_pruned": speed["pruned"] / speed["pruned+fused"],
         "pruned_fused_speedup_vs_dense": speed["dense"] / speed["pruned+fused"],
-    }  # fmt: skip
+    }
 
 
 def main() -> int:
@@ -106,22 +116,48 @@ def main() -> int:
         for name in args.configs.split(","):
             print(f"{name}: prune --ratio {args.ratio}, load, predict, export, time ...", file=sys.stderr, flush=True)
             records.append(run_config(name, args.ratio, args.repeats, Path(tmp)))
-    header = ["config", "params M", "GMACs", "file MiB", "file %", "ONNX err", "fwd ms dense", "+fused",
-              "pruned", "pruned+fused", "fusion x", "pruned+fused x"]  # fmt: skip
+    header = [
+        "config",
+        "params M",
+        "GMACs",
+        "file MiB",
+        "file %",
+        "ONNX err",
+        "fwd ms dense",
+        "+fused",
+        "pruned",
+        "pruned+fused",
+        "fusion x",
+        "pruned+fused x",
+    ]
     body = []
     for r in records:
         ms = r["forward_ms_b1"]
-        body.append([
-            r["config"], f"{r['params_before'] / 1e6:.1f} -> {r['params_after'] / 1e6:.1f}",
-            f"{r['macs_before'] / 1e9:.1f} -> {r['macs_after'] / 1e9:.1f}",
-            f"{r['bytes_before'] / 2**20:.1f} -> {r['bytes_after'] / 2**20:.1f}", f"{r['file_pct_of_original']:.1f}",
-            f"{r['onnx_max_abs_error']:.1e}", f"{ms['dense']:.0f}", f"{ms['dense+fused']:.0f}", f"{ms['pruned']:.0f}",
-            f"{ms['pruned+fused']:.0f}", f"{r['fusion_speedup_dense']:.2f}", f"{r['pruned_fused_speedup_vs_dense']:.2f}",
-        ])  # fmt: skip
+        body.append(
+            [
+                r["config"],
+                f"{r['params_before'] / 1e6:.1f} -> {r['params_after'] / 1e6:.1f}",
+                f"{r['macs_before'] / 1e9:.1f} -> {r['macs_after'] / 1e9:.1f}",
+                f"{r['bytes_before'] / 2**20:.1f} -> {r['bytes_after'] / 2**20:.1f}",
+                f"{r['file_pct_of_original']:.1f}",
+                f"{r['onnx_max_abs_error']:.1e}",
+                f"{ms['dense']:.0f}",
+                f"{ms['dense+fused']:.0f}",
+                f"{ms['pruned']:.0f}",
+                f"{ms['pruned+fused']:.0f}",
+                f"{r['fusion_speedup_dense']:.2f}",
+                f"{r['pruned_fused_speedup_vs_dense']:.2f}",
+            ]
+        )
     print(format_table(body, header))
     atomic_write_text(args.md, format_markdown_table(body, header) + "\n")
-    info = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "weights": "random, released layout", "rows": records}  # fmt: skip
+    info = {
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "weights": "random, released layout",
+        "rows": records,
+    }
     atomic_write_text(args.json, json.dumps(info, indent=2))
     print(f"-> {args.json}, {args.md}")
     return 0

@@ -39,13 +39,21 @@ def test_freed_activations_stay_resident_for_reuse():
 
 
 def test_torch_runner_applies_it_on_the_cpu_only_when_asked(monkeypatch):
-    from trt_yolact.runtime import torch_runner
     from trt_yolact.config import BackboneConfig, YolactConfig
     from trt_yolact.model.yolact import Yolact
+    from trt_yolact.runtime import torch_runner
 
-    tiny = YolactConfig(name="tiny", backbone=BackboneConfig(layers=(1, 1, 1, 1), widths=(8, 8, 8, 8), stem_channels=8),
-                        max_size=64, class_names=("a",), category_ids=(1,), fpn_channels=8, proto_channels=8,
-                        head_channels=8, mask_dim=4)  # fmt: skip
+    tiny = YolactConfig(
+        name="tiny",
+        backbone=BackboneConfig(layers=(1, 1, 1, 1), widths=(8, 8, 8, 8), stem_channels=8),
+        max_size=64,
+        class_names=("a",),
+        category_ids=(1,),
+        fpn_channels=8,
+        proto_channels=8,
+        head_channels=8,
+        mask_dim=4,
+    )
     calls = []
     monkeypatch.setattr(torch_runner, "keep_freed_memory", lambda: calls.append(1) or True)
     torch_runner.TorchRunner(Yolact(tiny), "cpu", reuse_freed_memory=False)

@@ -28,24 +28,48 @@ def fixture_dataset(reference_dir, tmp_path_factory):
     for name in ("chelsea.png", "shapes.png"):
         shutil.copy(reference_dir / name, images / name)
     predictions = root / "pred.json"
-    assert predict_main(["--weights", str(reference_dir / "yolact_fixture.pth"), "--config", str(FIXTURE_CONFIG),
-                         "--out", str(predictions), str(images)]) == 0  # fmt: skip
+    assert (
+        predict_main(
+            [
+                "--weights",
+                str(reference_dir / "yolact_fixture.pth"),
+                "--config",
+                str(FIXTURE_CONFIG),
+                "--out",
+                str(predictions),
+                str(images),
+            ]
+        )
+        == 0
+    )
     detections = json.loads(predictions.read_text())
     annotations = []
     for det in detections[::3]:  # every third detection becomes an object
-        annotations.append({"id": len(annotations) + 1, "image_id": det["image_id"], "category_id": det["category_id"],
-                            "segmentation": det["segmentation"], "bbox": det["bbox"], "iscrowd": 0,
-                            "area": det["bbox"][2] * det["bbox"][3]})  # fmt: skip
+        annotations.append(
+            {
+                "id": len(annotations) + 1,
+                "image_id": det["image_id"],
+                "category_id": det["category_id"],
+                "segmentation": det["segmentation"],
+                "bbox": det["bbox"],
+                "iscrowd": 0,
+                "area": det["bbox"][2] * det["bbox"][3],
+            }
+        )
     from trt_yolact.config import COCO_CATEGORY_IDS, COCO_CLASSES
 
     sizes = {"chelsea.png": (300, 451), "shapes.png": (240, 360)}
     ids = {d["file_name"]: d["image_id"] for d in detections}
     ann = root / "ann.json"
-    ann.write_text(json.dumps({
-        "images": [{"id": ids[n], "file_name": n, "height": h, "width": w} for n, (h, w) in sizes.items()],
-        "annotations": annotations,
-        "categories": [{"id": i, "name": n} for i, n in zip(COCO_CATEGORY_IDS, COCO_CLASSES)],
-    }))  # fmt: skip
+    ann.write_text(
+        json.dumps(
+            {
+                "images": [{"id": ids[n], "file_name": n, "height": h, "width": w} for n, (h, w) in sizes.items()],
+                "annotations": annotations,
+                "categories": [{"id": i, "name": n} for i, n in zip(COCO_CATEGORY_IDS, COCO_CLASSES)],
+            }
+        )
+    )
     return ann, images
 
 
@@ -65,9 +89,26 @@ def test_eval_aps_equal_pycocotools_on_predict_json(reference_dir, fixture_datas
     predictions = tmp_path / "pred.json"
     assert predict_main([*weights, "--ann", str(ann), "--out", str(predictions), str(images)]) == 0
     out = tmp_path / "eval.json"
-    assert eval_main([*weights, "--ann", str(ann), "--images", str(images), "--json", str(out),
-                      "--backends", "torch,onnxruntime", "--plot", str(tmp_path / "ap.png"),
-                      "--cache", str(tmp_path / "cache")]) == 0  # fmt: skip
+    assert (
+        eval_main(
+            [
+                *weights,
+                "--ann",
+                str(ann),
+                "--images",
+                str(images),
+                "--json",
+                str(out),
+                "--backends",
+                "torch,onnxruntime",
+                "--plot",
+                str(tmp_path / "ap.png"),
+                "--cache",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())["rows"]
     torch_row = next(r for r in rows if r["backend"] == "torch")
     box_ap, mask_ap = pycocotools_ap(ann, predictions, "bbox"), pycocotools_ap(ann, predictions, "segm")
@@ -100,25 +141,76 @@ def test_max_ap_drop_fails_a_regression(reference_dir, fixture_dataset, tmp_path
 
     monkeypatch.setattr(coco_eval, "runner_for", degraded)
     ann, images = fixture_dataset
-    code = eval_main(["--weights", str(reference_dir / "yolact_fixture.pth"), "--config", str(FIXTURE_CONFIG),
-                      "--ann", str(ann), "--images", str(images), "--backends", "torch,onnxruntime",
-                      "--max-ap-drop", "1.0"])  # fmt: skip
+    code = eval_main(
+        [
+            "--weights",
+            str(reference_dir / "yolact_fixture.pth"),
+            "--config",
+            str(FIXTURE_CONFIG),
+            "--ann",
+            str(ann),
+            "--images",
+            str(images),
+            "--backends",
+            "torch,onnxruntime",
+            "--max-ap-drop",
+            "1.0",
+        ]
+    )
     assert code == 1
 
 
 def test_bench_json_has_the_fields(reference_dir, tmp_path):
     out = tmp_path / "bench.json"
-    code = bench_main(["--weights", f"{reference_dir / 'yolact_fixture.pth'},{reference_dir / 'yolact_fixture.pth'}",
-                       "--config", str(FIXTURE_CONFIG), "--backends", "torch,onnxruntime,tensorrt", "--batch", "1,2",
-                       "--iters", "2", "--warmup", "1", "--json", str(out), "--md", str(tmp_path / "b.md"),
-                       "--plot", str(tmp_path / "b.png"), "--cache", str(tmp_path / "cache")])  # fmt: skip
+    code = bench_main(
+        [
+            "--weights",
+            f"{reference_dir / 'yolact_fixture.pth'},{reference_dir / 'yolact_fixture.pth'}",
+            "--config",
+            str(FIXTURE_CONFIG),
+            "--backends",
+            "torch,onnxruntime,tensorrt",
+            "--batch",
+            "1,2",
+            "--iters",
+            "2",
+            "--warmup",
+            "1",
+            "--json",
+            str(out),
+            "--md",
+            str(tmp_path / "b.md"),
+            "--plot",
+            str(tmp_path / "b.png"),
+            "--cache",
+            str(tmp_path / "cache"),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     rows = report["rows"]
     assert len(rows) == 2 * 2 * 2  # models x (torch, onnxruntime) x batches; TensorRT skipped here
-    required = {"model", "backend", "precision", "batch", "fps", "forward_fps", "p50_ms", "p90_ms", "p99_ms",
-                "preprocess_ms", "inference_ms", "postprocess_ms", "file_bytes", "params", "macs",
-                "peak_memory_bytes", "size_change_pct", "speed_change_pct", "memory_change_pct"}  # fmt: skip
+    required = {
+        "model",
+        "backend",
+        "precision",
+        "batch",
+        "fps",
+        "forward_fps",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "preprocess_ms",
+        "inference_ms",
+        "postprocess_ms",
+        "file_bytes",
+        "params",
+        "macs",
+        "peak_memory_bytes",
+        "size_change_pct",
+        "speed_change_pct",
+        "memory_change_pct",
+    }
     for row in rows:
         assert required <= set(row)
         assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] and row["fps"] > 0 and row["peak_memory_bytes"] > 0
@@ -153,8 +245,17 @@ def test_bench_settles_each_configuration_before_measuring_it(reference_dir, tmp
 
 
 def main_exit_code(extra: list[str], reference_dir) -> int:
-    return bench_main(["--weights", str(reference_dir / "yolact_fixture.pth"), "--config", str(FIXTURE_CONFIG),
-                       "--backends", "torch", *extra])  # fmt: skip
+    return bench_main(
+        [
+            "--weights",
+            str(reference_dir / "yolact_fixture.pth"),
+            "--config",
+            str(FIXTURE_CONFIG),
+            "--backends",
+            "torch",
+            *extra,
+        ]
+    )
 
 
 def test_block_profile_splits_time_and_macs_by_block(tmp_path):
@@ -168,9 +269,26 @@ def test_block_profile_splits_time_and_macs_by_block(tmp_path):
 
     out = tmp_path / "blocks.json"
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "block_profile.py"
-    subprocess.run([sys.executable, str(script), "--models", "yolact_shapes,yolact_shapes_pruned", "--batch", "1",
-                    "--iters", "1", "--json", str(out), "--md", str(tmp_path / "b.md"), "--plot", str(tmp_path / "b.png")],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--models",
+            "yolact_shapes,yolact_shapes_pruned",
+            "--batch",
+            "1",
+            "--iters",
+            "1",
+            "--json",
+            str(out),
+            "--md",
+            str(tmp_path / "b.md"),
+            "--plot",
+            str(tmp_path / "b.png"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     rows = json.loads(out.read_text())["rows"]
     assert [r["model"] for r in rows] == ["yolact_shapes", "yolact_shapes_pruned"]
     blocks = {"stem", "stage 1", "stage 2", "stage 3", "stage 4", "fpn", "protonet", "head", "other", "total"}
@@ -183,9 +301,30 @@ def test_block_profile_splits_time_and_macs_by_block(tmp_path):
     assert all(pruned[f"stage {i}"] < dense[f"stage {i}"] for i in range(1, 5))
     assert (tmp_path / "b.png").stat().st_size > 0
     # --config: an untrained architecture against itself pruned, at a chosen input size.
-    subprocess.run([sys.executable, str(script), "--config", "yolact_shapes", "--ratio", "0.5", "--size", "128",
-                    "--batch", "1", "--iters", "1", "--json", str(out), "--md", str(tmp_path / "b.md"), "--plot", ""],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--config",
+            "yolact_shapes",
+            "--ratio",
+            "0.5",
+            "--size",
+            "128",
+            "--batch",
+            "1",
+            "--iters",
+            "1",
+            "--json",
+            str(out),
+            "--md",
+            str(tmp_path / "b.md"),
+            "--plot",
+            "",
+        ],
+        check=True,
+        capture_output=True,
+    )
     dense, pruned = json.loads(out.read_text())["rows"]
     assert (dense["model"], pruned["model"]) == ("yolact_shapes", "yolact_shapes pruned 0.5")
     assert dense["input_size"] == pruned["input_size"] == 128

@@ -12,10 +12,16 @@ from trt_yolact.model.checkpoint import save_checkpoint
 from trt_yolact.model.yolact import Yolact
 
 TINY = YolactConfig(
-    name="tiny", backbone=BackboneConfig(layers=(1, 1, 1, 1), widths=(8, 16, 16, 32), stem_channels=16),
-    max_size=128, class_names=("a", "b", "c"), category_ids=(1, 2, 3), fpn_channels=32, proto_channels=32,
-    head_channels=32, pred_scales=((8,), (16,), (32,), (64,), (128,)),
-)  # fmt: skip
+    name="tiny",
+    backbone=BackboneConfig(layers=(1, 1, 1, 1), widths=(8, 16, 16, 32), stem_channels=16),
+    max_size=128,
+    class_names=("a", "b", "c"),
+    category_ids=(1, 2, 3),
+    fpn_channels=32,
+    proto_channels=32,
+    head_channels=32,
+    pred_scales=((8,), (16,), (32,), (64,), (128,)),
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +40,20 @@ def tiny_checkpoint(tmp_path_factory):
 
 def test_build_writes_verified_artifacts_and_a_report(tiny_checkpoint, tmp_path, capsys):
     out, engines = tmp_path / "export", tmp_path / "engines"
-    code = build_main(["--weights", str(tiny_checkpoint), "--postprocess", "graph", "--out", str(out),
-                       "--engines", str(engines), "--repeats", "1"])  # fmt: skip
+    code = build_main(
+        [
+            "--weights",
+            str(tiny_checkpoint),
+            "--postprocess",
+            "graph",
+            "--out",
+            str(out),
+            "--engines",
+            str(engines),
+            "--repeats",
+            "1",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "TensorRT engine skipped" in printed or "tensorrt" in printed

@@ -199,8 +199,22 @@ def test_ctrl_c_exits_130_with_a_playable_video(tmp_path, checkpoint):
     env = dict(
         os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     )
-    command = [sys.executable, "-m", "trt_yolact.demo", "--source", str(video), "--weights", str(checkpoint),
-               "--out", str(out), "--no-display", "--batch", "2", "--score-threshold", "0"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "trt_yolact.demo",
+        "--source",
+        str(video),
+        "--weights",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--no-display",
+        "--batch",
+        "2",
+        "--score-threshold",
+        "0",
+    ]
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         seen = b""
@@ -291,8 +305,23 @@ def tiny_onnx(tmp_path_factory, checkpoint) -> Path:
 def test_an_onnx_export_runs_a_video(tmp_path, capsys, video60, tiny_onnx):
     """--weights X.onnx: the export runs with ONNX Runtime, its config read from the file's metadata."""
     out = tmp_path / "onnx.mp4"
-    code = main(["--source", str(video60), "--weights", str(tiny_onnx), "--out", str(out), "--no-display",
-                 "--batch", "4", "--score-threshold", "0", "--top-k", "1"])  # fmt: skip
+    code = main(
+        [
+            "--source",
+            str(video60),
+            "--weights",
+            str(tiny_onnx),
+            "--out",
+            str(out),
+            "--no-display",
+            "--batch",
+            "4",
+            "--score-threshold",
+            "0",
+            "--top-k",
+            "1",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     count, frames = read_video(out)
     assert count == 60 and [decode_index(f) for f in frames] == list(range(60))

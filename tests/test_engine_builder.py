@@ -37,7 +37,7 @@ from trt_yolact.deploy.tensorrt_build import (
     precision_plan,
 )
 from trt_yolact.errors import EngineBuildError, PrecisionError, TensorRTUnavailable
-from trt_yolact.runtime.tensorrt_runner import dump_engine_layers
+from trt_yolact.runtime.tensorrt_runner import engine_layers
 
 API_DIR = Path(__file__).resolve().parent / "data" / "tensorrt_api"
 STRONG = PrecisionPlan(("STRONGLY_TYPED",), ())
@@ -306,9 +306,7 @@ def test_engine_compatibility_problem():
         is None
     )
     assert engine_compatibility_problem(meta, "10.16.1.11", None) is None
-    assert "python -m trt_yolact.build" in rebuild_command("x.engine") and "x.engine" in rebuild_command(
-        "x.engine"
-    )
+    assert "python -m trt_yolact.build" in rebuild_command("x.engine") and "x.engine" in rebuild_command("x.engine")
 
 
 def test_atomic_write_cleans_up_on_interrupt(tmp_path, monkeypatch):
@@ -715,16 +713,14 @@ def test_unsupported_tensorrt_version(fake_trt, onnx_pair, tmp_path):
         build_engine(onnx_pair[0], tmp_path / "a.engine", precision="fp32")
 
 
-def test_dump_engine_layers(fake_trt, onnx_pair, tmp_path):
+def test_engine_layers(fake_trt, onnx_pair, tmp_path):
     fake_trt()
     out = tmp_path / "a.engine"
     build_engine(onnx_pair[1], out)
-    info = dump_engine_layers(out, tmp_path / "layers.json")
-    assert info == {"Layers": ["conv"], "format": "JSON"}
-    assert json.loads((tmp_path / "layers.json").read_text()) == info
+    assert engine_layers(out) == {"Layers": ["conv"], "format": "JSON"}
     out.write_bytes(b"garbage")
     with pytest.raises(EngineBuildError, match="rebuild"):
-        dump_engine_layers(out, tmp_path / "layers2.json")
+        engine_layers(out)
 
 
 # --------------------------------------------------------------------------- real TensorRT (GPU machines)
@@ -747,5 +743,5 @@ def test_real_build_and_run(tmp_path):
     for got, want in zip(out, ref):
         assert got.is_cuda
         np.testing.assert_allclose(got.cpu().numpy(), want, rtol=1e-3, atol=1e-3)
-    layers = dump_engine_layers(tmp_path / "m.engine", tmp_path / "layers.json")
+    layers = engine_layers(tmp_path / "m.engine")
     assert layers

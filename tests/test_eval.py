@@ -27,16 +27,27 @@ def make_dataset(tmp_path, rects):
         for cat, x1, y1, x2, y2 in objects:
             mask = np.zeros((60, 80), np.uint8)
             mask[y1:y2, x1:x2] = 1
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": 10 + i, "category_id": cat, "iscrowd": 0,
-                "segmentation": encode_mask(mask), "area": float(mask.sum()),
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-            })  # fmt: skip
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": 10 + i,
+                    "category_id": cat,
+                    "iscrowd": 0,
+                    "segmentation": encode_mask(mask),
+                    "area": float(mask.sum()),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                }
+            )
     ann = tmp_path / "ann.json"
-    ann.write_text(json.dumps({
-        "images": images, "annotations": annotations,
-        "categories": [{"id": 3, "name": "square"}, {"id": 7, "name": "bar"}],
-    }))  # fmt: skip
+    ann.write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": annotations,
+                "categories": [{"id": 3, "name": "square"}, {"id": 7, "name": "bar"}],
+            }
+        )
+    )
     return ann, tmp_path / "img"
 
 
@@ -55,12 +66,15 @@ class ScriptedPredictor:
             masks = torch.zeros((len(objects), h, w), dtype=torch.bool)
             for k, (_, x1, y1, x2, y2, _) in enumerate(objects):
                 masks[k, y1:y2, x1:x2] = True
-            out.append(Detections(
-                boxes=torch.tensor([o[1:5] for o in objects], dtype=torch.int64).reshape(-1, 4),
-                scores=torch.tensor([o[5] for o in objects], dtype=torch.float32),
-                classes=torch.tensor([CONFIG.category_ids.index(o[0]) for o in objects], dtype=torch.int64),
-                masks=masks, image_size=(h, w),
-            ))  # fmt: skip
+            out.append(
+                Detections(
+                    boxes=torch.tensor([o[1:5] for o in objects], dtype=torch.int64).reshape(-1, 4),
+                    scores=torch.tensor([o[5] for o in objects], dtype=torch.float32),
+                    classes=torch.tensor([CONFIG.category_ids.index(o[0]) for o in objects], dtype=torch.int64),
+                    masks=masks,
+                    image_size=(h, w),
+                )
+            )
         return out
 
 

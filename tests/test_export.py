@@ -222,10 +222,15 @@ def test_exported_postprocess_handles_ties_and_few_candidates(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            GraphPostprocess(cfg), tuple(raw), str(path), dynamo=False, opset_version=17,
-            input_names=list(RawOutputs._fields), output_names=list(GRAPH_OUTPUT_NAMES),
+            GraphPostprocess(cfg),
+            tuple(raw),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=list(RawOutputs._fields),
+            output_names=list(GRAPH_OUTPUT_NAMES),
             dynamic_axes={n: {0: "batch"} for n in ("loc", "conf", "coeffs", "proto", *GRAPH_OUTPUT_NAMES)},
-        )  # fmt: skip
+        )
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -301,8 +306,11 @@ def test_cli_writes_all_artifacts_atomically(tiny_checkpoint, tmp_path, capsys):
     graph16 = onnx.load(str(out / "model.postprocess.fp16.onnx"))
     casts = {n.output[0]: n for n in graph16.graph.node if n.op_type == "Cast"}
     to = {name: next(a.i for a in n.attribute if a.name == "to") for name, n in casts.items()}
-    round_trips = [n.name for n in casts.values() if to[n.output[0]] == onnx.TensorProto.FLOAT
-                   and to.get(n.input[0]) == onnx.TensorProto.FLOAT16]  # fmt: skip
+    round_trips = [
+        n.name
+        for n in casts.values()
+        if to[n.output[0]] == onnx.TensorProto.FLOAT and to.get(n.input[0]) == onnx.TensorProto.FLOAT16
+    ]
     assert not round_trips  # the FP32 post-processing never passes through FP16
     detections = runner(out / "model.postprocess.fp16.onnx").run(images)
     assert detections["masks"].shape == (2, 100, 16, 16) and detections["boxes"].dtype == torch.float32

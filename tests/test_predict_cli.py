@@ -18,11 +18,23 @@ def test_predict_writes_coco_results_and_overlays(reference_dir, tmp_path, capsy
     shutil.copy(reference_dir / "shapes.png", images / "shapes.png")
     (images / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "results.json"
-    code = predict_main([
-        "--weights", str(reference_dir / "yolact_fixture.pth"), "--config", str(FIXTURE_CONFIG),
-        "--batch-size", "2", "--score-threshold", "0.3", "--out", str(out), "--save-vis", str(tmp_path / "vis"),
-        str(images),
-    ])  # fmt: skip
+    code = predict_main(
+        [
+            "--weights",
+            str(reference_dir / "yolact_fixture.pth"),
+            "--config",
+            str(FIXTURE_CONFIG),
+            "--batch-size",
+            "2",
+            "--score-threshold",
+            "0.3",
+            "--out",
+            str(out),
+            "--save-vis",
+            str(tmp_path / "vis"),
+            str(images),
+        ]
+    )
     assert code == 1  # one unreadable image: reported, others still predicted
     assert "broken.png" in capsys.readouterr().err
     results = json.loads(out.read_text())

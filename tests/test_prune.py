@@ -27,9 +27,14 @@ from trt_yolact.prune import main
 from trt_yolact.training.sparsity import apply_sparsity_penalty
 
 _SMALL = dict(
-    max_size=64, class_names=("a", "b", "c"), category_ids=(1, 2, 3), fpn_channels=16, proto_channels=16,
-    head_channels=16, mask_dim=8,
-)  # fmt: skip
+    max_size=64,
+    class_names=("a", "b", "c"),
+    category_ids=(1, 2, 3),
+    fpn_channels=16,
+    proto_channels=16,
+    head_channels=16,
+    mask_dim=8,
+)
 TINY_RESNET = YolactConfig(
     name="tiny_resnet",
     backbone=BackboneConfig(kind="resnet", layers=(1, 2, 1, 1), widths=(16, 16, 32, 32), stem_channels=16),
@@ -137,7 +142,7 @@ def test_fold_into_a_padded_3x3_conv_is_exact_inside_and_off_on_the_border(confi
     """A removed channel with constant output a != 0 feeding a zero-padded 3x3 conv: the fold into the next
     BN's mean is exact in the interior; on the border it over-compensates by exactly the taps on padding."""
     model = tiny_model(config)
-    layer = next(l for l in prunable_layers(model) if l.name.startswith(block))
+    layer = next(p for p in prunable_layers(model) if p.name.startswith(block))
     bn, next_conv, next_bn = module(model, layer.bn), module(model, layer.next_conv), module(model, layer.next_bn)
     assert layer.next_kernel == (3, 3) and next_conv.stride == (1, 1)
     removed = torch.tensor([1, 4, 6])

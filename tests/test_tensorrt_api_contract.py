@@ -26,6 +26,7 @@ chain cannot be checked and is accepted.
 from __future__ import annotations
 
 import ast
+import contextlib
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -224,10 +225,8 @@ def contract(engine_source):
 
 def _object_types(source: str, base: dict[str, str]) -> dict[str, str]:
     types = dict(base)
-    try:
+    with contextlib.suppress(KeyError):
         types.update(module_constant(source, "TRT_OBJECT_TYPES"))
-    except KeyError:
-        pass
     return types
 
 
@@ -418,7 +417,10 @@ def test_checker_types_objects_by_variable_name():
 
 
 def test_checker_checks_overridden_methods():
-    ok = "import tensorrt as trt\nclass M(trt.IProgressMonitor):\n    def phase_start(self): pass\n    def _helper(self): pass\n"
+    ok = (
+        "import tensorrt as trt\nclass M(trt.IProgressMonitor):\n"
+        "    def phase_start(self): pass\n    def _helper(self): pass\n"
+    )
     assert _problems(ok) == []
     typo = "import tensorrt as trt\nclass M(trt.IProgressMonitor):\n    def phase_strat(self): pass\n"
     assert _problems(typo)

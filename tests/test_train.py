@@ -47,9 +47,18 @@ def make_trainer(paths, out_dir, iters, transform, seed=0, workers=0, **override
     model, _ = initial_model(TINY, None)
     dataset = CocoDetection(paths["train_annotations"], paths["train_images"], transform)
     settings = dict(
-        iters=iters, batch_size=8, lr=0.01, warmup_iters=50, lr_steps=(0.8,), workers=workers,
-        val_every=0, checkpoint_every=10**9, clip_grad=10, log_every=50, seed=seed,
-    )  # fmt: skip
+        iters=iters,
+        batch_size=8,
+        lr=0.01,
+        warmup_iters=50,
+        lr_steps=(0.8,),
+        workers=workers,
+        val_every=0,
+        checkpoint_every=10**9,
+        clip_grad=10,
+        log_every=50,
+        seed=seed,
+    )
     config = TrainConfig(**{**settings, **overrides})
     return Trainer(TINY, dataset, None, Path(out_dir), config, model, torch.device("cpu"))
 
@@ -60,9 +69,11 @@ def test_overfitting_eight_images_reaches_high_map(shapes_data, tmp_path):
     trainer.run()
     model = trainer.model.eval()
     result, _ = evaluate(
-        Predictor(TorchRunner(model), TINY), shapes_data["train_annotations"], shapes_data["train_images"],
+        Predictor(TorchRunner(model), TINY),
+        shapes_data["train_annotations"],
+        shapes_data["train_images"],
         progress=False,
-    )  # fmt: skip
+    )
     # An untrained model scores ~0; 300 steps on the same 8 images must learn boxes, classes and masks.
     assert result.bbox["AP"] >= 0.5, result.bbox
     assert result.segm["AP"] >= 0.35, result.segm
@@ -216,11 +227,30 @@ def test_torchrun_two_process_gloo_run_completes(shapes_data, tmp_path):
     tiny_config = tmp_path / "tiny.json"
     tiny_config.write_text(json.dumps(TINY.to_dict()))
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-        "-m", "trt_yolact.train", "--config", str(tiny_config),
-        "--data-train", f"{shapes_data['train_annotations']}:{shapes_data['train_images']}",
-        "--iters", "2", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "run"),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "trt_yolact.train",
+        "--config",
+        str(tiny_config),
+        "--data-train",
+        f"{shapes_data['train_annotations']}:{shapes_data['train_images']}",
+        "--iters",
+        "2",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -41,8 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--iters", type=positive_int, default=20, help="measured rounds (default: 20)")
     parser.add_argument("--warmup", type=non_negative_int, default=3, help="unmeasured iterations first (default: 3)")
-    parser.add_argument("--settle", type=non_negative_int, default=1,
-                        help="unmeasured iterations of a configuration before each measured one (0: none)")  # fmt: skip
+    parser.add_argument(
+        "--settle",
+        type=non_negative_int,
+        default=1,
+        help="unmeasured iterations of a configuration before each measured one (0: none)",
+    )
     parser.add_argument("--json", default=None)
     parser.add_argument("--md", default=None, help="markdown table")
     parser.add_argument("--plot", default=None)
@@ -52,10 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def write_outputs(rows: list[BenchRow], skipped: list[str], args: argparse.Namespace) -> None:
     report: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "iters": args.iters, "rows": [{k: v for k, v in asdict(r).items() if k != "samples"} for r in rows],
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "iters": args.iters,
+        "rows": [{k: v for k, v in asdict(r).items() if k != "samples"} for r in rows],
         "skipped": skipped,
-    }  # fmt: skip
+    }
     if args.json:
         atomic_write_text(args.json, json.dumps(report, indent=2))
     if args.md:
@@ -67,9 +74,15 @@ def write_outputs(rows: list[BenchRow], skipped: list[str], args: argparse.Names
 def _run(args: argparse.Namespace) -> int:
     sources = [ModelSource.load(w, args.config) for w in args.weights.split(",") if w]
     options = BenchOptions(
-        backends=args.backends, precisions=args.precision, batches=args.batch, iters=args.iters,
-        warmup=args.warmup, settle=args.settle, device=args.device, cache_dir=args.cache,
-    )  # fmt: skip
+        backends=args.backends,
+        precisions=args.precision,
+        batches=args.batch,
+        iters=args.iters,
+        warmup=args.warmup,
+        settle=args.settle,
+        device=args.device,
+        cache_dir=args.cache,
+    )
     with torch.inference_mode():
         rows, skipped = run_benchmark(sources, options)
     header, body = table_rows(rows)

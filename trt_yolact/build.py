@@ -30,17 +30,26 @@ from .runtime.open import artifact_backend
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trt_yolact.build", description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default=None,
-                        help="checkpoint file or embedded model name (default: every embedded demo model)")  # fmt: skip
+    parser.add_argument(
+        "--weights", default=None, help="checkpoint file or embedded model name (default: every embedded demo model)"
+    )
     add_config_argument(parser)
     parser.add_argument(
         "--fuse", action=argparse.BooleanOptionalAction, default=True, help="fold BN into convs (default: on)"
     )
     parser.add_argument("--precision", choices=PRECISIONS, default="fp16", help="of the engine (default: fp16)")
-    parser.add_argument("--batch", type=parsed_by(BuildProfile.parse), default=BuildProfile(),
-                        help="TensorRT profile min,opt,max batch (default 1,4,8)")  # fmt: skip
-    parser.add_argument("--postprocess", choices=("host", "graph"), default="host",
-                        help="graph: also export the ONNX with in-graph NMS and mask assembly")  # fmt: skip
+    parser.add_argument(
+        "--batch",
+        type=parsed_by(BuildProfile.parse),
+        default=BuildProfile(),
+        help="TensorRT profile min,opt,max batch (default 1,4,8)",
+    )
+    parser.add_argument(
+        "--postprocess",
+        choices=("host", "graph"),
+        default="host",
+        help="graph: also export the ONNX with in-graph NMS and mask assembly",
+    )
     parser.add_argument("--out", default="export", help="ONNX and report folder (default: export/)")
     parser.add_argument("--engines", default="engines", help="TensorRT engine folder (default: engines/)")
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed runs per artifact")
@@ -56,8 +65,10 @@ def default_weights() -> list[str]:
 
 def print_report(report: BuildReport, report_path: Path) -> None:
     fused = "fused" if report.fused else "not fused"
-    print(f"\n{report.model}  ({report.config}, {report.params / 1e6:.2f} M params, "
-          f"{report.macs / 1e9:.2f} GMACs, {fused}, {report.seconds:.0f} s)")  # fmt: skip
+    print(
+        f"\n{report.model}  ({report.config}, {report.params / 1e6:.2f} M params, "
+        f"{report.macs / 1e9:.2f} GMACs, {fused}, {report.seconds:.0f} s)"
+    )
     print(report.table())
     for line in report.skipped:
         print(line)
@@ -69,10 +80,15 @@ def _run(args: argparse.Namespace) -> int:
     if artifact_backend(args.weights):
         raise CheckpointError(f"{args.weights} is already deployed: build starts from a checkpoint")
     options = BuildOptions(
-        out_dir=Path(args.out), engine_dir=Path(args.engines), config=args.config, fuse=args.fuse,
-        precision=args.precision, profile=args.batch, graph_postprocess=args.postprocess == "graph",
+        out_dir=Path(args.out),
+        engine_dir=Path(args.engines),
+        config=args.config,
+        fuse=args.fuse,
+        precision=args.precision,
+        profile=args.batch,
+        graph_postprocess=args.postprocess == "graph",
         repeats=args.repeats,
-    )  # fmt: skip
+    )
     for weights in [args.weights] if args.weights else default_weights():
         report = build_and_verify(weights, options)
         report_path = atomic_write_text(

@@ -123,20 +123,36 @@ def add_weights_argument(
 
 
 def add_config_argument(parser: argparse.ArgumentParser, required: bool = False, help: str | None = None) -> None:
-    parser.add_argument("--config", required=required, default=None,
-                        help=help or "preset name or .yaml/.json file (default: the model's own)")  # fmt: skip
+    parser.add_argument(
+        "--config",
+        required=required,
+        default=None,
+        help=help or "preset name or .yaml/.json file (default: the model's own)",
+    )
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser, several: bool = False) -> None:
     """Where the model runs: backend(s), precision(s), device, and the cache for the artifacts they need."""
     if several:
-        parser.add_argument("--backends", type=choice_list(BACKENDS), default=("torch",),
-                            help=f"comma-separated: {','.join(BACKENDS)} (default: torch)")  # fmt: skip
-        parser.add_argument("--precision", type=choice_list(PRECISIONS), default=("fp32",),
-                            help=f"comma-separated: {','.join(PRECISIONS)} (default: fp32)")  # fmt: skip
+        parser.add_argument(
+            "--backends",
+            type=choice_list(BACKENDS),
+            default=("torch",),
+            help=f"comma-separated: {','.join(BACKENDS)} (default: torch)",
+        )
+        parser.add_argument(
+            "--precision",
+            type=choice_list(PRECISIONS),
+            default=("fp32",),
+            help=f"comma-separated: {','.join(PRECISIONS)} (default: fp32)",
+        )
     else:
-        parser.add_argument("--backend", choices=BACKENDS, default=None,
-                            help="default: torch for a checkpoint, implied by an .onnx/.engine file")  # fmt: skip
+        parser.add_argument(
+            "--backend",
+            choices=BACKENDS,
+            default=None,
+            help="default: torch for a checkpoint, implied by an .onnx/.engine file",
+        )
         parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="for a checkpoint (default: fp32)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when torch sees a GPU)")
     parser.add_argument("--cache", default="export/cache", help="folder for the ONNX/engines a backend needs")
@@ -148,6 +164,10 @@ def add_postprocess_arguments(
     parser.add_argument(
         "--batch-size", type=positive_int, default=batch_size, help=f"images per batch (default: {batch_size})"
     )
-    parser.add_argument("--score-threshold", type=fraction, default=score_threshold,
-                        help=f"drop detections scoring below this (default: {score_threshold})")  # fmt: skip
+    parser.add_argument(
+        "--score-threshold",
+        type=fraction,
+        default=score_threshold,
+        help=f"drop detections scoring below this (default: {score_threshold})",
+    )
     parser.add_argument("--top-k", type=positive_int, default=100, help="at most this many detections per image")

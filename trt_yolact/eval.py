@@ -37,8 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", default=None, help="bar chart PNG of the APs")
     parser.add_argument("--results", default=None, help="COCO results JSON of the first row")
     parser.add_argument("--max-images", type=positive_int, default=None)
-    parser.add_argument("--max-ap-drop", type=float, default=None, metavar="POINTS",
-                        help="exit 1 when a row loses more mask AP than this against torch FP32")  # fmt: skip
+    parser.add_argument(
+        "--max-ap-drop",
+        type=float,
+        default=None,
+        metavar="POINTS",
+        help="exit 1 when a row loses more mask AP than this against torch FP32",
+    )
     return parser
 
 
@@ -56,11 +61,17 @@ def write_outputs(comparison: Comparison, args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> int:
     load_annotations(args.ann)  # bad annotations fail before any model work
     options = EvalOptions(
-        ann_file=args.ann, image_dir=args.images, backends=args.backends, precisions=args.precision,
-        config=args.config, device=args.device, cache_dir=args.cache, batch_size=args.batch_size,
+        ann_file=args.ann,
+        image_dir=args.images,
+        backends=args.backends,
+        precisions=args.precision,
+        config=args.config,
+        device=args.device,
+        cache_dir=args.cache,
+        batch_size=args.batch_size,
         max_images=args.max_images,
         postprocess=PostprocessConfig(score_threshold=args.score_threshold, max_detections=args.top_k),
-    )  # fmt: skip
+    )
     comparison = compare(args.weights.split(",") if args.weights else [None], options)
     for message in comparison.skipped_images:
         print(f"skipped image: {message}", file=sys.stderr)
@@ -72,8 +83,11 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     failing = [r for r in comparison.rows if -r.mask_ap_change > args.max_ap_drop]
     for r in failing:
-        print(f"error: {r.model} {r.backend} {r.precision} loses {-r.mask_ap_change:.2f} mask AP points "
-              f"(allowed {args.max_ap_drop})", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: {r.model} {r.backend} {r.precision} loses {-r.mask_ap_change:.2f} mask AP points "
+            f"(allowed {args.max_ap_drop})",
+            file=sys.stderr,
+        )
     return 1 if failing else 0
 
 

@@ -35,8 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--opset", type=int, default=17, help=f"ONNX opset, at least {MIN_OPSET} (default: 17)")
     parser.add_argument("--fp16", action="store_true", help="also write FP16 versions (NAME.fp16.onnx)")
-    parser.add_argument("--postprocess", choices=POSTPROCESS_MODES, default="none",
-                        help="graph: also write NAME.postprocess.onnx with decode, Fast NMS and masks in the graph")  # fmt: skip
+    parser.add_argument(
+        "--postprocess",
+        choices=POSTPROCESS_MODES,
+        default="none",
+        help="graph: also write NAME.postprocess.onnx with decode, Fast NMS and masks in the graph",
+    )
     parser.add_argument(
         "--max-detections", type=positive_int, default=100, help="detection slots per image with --postprocess graph"
     )

@@ -23,9 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_weights_argument(parser, required=True, checkpoint_only=True)
     parser.add_argument("--out", required=True, help="fused checkpoint to write")
     parser.add_argument("--half", action="store_true", help="store tensors as fp16 (half the file; loads as fp32)")
-    parser.add_argument("--check-size", type=non_negative_int, default=None,
-                        help="compare raw outputs before/after on a random image of this size (default: the "
-                             "config's; 0 = skip)")  # fmt: skip
+    parser.add_argument(
+        "--check-size",
+        type=non_negative_int,
+        default=None,
+        help="compare raw outputs before/after on a random image of this size (default: the config's; 0 = skip)",
+    )
     return parser
 
 

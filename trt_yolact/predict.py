@@ -71,9 +71,11 @@ def _run(args: argparse.Namespace) -> int:
         tqdm.write(f"skipped: {message}", file=sys.stderr)
     atomic_write_text(args.out, json.dumps(results))
     ms = predictor.times.per_image_ms()
-    print(f"{predictor.times.images} images, {len(results)} detections -> {args.out}"
-          + (f", overlays in {vis_dir}/" if vis_dir else "")
-          + f" ({ms['total']:.1f} ms/img: pre {ms['pre']:.1f}, infer {ms['infer']:.1f}, post {ms['post']:.1f})")  # fmt: skip
+    print(
+        f"{predictor.times.images} images, {len(results)} detections -> {args.out}"
+        + (f", overlays in {vis_dir}/" if vis_dir else "")
+        + f" ({ms['total']:.1f} ms/img: pre {ms['pre']:.1f}, infer {ms['infer']:.1f}, post {ms['post']:.1f})"
+    )
     if skipped:
         print(f"error: {len(skipped)} image(s) could not be read", file=sys.stderr)
         return 1

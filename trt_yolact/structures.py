@@ -68,17 +68,25 @@ class Detections:
             return None if tensor is None else tensor.to(device)
 
         return Detections(
-            move(self.boxes), move(self.scores), move(self.classes), move(self.masks), self.image_size,
+            move(self.boxes),
+            move(self.scores),
+            move(self.classes),
+            move(self.masks),
+            self.image_size,
             move(self.boxes_relative),
-        )  # fmt: skip
+        )
 
     def first(self, count: int) -> Detections:
         """The ``count`` best detections."""
         rel = self.boxes_relative
         return Detections(
-            self.boxes[:count], self.scores[:count], self.classes[:count], self.masks[:count], self.image_size,
+            self.boxes[:count],
+            self.scores[:count],
+            self.classes[:count],
+            self.masks[:count],
+            self.image_size,
             None if rel is None else rel[:count],
-        )  # fmt: skip
+        )
 
 
 class GraphDetections(NamedTuple):

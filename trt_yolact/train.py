@@ -45,8 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--out", default="runs/train", help="output folder")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pth")
-    parser.add_argument("--stop-at", type=positive_int, default=None, metavar="ITER",
-                        help="end this run after iteration ITER with a checkpoint (continue later with --resume)")  # fmt: skip
+    parser.add_argument(
+        "--stop-at",
+        type=positive_int,
+        default=None,
+        metavar="ITER",
+        help="end this run after iteration ITER with a checkpoint (continue later with --resume)",
+    )
     return parser
 
 
@@ -56,12 +61,21 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     if args.stop_at is not None and args.stop_at > args.iters:
         raise TrainingError(f"--stop-at must be from 1 to --iters ({args.iters}), got {args.stop_at}")
     return TrainConfig(
-        iters=args.iters, batch_size=args.batch_size, lr=args.lr, warmup_iters=args.warmup_iters,
-        lr_steps=tuple(float(s) for s in args.lr_steps.split(",") if s), seed=args.seed,
-        workers=args.workers, val_every=args.val_every, val_images=args.val_images,
-        checkpoint_every=args.checkpoint_every, sparsity=args.sparsity, clip_grad=args.clip_grad,
-        expand_max_ratio=args.expand_max, min_box_size=args.min_box_size,
-    )  # fmt: skip
+        iters=args.iters,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_iters=args.warmup_iters,
+        lr_steps=tuple(float(s) for s in args.lr_steps.split(",") if s),
+        seed=args.seed,
+        workers=args.workers,
+        val_every=args.val_every,
+        val_images=args.val_images,
+        checkpoint_every=args.checkpoint_every,
+        sparsity=args.sparsity,
+        clip_grad=args.clip_grad,
+        expand_max_ratio=args.expand_max,
+        min_box_size=args.min_box_size,
+    )
 
 
 def _prepare(args: argparse.Namespace) -> Trainer:

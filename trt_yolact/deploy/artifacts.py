@@ -125,11 +125,18 @@ class ArtifactChain:
         opts = self.options
         result = export_onnx(
             build_model(read_checkpoint(parent).state_dict, self.source.config, source=str(parent)),
-            path, batch_dynamic=opts.batch is None, opset=opts.opset, simplify=opts.simplify,
-            batch_size=opts.batch or 1, postprocess=postprocess,
-            extra_metadata={"source_sha256": self._sha256(self.source.path), "parent_sha256": self._sha256(parent),
-                            "artifact_options": key},
-        )  # fmt: skip
+            path,
+            batch_dynamic=opts.batch is None,
+            opset=opts.opset,
+            simplify=opts.simplify,
+            batch_size=opts.batch or 1,
+            postprocess=postprocess,
+            extra_metadata={
+                "source_sha256": self._sha256(self.source.path),
+                "parent_sha256": self._sha256(parent),
+                "artifact_options": key,
+            },
+        )
         self._hashes.pop(path, None)
         note = f"not simplified: {result.simplify_error}" if opts.simplify and result.simplify_error else ""
         return Artifact(path, "onnx", "fp32", result.postprocess, note=note)

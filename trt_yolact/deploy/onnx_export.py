@@ -113,8 +113,10 @@ def _simplify(model) -> tuple[Any, str | None]:
         return model, "onnxsim could not validate the simplified model"
 
     def interface(m):
-        return [(v.name, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim][:1])
-                for v in [*m.graph.input, *m.graph.output]]  # fmt: skip
+        return [
+            (v.name, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim][:1])
+            for v in [*m.graph.input, *m.graph.output]
+        ]
 
     if interface(simplified) != interface(model):
         return model, "onnxsim changed the model's inputs/outputs (e.g. the dynamic batch)"
@@ -178,6 +180,20 @@ def _trace(
     return buffer.getvalue(), shapes
 
 
+def _trace_in_eval_mode(
+    model: nn.Module, wrapped: nn.Module, example: torch.Tensor, names: Sequence[str], batch_dim: int | str, opset: int
+) -> tuple[bytes, dict[str, list[int | str]]]:
+    """:func:`_trace` with ``model`` in eval mode (its mode is restored); exporter failures are one line."""
+    was_training = model.training
+    model.eval()
+    try:
+        return _trace(wrapped, example, names, batch_dim, opset)
+    except Exception as exc:  # noqa: BLE001 - tracing/exporter failures become one message
+        raise ExportError(f"torch.onnx.export failed: {first_line(exc)}") from None
+    finally:
+        model.train(was_training)
+
+
 def export_onnx(
     model: nn.Module,
     out_path: str | os.PathLike,
@@ -207,14 +223,7 @@ def export_onnx(
     size = config.max_size
     example = torch.zeros((batch_size, 3, size, size), dtype=torch.float32, device=next(model.parameters()).device)
     batch_dim: int | str = "batch" if batch_dynamic else batch_size
-    was_training = model.training
-    model.eval()
-    try:
-        exported, shapes = _trace(wrapped, example, output_names, batch_dim, opset)
-    except Exception as exc:  # noqa: BLE001 - tracing/exporter failures become one message
-        raise ExportError(f"torch.onnx.export failed: {first_line(exc)}") from None
-    finally:
-        model.train(was_training)
+    exported, shapes = _trace_in_eval_mode(model, wrapped, example, output_names, batch_dim, opset)
     import onnx
 
     onnx_model = onnx.load_from_string(exported)
@@ -225,9 +234,17 @@ def export_onnx(
     finalize(onnx_model, metadata)
     data = onnx_model.SerializeToString()
     return ExportResult(
-        path=atomic_write_bytes(out_path, data), precision="fp32", postprocess=metadata["postprocess"],
-        opset=opset, ir_version=int(onnx_model.ir_version), input_shape=(batch_dim, 3, size, size),
-        output_names=tuple(output_names), simplified=simplify and simplify_error is None,
-        simplify_error=simplify_error, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
-        metadata=metadata, seconds=time.perf_counter() - start,
-    )  # fmt: skip
+        path=atomic_write_bytes(out_path, data),
+        precision="fp32",
+        postprocess=metadata["postprocess"],
+        opset=opset,
+        ir_version=int(onnx_model.ir_version),
+        input_shape=(batch_dim, 3, size, size),
+        output_names=tuple(output_names),
+        simplified=simplify and simplify_error is None,
+        simplify_error=simplify_error,
+        size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        metadata=metadata,
+        seconds=time.perf_counter() - start,
+    )

@@ -63,10 +63,10 @@ def _remove_cast_round_trips(model) -> None:
     rename: dict[str, str] = {}
     for node in model.graph.node:
         first = producers.get(node.input[0]) if node.input else None
-        if cast_to(node) == float32 and first is not None and cast_to(first) == float16:
-            if node.output[0] not in graph_outputs:
-                # The converter only casts FP32 tensors to FP16, so the pair's input is FP32 already.
-                rename[node.output[0]] = first.input[0]
+        is_round_trip = cast_to(node) == float32 and first is not None and cast_to(first) == float16
+        if is_round_trip and node.output[0] not in graph_outputs:
+            # The converter only casts FP32 tensors to FP16, so the pair's input is FP32 already.
+            rename[node.output[0]] = first.input[0]
     if not rename:
         return
     for node in model.graph.node:

@@ -101,6 +101,40 @@ class GraphPostprocess(nn.Module):
         iou = torch.where(upper, _pairwise_iou(boxes), torch.zeros((), dtype=boxes.dtype, device=boxes.device))
         return (iou.max(dim=-2).values <= self.cfg.nms_threshold) & (scores > _INVALID)
 
+    def _nms_candidates(
+        self, boxes: torch.Tensor, scores: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
+        """Fast NMS per class (or across classes): the ranking score of every NMS slot (``_DROPPED`` when
+        suppressed), its prior, its class (None: per class, the class is ``slot // k``) and ``k``."""
+        cfg = self.cfg
+        candidate = scores.max(dim=-1).values > cfg.conf_threshold  # [B, P]
+        invalid = torch.full((), _INVALID, dtype=scores.dtype, device=scores.device)
+        k = min(cfg.top_k, int(scores.shape[1]))
+        if cfg.cross_class_nms:
+            best_scores, best_classes = scores.max(dim=-1)
+            ranked, prior_index = _top_descending(torch.where(candidate, best_scores, invalid), k)  # [B, K]
+            keep = self._fast_nms_keep(_gather_rows(boxes, prior_index), ranked)
+            flat_classes = torch.gather(best_classes, 1, prior_index)
+        else:
+            class_scores = torch.where(candidate.unsqueeze(1), scores.transpose(1, 2), invalid)  # [B, C, P]
+            ranked, prior_index = _top_descending(class_scores, k)  # [B, C, K]
+            keep = self._fast_nms_keep(_gather_rows(boxes, prior_index), ranked)
+            # Flattened class-major, as select_detections flattens: slot j belongs to class j // K.
+            ranked, prior_index, keep, flat_classes = ranked.flatten(1), prior_index.flatten(1), keep.flatten(1), None
+        dropped = torch.full((), _DROPPED, dtype=scores.dtype, device=scores.device)
+        return torch.where(keep, ranked, dropped), prior_index, flat_classes, k
+
+    def _masks(
+        self, proto: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor, real: torch.Tensor
+    ) -> torch.Tensor:
+        """``[B, D, H', W']`` mask probabilities of the detections, zero in empty slots."""
+        # [B, H', W', K'] @ [B, 1, K', D] -> [B, H', W', D]: the prototype layout _crop works in.
+        masks = torch.sigmoid(torch.matmul(proto, coeffs.transpose(1, 2).unsqueeze(1)))
+        if self.cfg.crop_masks:
+            masks = _crop(masks, boxes)
+        # Empty slots are zeroed so that they are harmless even when a consumer ignores num_dets.
+        return masks.permute(0, 3, 1, 2) * real[:, :, None, None].to(masks.dtype)
+
     def forward(
         self,
         loc: torch.Tensor,
@@ -111,28 +145,7 @@ class GraphPostprocess(nn.Module):
     ) -> GraphDetections:
         cfg = self.cfg
         boxes = decode(loc, priors)  # [B, P, 4]
-        scores = conf[..., 1:]  # [B, P, C] without background
-        num_priors = int(scores.shape[1])
-        candidate = scores.max(dim=-1).values > cfg.conf_threshold  # [B, P]
-        invalid = torch.full((), _INVALID, dtype=scores.dtype, device=scores.device)
-        k = min(cfg.top_k, num_priors)
-
-        if cfg.cross_class_nms:
-            best_scores, best_classes = scores.max(dim=-1)
-            ranked, prior_index = _top_descending(torch.where(candidate, best_scores, invalid), k)  # [B, K]
-            keep = self._fast_nms_keep(_gather_rows(boxes, prior_index), ranked)
-            flat_scores, flat_index = ranked, prior_index
-            flat_classes = torch.gather(best_classes, 1, prior_index)
-        else:
-            class_scores = torch.where(candidate.unsqueeze(1), scores.transpose(1, 2), invalid)  # [B, C, P]
-            ranked, prior_index = _top_descending(class_scores, k)  # [B, C, K]
-            keep = self._fast_nms_keep(_gather_rows(boxes, prior_index), ranked)
-            # Flattened class-major, as select_detections flattens: slot j belongs to class j // K.
-            flat_scores, flat_index, keep = ranked.flatten(1), prior_index.flatten(1), keep.flatten(1)
-            flat_classes = None
-
-        dropped = torch.full((), _DROPPED, dtype=scores.dtype, device=scores.device)
-        ranking = torch.where(keep, flat_scores, dropped)  # [B, N]
+        ranking, flat_index, flat_classes, k = self._nms_candidates(boxes, conf[..., 1:])
         short = cfg.max_detections - int(ranking.shape[1])
         if short > 0:  # fewer NMS slots than output slots (tiny models): pad with dropped entries
             ranking = F.pad(ranking, (0, short), value=_DROPPED)
@@ -149,14 +162,7 @@ class GraphPostprocess(nn.Module):
             det_classes = torch.gather(flat_classes, 1, order)
         det_prior = torch.gather(flat_index, 1, order)  # [B, D]
         det_boxes = _gather_rows(boxes, det_prior)
-        det_coeffs = _gather_rows(coeffs, det_prior)  # [B, D, K']
-
-        # [B, H', W', K'] @ [B, 1, K', D] -> [B, H', W', D]: the prototype layout _crop works in.
-        masks = torch.sigmoid(torch.matmul(proto, det_coeffs.transpose(1, 2).unsqueeze(1)))
-        if cfg.crop_masks:
-            masks = _crop(masks, det_boxes)
-        # Empty slots are zeroed so that they are harmless even when a consumer ignores num_dets.
-        masks = masks.permute(0, 3, 1, 2) * real[:, :, None, None].to(masks.dtype)
+        masks = self._masks(proto, _gather_rows(coeffs, det_prior), det_boxes, real)
         zero = torch.zeros((), dtype=det_scores.dtype, device=det_scores.device)
         return GraphDetections(
             num_dets=real.sum(dim=1).to(torch.int32),

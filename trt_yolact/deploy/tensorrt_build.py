@@ -292,7 +292,7 @@ def _load_timing_cache(builder_config, cache_path: Path | None):
         data = cache_path.read_bytes()
     try:
         trt_timing_cache = builder_config.create_timing_cache(data)
-    except Exception:
+    except Exception:  # noqa: BLE001 - TensorRT raises its own types for a foreign cache
         trt_timing_cache = None
     if trt_timing_cache is None and data:  # unreadable (other TensorRT version): start afresh
         print(f"warning: ignoring unusable timing cache {cache_path.name}", file=sys.stderr)
@@ -375,6 +375,46 @@ def _write_engine(engine_path: Path, serialized_plan: Any, metadata: dict[str, A
     return write_sidecar(engine_path, metadata)
 
 
+@dataclass(frozen=True)
+class _BuildSettings:
+    plan: PrecisionPlan
+    profile: BuildProfile
+    input_size: int
+    workspace_gib: float
+    cache_path: Path | None
+    verbose: bool
+
+
+def _build(
+    trt: Any, onnx_path: Path, engine_path: Path, settings: _BuildSettings, metadata: dict[str, Any]
+) -> tuple[dict[str, Any], float]:
+    """Build and write the engine, its sidecar (``metadata`` plus the build's own fields) and the timing
+    cache; returns (the sidecar's metadata, build seconds)."""
+    plan, profile, size = settings.plan, settings.profile, settings.input_size
+    trt_logger = trt.Logger(trt.Logger.VERBOSE if settings.verbose else trt.Logger.WARNING)
+    builder = trt.Builder(trt_logger)
+    network, _parser = _create_network(trt, builder, plan, onnx_path, trt_logger)
+    shapes = profile.shapes(size)
+    builder_config = _create_builder_config(trt, builder, plan, shapes, settings.workspace_gib, settings.cache_path)
+    print(
+        f"building TensorRT {trt.__version__} engine {engine_path.name}: {metadata['precision']} "
+        f"({plan.describe(trt.__version__)}), batch {profile}, input {size}",
+        file=sys.stderr,
+    )
+    serialized_plan, seconds = _serialize(trt, builder, network, builder_config, engine_path.name)
+    metadata = dict(
+        metadata,
+        built_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        build_seconds=round(seconds, 3),
+        precision_mode=plan.describe(trt.__version__),
+        onnx_file=onnx_path.name,
+        workspace_gib=settings.workspace_gib,
+    )
+    _write_engine(engine_path, serialized_plan, metadata)
+    _save_timing_cache(builder_config, settings.cache_path)
+    return metadata, seconds
+
+
 def build_engine(
     onnx_path: str | os.PathLike,
     engine_path: str | os.PathLike,
@@ -406,27 +446,31 @@ def build_engine(
     size = int(input_size) if input_size else onnx_input_size(onnx_path)
     plan = precision_plan(trt.__version__, onnx_is_fp16(onnx_path), precision, trt)
     expected = expected_metadata(
-        tensorrt_version=trt.__version__, gpu=gpu_info(), profile=profile, precision=precision,
-        onnx_sha256=sha256_file(onnx_path), input_size=size,
-    )  # fmt: skip
+        tensorrt_version=trt.__version__,
+        gpu=gpu_info(),
+        profile=profile,
+        precision=precision,
+        onnx_sha256=sha256_file(onnx_path),
+        input_size=size,
+    )
     stale, reason = is_engine_stale(engine_path, expected)
     if not stale and not force:
-        return EngineBuildResult(engine_path, sidecar_path(engine_path), read_sidecar(engine_path) or expected,
-                                 reused=True, reason=reason, timing_cache=cache_path)  # fmt: skip
-    trt_logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
-    builder = trt.Builder(trt_logger)
-    network, _parser = _create_network(trt, builder, plan, onnx_path, trt_logger)
-    builder_config = _create_builder_config(trt, builder, plan, profile.shapes(size), workspace_gib, cache_path)
-    print(f"building TensorRT {trt.__version__} engine {engine_path.name}: {precision} "
-          f"({plan.describe(trt.__version__)}), batch {profile}, input {size}", file=sys.stderr)  # fmt: skip
-    serialized_plan, seconds = _serialize(trt, builder, network, builder_config, engine_path.name)
-    metadata = {**(extra_metadata or {}), **expected}
-    metadata.update(
-        built_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), build_seconds=round(seconds, 3),
-        precision_mode=plan.describe(trt.__version__), onnx_file=onnx_path.name, workspace_gib=workspace_gib,
-    )  # fmt: skip
-    sidecar = _write_engine(engine_path, serialized_plan, metadata)
-    _save_timing_cache(builder_config, cache_path)
-    return EngineBuildResult(engine_path, sidecar, normalize(metadata), reused=False,
-                             reason="rebuild forced" if not stale else reason, build_seconds=seconds,
-                             timing_cache=cache_path)  # fmt: skip
+        return EngineBuildResult(
+            engine_path,
+            sidecar_path(engine_path),
+            read_sidecar(engine_path) or expected,
+            reused=True,
+            reason=reason,
+            timing_cache=cache_path,
+        )
+    settings = _BuildSettings(plan, profile, size, workspace_gib, cache_path, verbose)
+    metadata, seconds = _build(trt, onnx_path, engine_path, settings, {**(extra_metadata or {}), **expected})
+    return EngineBuildResult(
+        engine_path,
+        sidecar_path(engine_path),
+        normalize(metadata),
+        reused=False,
+        reason="rebuild forced" if not stale else reason,
+        build_seconds=seconds,
+        timing_cache=cache_path,
+    )

@@ -279,7 +279,8 @@ def _upsample_whole(
 ) -> dict[int, torch.Tensor]:
     """GPU path of :func:`_upsample_group`: one bilinear resize of all of an image's masks, then the 0.5
     threshold. A GPU pays per kernel launch, not per pixel: the windowed path's few ops per mask would make
-    post-processing launch-bound there. Pixels outside a cropped mask's window resample zeros, so both paths agree up to CUDA's rounding."""
+    post-processing launch-bound there. Pixels outside a cropped mask's window resample zeros, so both paths
+    agree up to CUDA's rounding."""
     out = {}
     for b in members:
         if counts[b] == 0:  # interpolate refuses an empty channel dimension

@@ -418,8 +418,12 @@ def _stage_breakdown(
     split = zip(
         ("preprocess", "inference", "postprocess"), (times.preprocess, times.inference, times.postprocess), before
     )
-    return {"read": seconds["read"], **{name: now - then for name, now, then in split},
-            "render": seconds["render"], "write": seconds["write"]}  # fmt: skip
+    return {
+        "read": seconds["read"],
+        **{name: now - then for name, now, then in split},
+        "render": seconds["render"],
+        "write": seconds["write"],
+    }
 
 
 def _consume(

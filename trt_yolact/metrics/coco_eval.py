@@ -212,16 +212,24 @@ def compare(weights_list: Sequence[str | None], options: EvalOptions, progress: 
                     runner, config = open_runner(weights, None, "fp32", options.config, options.device)
                     precision = runner.precision
                 else:
-                    runner, config = runner_for(source, backend, precision, options.device, options.cache_dir,
-                                                options.batch_size), source.config  # fmt: skip
+                    runner, config = (
+                        runner_for(source, backend, precision, options.device, options.cache_dir, options.batch_size),
+                        source.config,
+                    )
             except BackendUnavailable as exc:
                 comparison.skipped.append(f"{name} {backend} {precision}: {exc}")
                 continue
             if progress:
                 print(f"{name}: {backend} {precision}")
             with runner:
-                result, results = evaluate(Predictor(runner, config, options.postprocess), options.ann_file,
-                                           options.image_dir, options.batch_size, options.max_images, progress)  # fmt: skip
+                result, results = evaluate(
+                    Predictor(runner, config, options.postprocess),
+                    options.ann_file,
+                    options.image_dir,
+                    options.batch_size,
+                    options.max_images,
+                    progress,
+                )
             reference = reference or result
             if comparison.first_results is None:
                 comparison.first_results = results
@@ -232,19 +240,34 @@ def compare(weights_list: Sequence[str | None], options: EvalOptions, progress: 
 
 def _row(name: str, backend: str, precision: str, result: EvalResult, reference: EvalResult) -> ComparisonRow:
     return ComparisonRow(
-        model=name, backend=backend, precision=precision, bbox_ap=result.bbox["AP"], mask_ap=result.segm["AP"],
+        model=name,
+        backend=backend,
+        precision=precision,
+        bbox_ap=result.bbox["AP"],
+        mask_ap=result.segm["AP"],
         bbox_ap_change=100 * (result.bbox["AP"] - reference.bbox["AP"]),
-        mask_ap_change=100 * (result.segm["AP"] - reference.segm["AP"]), fps=result.fps,
-        bbox=result.bbox, segm=result.segm, num_images=result.num_images,
-    )  # fmt: skip
+        mask_ap_change=100 * (result.segm["AP"] - reference.segm["AP"]),
+        fps=result.fps,
+        bbox=result.bbox,
+        segm=result.segm,
+        num_images=result.num_images,
+    )
 
 
 def comparison_table(rows: list[ComparisonRow]) -> str:
     body = [
-        [r.model, r.backend, r.precision, f"{100 * r.bbox_ap:.2f}", f"{r.bbox_ap_change:+.2f}",
-         f"{100 * r.mask_ap:.2f}", f"{r.mask_ap_change:+.2f}", f"{r.fps:.2f}"]
+        [
+            r.model,
+            r.backend,
+            r.precision,
+            f"{100 * r.bbox_ap:.2f}",
+            f"{r.bbox_ap_change:+.2f}",
+            f"{100 * r.mask_ap:.2f}",
+            f"{r.mask_ap_change:+.2f}",
+            f"{r.fps:.2f}",
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     return format_table(body, ["model", "backend", "precision", "box AP", "change", "mask AP", "change", "FPS"])
 
 

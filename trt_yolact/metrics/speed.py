@@ -10,6 +10,7 @@ them alike.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from dataclasses import dataclass, field
@@ -62,10 +63,8 @@ def reset_peak_rss() -> None:
     Without the trim, memory freed by an earlier configuration stays resident and a later one reuses it
     without the resident set rising, which would flatter whichever model is measured later."""
     release_freed_memory()
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def _proc_status_bytes(field_name: str) -> int | None:
@@ -172,14 +171,16 @@ def _configurations(
         for backend in options.backends:
             for precision in options.precisions:
                 try:
-                    runner = runner_for(source, backend, precision, options.device, options.cache_dir,
-                                        max(options.batches))  # fmt: skip
+                    runner = runner_for(
+                        source, backend, precision, options.device, options.cache_dir, max(options.batches)
+                    )
                 except BackendUnavailable as exc:
                     skipped.append(f"{source.name} {backend} {precision}: {exc}")
                     continue
                 for batch in options.batches:
-                    row = BenchRow(source.name, backend, precision, batch, file_bytes=source.file_bytes,
-                                   params=params, macs=macs)  # fmt: skip
+                    row = BenchRow(
+                        source.name, backend, precision, batch, file_bytes=source.file_bytes, params=params, macs=macs
+                    )
                     m = Measurement(Predictor(runner, source.config), synthetic_frames(batch))
                     weight_bytes = params * (2 if precision == "fp16" else 4)
                     row.peak_memory_bytes, row.memory_kind = m.warm_up(options.warmup, weight_bytes)
@@ -226,15 +227,47 @@ def _pct(value: float | None) -> str:
 
 
 def table_rows(rows: list[BenchRow]) -> tuple[list[str], list[list[str]]]:
-    header = ["model", "backend", "prec", "batch", "FPS e2e", "FPS fwd", "p50 ms", "p90 ms", "p99 ms",
-              "pre/inf/post ms", "size MiB", "params M", "GMACs", "peak MiB", "size", "speed", "memory"]  # fmt: skip
+    header = [
+        "model",
+        "backend",
+        "prec",
+        "batch",
+        "FPS e2e",
+        "FPS fwd",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "pre/inf/post ms",
+        "size MiB",
+        "params M",
+        "GMACs",
+        "peak MiB",
+        "size",
+        "speed",
+        "memory",
+    ]
     body = [
-        [r.model, r.backend, r.precision, str(r.batch), f"{r.fps:.2f}", f"{r.forward_fps:.2f}", f"{r.p50_ms:.1f}",
-         f"{r.p90_ms:.1f}", f"{r.p99_ms:.1f}", f"{r.preprocess_ms:.1f}/{r.inference_ms:.1f}/{r.postprocess_ms:.1f}",
-         f"{r.file_bytes / 2**20:.2f}", f"{r.params / 1e6:.2f}", f"{r.macs / 1e9:.2f}",
-         f"{r.peak_memory_bytes / 2**20:.0f}", _pct(r.size_change_pct), _pct(r.speed_change_pct), _pct(r.memory_change_pct)]
+        [
+            r.model,
+            r.backend,
+            r.precision,
+            str(r.batch),
+            f"{r.fps:.2f}",
+            f"{r.forward_fps:.2f}",
+            f"{r.p50_ms:.1f}",
+            f"{r.p90_ms:.1f}",
+            f"{r.p99_ms:.1f}",
+            f"{r.preprocess_ms:.1f}/{r.inference_ms:.1f}/{r.postprocess_ms:.1f}",
+            f"{r.file_bytes / 2**20:.2f}",
+            f"{r.params / 1e6:.2f}",
+            f"{r.macs / 1e9:.2f}",
+            f"{r.peak_memory_bytes / 2**20:.0f}",
+            _pct(r.size_change_pct),
+            _pct(r.speed_change_pct),
+            _pct(r.memory_change_pct),
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     return header, body
 
 

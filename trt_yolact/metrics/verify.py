@@ -68,14 +68,18 @@ class BuildReport:
         rows = []
         for a in self.artifacts:
             worst = max(a.max_abs_error.values()) if a.max_abs_error else None
-            rows.append([
-                a.name, a.backend, a.precision,
-                "-" if a.size_bytes is None else f"{a.size_bytes / 2**20:.2f} MiB",
-                "-" if worst is None else f"{worst:.1e}",
-                "-" if a.detection_agreement is None else f"{100 * a.detection_agreement:.1f}%",
-                "-" if a.same_detections is None else ("yes" if a.same_detections else "no"),
-                "-" if a.latency_ms is None else f"{a.latency_ms:.1f}",
-            ])  # fmt: skip
+            rows.append(
+                [
+                    a.name,
+                    a.backend,
+                    a.precision,
+                    "-" if a.size_bytes is None else f"{a.size_bytes / 2**20:.2f} MiB",
+                    "-" if worst is None else f"{worst:.1e}",
+                    "-" if a.detection_agreement is None else f"{100 * a.detection_agreement:.1f}%",
+                    "-" if a.same_detections is None else ("yes" if a.same_detections else "no"),
+                    "-" if a.latency_ms is None else f"{a.latency_ms:.1f}",
+                ]
+            )
         header = ["artifact", "backend", "precision", "size", "max |err|", "det. agreement", "identical", "ms/img"]
         return format_table(rows, header)
 
@@ -123,10 +127,16 @@ def check_runner(
     raw = RawOutputs(*(t.float().cpu() for t in prediction.raw))
     agreement, identical = detection_agreement(reference.detections, prediction.detections)
     return ArtifactCheck(
-        name=name, backend=runner.backend, precision=runner.precision, path=None, size_bytes=None,
-        max_abs_error=max_errors(reference.raw, raw), detection_agreement=agreement, same_detections=identical,
+        name=name,
+        backend=runner.backend,
+        precision=runner.precision,
+        path=None,
+        size_bytes=None,
+        max_abs_error=max_errors(reference.raw, raw),
+        detection_agreement=agreement,
+        same_detections=identical,
         latency_ms=median_latency_ms(predictor, images[0], repeats),
-    )  # fmt: skip
+    )
 
 
 def check_graph_export(
@@ -206,10 +216,16 @@ def build_and_verify(weights: str | None, options: BuildOptions = BuildOptions()
         engine = chain.engine(options.precision, options.profile)
         checks.append(check(engine.path.name, open_artifact(engine.path), engine))
     return BuildReport(
-        model=source.name, source=str(source.path), config=source.config.name, params=count_params(deployed),
-        macs=count_conv_macs(deployed), fused=options.fuse or source.fused, artifacts=checks, skipped=skipped,
+        model=source.name,
+        source=str(source.path),
+        config=source.config.name,
+        params=count_params(deployed),
+        macs=count_conv_macs(deployed),
+        fused=options.fuse or source.fused,
+        artifacts=checks,
+        skipped=skipped,
         seconds=time.perf_counter() - start,
-    )  # fmt: skip
+    )
 
 
 def _check_graph(
@@ -222,7 +238,13 @@ def _check_graph(
         agreement, identical, latency = check_graph_export(runner, inputs, reference_raw, repeats)
         precision = runner.precision
     return ArtifactCheck(
-        name=artifact.path.name, backend="onnxruntime", precision=precision, path=str(artifact.path),
-        size_bytes=artifact.size_bytes, detection_agreement=agreement, same_detections=identical,
-        latency_ms=latency, note="graph post-processing",
-    )  # fmt: skip
+        name=artifact.path.name,
+        backend="onnxruntime",
+        precision=precision,
+        path=str(artifact.path),
+        size_bytes=artifact.size_bytes,
+        detection_agreement=agreement,
+        same_detections=identical,
+        latency_ms=latency,
+        note="graph post-processing",
+    )

@@ -76,17 +76,27 @@ def prunable_layers(model: nn.Module) -> list[PrunableLayer]:
                 if isinstance(getattr(module, bn), nn.BatchNorm2d):
                     layers.append(
                         PrunableLayer(
-                            f"{prefix}.{bn}", f"{prefix}.{conv}", f"{prefix}.{bn}", f"{prefix}.{next_conv}",
-                            f"{prefix}.{next_bn}", 0.0, tuple(getattr(module, next_conv).kernel_size),
+                            f"{prefix}.{bn}",
+                            f"{prefix}.{conv}",
+                            f"{prefix}.{bn}",
+                            f"{prefix}.{next_conv}",
+                            f"{prefix}.{next_bn}",
+                            0.0,
+                            tuple(getattr(module, next_conv).kernel_size),
                         )
-                    )  # fmt: skip
+                    )
         elif isinstance(module, DarkNetBlock) and isinstance(module.conv1[1], nn.BatchNorm2d):
             layers.append(
                 PrunableLayer(
-                    f"{prefix}.conv1.1", f"{prefix}.conv1.0", f"{prefix}.conv1.1", f"{prefix}.conv2.0",
-                    f"{prefix}.conv2.1", float(module.conv1[2].negative_slope), tuple(module.conv2[0].kernel_size),
+                    f"{prefix}.conv1.1",
+                    f"{prefix}.conv1.0",
+                    f"{prefix}.conv1.1",
+                    f"{prefix}.conv2.0",
+                    f"{prefix}.conv2.1",
+                    float(module.conv1[2].negative_slope),
+                    tuple(module.conv2[0].kernel_size),
                 )
-            )  # fmt: skip
+            )
     return layers
 
 

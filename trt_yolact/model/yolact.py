@@ -188,13 +188,18 @@ class Upsample2x(nn.Module):
 def make_protonet(in_ch: int, channels: int, mask_dim: int) -> nn.Sequential:
     """3 x (conv3x3 + ReLU), x2 upsample + ReLU, conv3x3 + ReLU, conv1x1 -> prototypes (ReLU applied later)."""
     return nn.Sequential(
-        nn.Conv2d(in_ch, channels, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True),
-        Upsample2x(), nn.ReLU(inplace=True),
-        nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(in_ch, channels, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(channels, channels, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(channels, channels, 3, padding=1),
+        nn.ReLU(inplace=True),
+        Upsample2x(),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(channels, channels, 3, padding=1),
+        nn.ReLU(inplace=True),
         nn.Conv2d(channels, mask_dim, 1),
-    )  # fmt: skip
+    )
 
 
 class PredictionHead(nn.Module):

@@ -4,8 +4,8 @@ glibc serves large blocks with mmap and hands them back to the OS on free, and t
 more than 128 KiB lies free there. An inference loop frees its activations after every call and allocates
 the same sizes again on the next, so each call page-faults all of them in afresh, a large share of a small
 model's time on a CPU (benchmarks/RESULTS.md). Taking every block from the heap and never trimming it lets
-the next call reuse the pages, as jemalloc or tcmalloc would. The resident set then stays at the loop's peak instead of falling between
-calls; :func:`release_freed_memory` still returns free pages on demand.
+the next call reuse the pages, as jemalloc or tcmalloc would. The resident set then stays at the loop's peak
+instead of falling between calls; :func:`release_freed_memory` still returns free pages on demand.
 """
 
 from __future__ import annotations

@@ -66,10 +66,10 @@ class Runner(ABC):
     def __exit__(self, *exc_info: Any) -> None:
         self.deactivate()
 
-    def _activate(self) -> None:
+    def _activate(self) -> None:  # noqa: B027 - a hook: runners without a session have nothing to load
         """Load the session or engine; subclasses that hold one override this."""
 
-    def _deactivate(self) -> None:
+    def _deactivate(self) -> None:  # noqa: B027 - a hook, as _activate
         """Free the session or engine; subclasses that hold one override this."""
 
     # ---- running

@@ -29,8 +29,13 @@ _NUMPY_TYPES = {
     "tensor(int64)": np.int64,
     "tensor(bool)": np.bool_,
 }
-_TORCH_TYPES = {np.float32: torch.float32, np.float16: torch.float16, np.int32: torch.int32,
-                np.int64: torch.int64, np.bool_: torch.bool}  # fmt: skip
+_TORCH_TYPES = {
+    np.float32: torch.float32,
+    np.float16: torch.float16,
+    np.int32: torch.int32,
+    np.int64: torch.int64,
+    np.bool_: torch.bool,
+}
 
 
 def _provider_name(spec: ProviderSpec) -> str:
@@ -124,8 +129,10 @@ class OnnxRuntimeRunner(Runner):
         return self._input_size
 
     def __repr__(self) -> str:
-        return (f"OnnxRuntimeRunner({self.onnx_path.name!r}, device={str(self._device)!r}, precision={self.precision}, "
-                f"postprocess={self.postprocess}, providers={self.providers})")  # fmt: skip
+        return (
+            f"OnnxRuntimeRunner({self.onnx_path.name!r}, device={str(self._device)!r}, precision={self.precision}, "
+            f"postprocess={self.postprocess}, providers={self.providers})"
+        )
 
     def _activate(self) -> None:
         ort = _import_onnxruntime()

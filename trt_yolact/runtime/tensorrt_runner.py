@@ -27,7 +27,6 @@ from ..deploy.engine_format import (
 )
 from ..deploy.onnx_format import INPUT_NAME
 from ..errors import EngineBuildError, RunnerError
-from ..files import atomic_write_text
 from ..structures import OUTPUT_NAMES
 from .base import Runner
 
@@ -59,15 +58,14 @@ def deserialize_engine(trt: Any, engine_path: str | os.PathLike, trt_logger: Any
     return runtime, engine
 
 
-def dump_engine_layers(engine_path: str | os.PathLike, out_json: str | os.PathLike) -> dict[str, Any]:
-    """Write the engine inspector's per-layer information (JSON) to ``out_json`` and return it.
+def engine_layers(engine_path: str | os.PathLike) -> dict[str, Any]:
+    """The engine inspector's per-layer information (its JSON, parsed).
 
     Full detail needs an engine built with ``ProfilingVerbosity.DETAILED`` (the builder sets it)."""
     trt = import_tensorrt()
     runtime, engine = deserialize_engine(trt, engine_path)
     inspector = engine.create_engine_inspector()
     info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
-    atomic_write_text(Path(out_json), json.dumps(info, indent=2) + "\n")
     del inspector, engine, runtime
     return info
 
@@ -118,8 +116,11 @@ class TensorRTRunner(Runner):
 
     def _check_sidecar(self, check: bool) -> None:
         if self.metadata is None:
-            print(f"warning: {sidecar_path(self.engine_path).name} is missing or unreadable; "
-                  "cannot check that the engine matches this TensorRT version and GPU", file=sys.stderr)  # fmt: skip
+            print(
+                f"warning: {sidecar_path(self.engine_path).name} is missing or unreadable; "
+                "cannot check that the engine matches this TensorRT version and GPU",
+                file=sys.stderr,
+            )
             return
         problem = engine_compatibility_problem(self.metadata, self.trt_version, gpu_info(self._device.index))
         if check and problem:

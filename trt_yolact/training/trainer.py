@@ -130,9 +130,11 @@ def build_datasets(
 ):
     train_ann, train_images = parse_data_argument(train_arg)
     augment = TrainTransform(
-        config.max_size, normalize=config.normalization, min_box_size=train_config.min_box_size,
+        config.max_size,
+        normalize=config.normalization,
+        min_box_size=train_config.min_box_size,
         expand_max_ratio=train_config.expand_max_ratio,
-    )  # fmt: skip
+    )
     train = CocoDetection(train_ann, train_images, augment)
     val = None
     if val_arg:
@@ -175,9 +177,10 @@ def initial_model(config: YolactConfig, weights: str | None) -> tuple[Yolact, li
     init_head_weights(model)
     expected = model.state_dict()
     mismatched = [
-        k for k in state
+        k
+        for k in state
         if k.startswith(CLASS_DEPENDENT_PREFIXES) and k in expected and state[k].shape != expected[k].shape
-    ]  # fmt: skip
+    ]
     missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in mismatched}, strict=False)
     problems = [k for k in missing if k not in mismatched]
     if problems or unexpected:
@@ -250,9 +253,11 @@ class Trainer:
             )
         self.loss = YolactLoss(loss_config)
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=train_config.lr, momentum=train_config.momentum,
+            self.model.parameters(),
+            lr=train_config.lr,
+            momentum=train_config.momentum,
             weight_decay=train_config.weight_decay,
-        )  # fmt: skip
+        )
         self.use_amp = train_config.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.state = TrainState()
@@ -309,7 +314,7 @@ class Trainer:
         images = batch.images.to(self.device, non_blocking=True)
         targets = {
             "boxes": [b.to(self.device) for b in batch.boxes],
-            "labels": [l.to(self.device) for l in batch.labels],
+            "labels": [labels.to(self.device) for labels in batch.labels],
             "masks": [m.to(self.device) for m in batch.masks],
             "num_crowds": batch.num_crowds,
         }
@@ -337,9 +342,13 @@ class Trainer:
             # NCHW: the runner's in-place NHWC conversion would change the layout the model trains in.
             predictor = Predictor(TorchRunner(self.model, self.device, channels_last=False), self.config)
             result, _ = evaluate(
-                predictor, self.val_set.ann_file, self.val_set.image_dir, batch_size=8,
-                max_images=self.tc.val_images, progress=False,
-            )  # fmt: skip
+                predictor,
+                self.val_set.ann_file,
+                self.val_set.image_dir,
+                batch_size=8,
+                max_images=self.tc.val_images,
+                progress=False,
+            )
         self.model.train()
         return {"iteration": self.state.iteration, "box_ap": result.bbox["AP"], "mask_ap": result.segm["AP"]}
 
