@@ -91,7 +91,7 @@ def measure(model: Yolact, batch: int, precision: str, device: torch.device, ite
         postprocess(RawOutputs(*(t.float() for t in net(static_in))), sizes)
         sync()
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-    # The torch runner runs NHWC on both devices (measured faster); this keeps checking it on CUDA.
+    # The torch runner runs NHWC on both devices (faster there: benchmarks/RESULTS.md); this keeps checking CUDA.
     # Layout changes happen outside inference mode so that the parameters stay ordinary tensors.
     forward_ms = {"eager": eager_ms}
     for layout, memory_format in (("nhwc", torch.channels_last), ("nchw", torch.contiguous_format)):

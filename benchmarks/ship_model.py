@@ -5,7 +5,7 @@
 
 ``--input-size`` sets the deployment input size stored with the model (the network is fully convolutional
 and its priors follow the feature-map sizes): the demo models train at 256 px and run at 320 px, the size
-chosen on the validation split (box/mask AP 66.1/56.0 at 256 -> 69.3/63.8 at 320, 200 validation images).
+chosen on the validation split (docs/MODEL_CARD.md).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main() -> int:
         model.config = model.config.replace(max_size=args.input_size)
     if args.name is not None:
         model.config = model.config.replace(name=args.name)
-    # fp16 storage halves the file; the loader casts back to fp32 (AP change measured in the README).
+    # fp16 storage halves the file; the loader casts back to fp32 (its AP change: benchmarks/RESULTS.md).
     path = save_checkpoint(args.target, model, half=True, **extra)
     size_mb = path.stat().st_size / 2**20
     print(

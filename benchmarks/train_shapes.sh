@@ -24,7 +24,7 @@ train=(python -m trt_yolact.train --config "${CONFIG:-yolact_shapes}"
 stage1=(--iters 12000 --warmup-iters 300 --lr-steps 0.7,0.9 --seed 0 --val-every 1000 --out "$work/dense_stage1")
 "${train[@]}" "${stage1[@]}" --lr 0.005 --clip-grad 2 --stop-at 2400
 "${train[@]}" "${stage1[@]}" --lr 0.008 --clip-grad 5 --resume
-# Stage 2, 10,000 more iterations: stage 1 ended still improving (validation box AP 28 -> 52 over its last 5k).
+# Stage 2, 10,000 more iterations: stage 1 ended still improving (docs/MODEL_CARD.md).
 "${train[@]}" --weights "$work/dense_stage1/model_final.pth" --iters 10000 --warmup-iters 200 --lr-steps 0.6,0.85 \
     --seed 3 --val-every 2000 --lr 0.008 --clip-grad 5 --out "$work/dense_stage2"
 cp "$work/dense_stage2/model_final.pth" "$work/dense.pth"

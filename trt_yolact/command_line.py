@@ -15,6 +15,7 @@ from typing import Any
 
 from .config import BACKENDS, PRECISIONS
 from .errors import TrtYolactError
+from .inference.sources import DEFAULT_CACHE
 
 WEIGHTS_HELP = (
     "checkpoint file, embedded model name (yolact_shapes, yolact_shapes_pruned), .onnx export or .engine "
@@ -155,7 +156,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, several: bool = False
         )
         parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="for a checkpoint (default: fp32)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when torch sees a GPU)")
-    parser.add_argument("--cache", default="export/cache", help="folder for the ONNX/engines a backend needs")
+    parser.add_argument("--cache", default=DEFAULT_CACHE, help="folder for the ONNX/engines a backend needs")
 
 
 def add_postprocess_arguments(

@@ -339,7 +339,7 @@ SHAPES_CONFIG = YolactConfig(
     head_channels=32,
     pred_scales=((12,), (24,), (48,), (96,), (192,)),
 )
-PRESET_CONFIGS: dict[str, YolactConfig] = {**OFFICIAL_CONFIGS, "yolact_shapes": SHAPES_CONFIG}
+PRESET_CONFIGS: dict[str, YolactConfig] = {**OFFICIAL_CONFIGS, SHAPES_CONFIG.name: SHAPES_CONFIG}
 
 
 def config_names() -> list[str]:

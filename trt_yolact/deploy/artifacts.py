@@ -18,14 +18,14 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..config import PostprocessConfig
+from ..config import PRECISIONS, PostprocessConfig, YolactConfig
 from ..errors import ExportError, PrecisionError, UsageError
 from ..files import sha256_file, staged_folder
 from ..model.checkpoint import ModelSource, build_model, read_checkpoint, save_checkpoint
 from ..model.fuse import CARRIED_EXTRAS, fuse_model
 from .onnx_export import export_onnx
 from .onnx_format import read_onnx_metadata
-from .onnx_fp16 import convert_fp16
+from .onnx_fp16 import DEFAULT_KEEP_FP32_OPS, convert_fp16
 from .tensorrt_build import BuildProfile, build_engine
 
 
@@ -38,9 +38,15 @@ class ExportOptions:
     simplify: bool = True
     batch: int | None = None  # a fixed batch size; None: dynamic batch
 
-    def key(self, **more: Any) -> str:
-        """These options (plus ``more``) as the string an artifact records, to tell whether it can be reused."""
-        return json.dumps({**asdict(self), **more}, sort_keys=True, default=str)
+    def onnx_key(self, config: YolactConfig, postprocess: PostprocessConfig | None) -> str:
+        """What shapes an ONNX export (the model config included: a --config override changes the input size
+        and the priors), as the string it records to tell whether it can be reused."""
+        settings = {"opset": self.opset, "simplify": self.simplify, "batch": self.batch, "config": config.to_dict()}
+        return _key("onnx", **settings, postprocess=None if postprocess is None else asdict(postprocess))
+
+
+def _key(step: str, **settings: Any) -> str:
+    return json.dumps({"step": step, **settings}, sort_keys=True, default=str)
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ class ArtifactChain:
         if not self.options.fuse or self.source.fused:
             return Artifact(self.source.path, "checkpoint", "fp32", reused=True)
         path = self.folder / f"{self.stem}.pth"
-        key = self.options.key(step="fuse")
+        key = _key("fuse")
         if path.is_file() and _recorded_in_checkpoint(path) == (self._sha256(self.source.path), key, __version__):
             return Artifact(path, "checkpoint", "fp32", reused=True)
         fused = fuse_model(self.source.model(), inplace=True)
@@ -112,14 +118,14 @@ class ArtifactChain:
 
     def onnx(self, precision: str = "fp32", postprocess: PostprocessConfig | None = None) -> Artifact:
         """The ONNX export in ``precision``; ``postprocess`` puts that post-processing inside the graph."""
-        if precision not in ("fp32", "fp16"):
-            raise PrecisionError(f"ONNX exports are fp32 or fp16, not {precision!r}")
+        if precision not in PRECISIONS:
+            raise PrecisionError(f"ONNX exports are one of {', '.join(PRECISIONS)}, not {precision!r}")
         if precision == "fp16":
             return self._fp16_onnx(postprocess)
         parent = self.checkpoint().path
         suffix = ".postprocess" if postprocess is not None else ""
         path = self.folder / f"{self.stem}{suffix}.onnx"
-        key = self.options.key(step="onnx", postprocess=None if postprocess is None else asdict(postprocess))
+        key = self.options.onnx_key(self.source.config, postprocess)
         if _recorded_in_onnx(path) == (self._sha256(parent), key, __version__):
             return Artifact(path, "onnx", "fp32", "graph" if postprocess else "none", reused=True)
         opts = self.options
@@ -144,7 +150,7 @@ class ArtifactChain:
     def _fp16_onnx(self, postprocess: PostprocessConfig | None) -> Artifact:
         parent = self.onnx("fp32", postprocess)
         path = parent.path.with_name(f"{parent.path.stem}.fp16.onnx")
-        key = self.options.key(step="fp16")
+        key = _key("fp16", keep_fp32_ops=DEFAULT_KEEP_FP32_OPS)
         if _recorded_in_onnx(path) == (self._sha256(parent.path), key, __version__):
             return Artifact(path, "onnx", "fp16", parent.postprocess, reused=True)
         record = {"parent_sha256": self._sha256(parent.path), "artifact_options": key}

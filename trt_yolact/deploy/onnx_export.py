@@ -26,6 +26,7 @@ from .. import __version__
 from ..config import PostprocessConfig, YolactConfig
 from ..errors import ExportError, first_line
 from ..files import atomic_write_bytes, sha256_file
+from ..structures import UNBATCHED_OUTPUTS
 from .onnx_format import EXPORTER, GRAPH_OUTPUT_NAMES, INPUT_NAME, RAW_OUTPUT_NAMES, build_metadata
 from .onnx_postprocess import YolactWithPostprocess
 
@@ -157,7 +158,7 @@ def _trace(
     """The exported graph's bytes and each output's shape (the batch axis named when dynamic)."""
     with torch.no_grad():
         reference = wrapped(example)
-    batch_outputs = [n for n in output_names if n != "priors"]
+    batch_outputs = [n for n in output_names if n not in UNBATCHED_OUTPUTS]
     shapes = {
         n: ([batch_dim, *t.shape[1:]] if n in batch_outputs else list(t.shape)) for n, t in zip(output_names, reference)
     }

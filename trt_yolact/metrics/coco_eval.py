@@ -24,7 +24,7 @@ from ..files import atomic_write_bytes
 from ..inference.coco_results import detections_to_coco
 from ..inference.images import read_image
 from ..inference.predictor import Predictor
-from ..inference.sources import open_runner, runner_for
+from ..inference.sources import DEFAULT_CACHE, open_runner, runner_for
 from ..model.checkpoint import ModelSource, model_name
 from ..runtime.open import artifact_backend
 from ..tables import format_table
@@ -176,7 +176,7 @@ class EvalOptions:
     precisions: tuple[str, ...] = ("fp32",)
     config: str | None = None
     device: str | None = None
-    cache_dir: str | os.PathLike = "export/cache"
+    cache_dir: str | os.PathLike = DEFAULT_CACHE
     batch_size: int = 4
     max_images: int | None = None
     postprocess: PostprocessConfig = PostprocessConfig()

@@ -60,9 +60,19 @@ def resolve_weights(weights: str | os.PathLike | None) -> Path:
     return path
 
 
+# Deployed files, which a command that needs a checkpoint names instead of failing to unpickle them.
+DEPLOYED_KINDS = {".onnx": "an ONNX export", ".engine": "a TensorRT engine", ".plan": "a TensorRT engine"}
+
+
 def read_checkpoint(weights: str | os.PathLike | None) -> Checkpoint:
     """Load a checkpoint file safely (``weights_only=True``) into a float32 state dict."""
     path = resolve_weights(weights)
+    kind = DEPLOYED_KINDS.get(path.suffix.lower())
+    if kind is not None:
+        raise CheckpointError(
+            f"{path} is {kind}, not a checkpoint: this step needs the checkpoint it was made from "
+            "(predict, eval and demo run .onnx and .engine files as they are)"
+        )
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - one line for any unreadable file

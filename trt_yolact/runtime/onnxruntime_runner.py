@@ -18,6 +18,7 @@ import torch
 from ..config import PRECISIONS
 from ..deploy.onnx_format import INPUT_NAME, parse_metadata
 from ..errors import ExportError, RunnerError, first_line
+from ..structures import UNBATCHED_OUTPUTS
 from .base import Runner
 
 ProviderSpec = str | tuple[str, dict[str, Any]]
@@ -201,7 +202,8 @@ class OnnxRuntimeRunner(Runner):
         for name in self.output_names:
             shape, dtype = self._output_meta[name]
             dims = [
-                batch if (i == 0 and name != "priors" and not isinstance(d, int)) else d for i, d in enumerate(shape)
+                batch if (i == 0 and name not in UNBATCHED_OUTPUTS and not isinstance(d, int)) else d
+                for i, d in enumerate(shape)
             ]
             if dtype is None or not all(isinstance(d, int) for d in dims):
                 binding.bind_output(name, "cuda", index)
