@@ -7,27 +7,15 @@ import os
 
 import pytest
 import torch
+from test_export import TINY  # the same tiny model as the export tests
 
-from trt_yolact.config import BackboneConfig, PostprocessConfig, YolactConfig
+from trt_yolact.config import PostprocessConfig
 from trt_yolact.deploy.artifacts import ArtifactChain, ExportOptions, export_artifacts
 from trt_yolact.deploy.onnx_format import read_onnx_metadata
 from trt_yolact.errors import ExportError, PrecisionError, UsageError
 from trt_yolact.files import sha256_file
 from trt_yolact.model.checkpoint import ModelSource, read_checkpoint, save_checkpoint
 from trt_yolact.model.yolact import Yolact
-
-TINY = YolactConfig(
-    name="tiny",
-    backbone=BackboneConfig(layers=(1, 1, 1, 1), widths=(4, 4, 8, 8), stem_channels=8),
-    max_size=64,
-    class_names=("a", "b"),
-    category_ids=(1, 2),
-    fpn_channels=8,
-    proto_channels=8,
-    head_channels=8,
-    mask_dim=4,
-    pred_scales=((8,), (16,), (32,), (48,), (64,)),
-)
 
 
 def tiny_checkpoint(path, seed: int = 0):

@@ -269,26 +269,10 @@ def test_block_profile_splits_time_and_macs_by_block(tmp_path):
 
     out = tmp_path / "blocks.json"
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "block_profile.py"
-    subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            "--models",
-            "yolact_shapes,yolact_shapes_pruned",
-            "--batch",
-            "1",
-            "--iters",
-            "1",
-            "--json",
-            str(out),
-            "--md",
-            str(tmp_path / "b.md"),
-            "--plot",
-            str(tmp_path / "b.png"),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    outputs = ["--json", str(out), "--md", str(tmp_path / "b.md")]
+    models = ["--models", "yolact_shapes,yolact_shapes_pruned", "--batch", "1", "--iters", "1"]
+    run = [sys.executable, str(script), *outputs]
+    subprocess.run([*run, *models, "--plot", str(tmp_path / "b.png")], check=True, capture_output=True)
     rows = json.loads(out.read_text())["rows"]
     assert [r["model"] for r in rows] == ["yolact_shapes", "yolact_shapes_pruned"]
     blocks = {"stem", "stage 1", "stage 2", "stage 3", "stage 4", "fpn", "protonet", "head", "other", "total"}
@@ -301,30 +285,8 @@ def test_block_profile_splits_time_and_macs_by_block(tmp_path):
     assert all(pruned[f"stage {i}"] < dense[f"stage {i}"] for i in range(1, 5))
     assert (tmp_path / "b.png").stat().st_size > 0
     # --config: an untrained architecture against itself pruned, at a chosen input size.
-    subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            "--config",
-            "yolact_shapes",
-            "--ratio",
-            "0.5",
-            "--size",
-            "128",
-            "--batch",
-            "1",
-            "--iters",
-            "1",
-            "--json",
-            str(out),
-            "--md",
-            str(tmp_path / "b.md"),
-            "--plot",
-            "",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    config = ["--config", "yolact_shapes", "--ratio", "0.5", "--size", "128", "--batch", "1", "--iters", "1"]
+    subprocess.run([*run, *config, "--plot", ""], check=True, capture_output=True)
     dense, pruned = json.loads(out.read_text())["rows"]
     assert (dense["model"], pruned["model"]) == ("yolact_shapes", "yolact_shapes pruned 0.5")
     assert dense["input_size"] == pruned["input_size"] == 128

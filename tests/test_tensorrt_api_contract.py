@@ -334,37 +334,9 @@ def test_name_lists_are_sorted_and_plausible(api_lists):
 
 # --------------------------------------------------------------------------- the checker itself
 
-LISTS = {
-    "10.0.0": frozenset(
-        {
-            "Builder",
-            "BuilderFlag",
-            "BuilderFlag.FP16",
-            "BuilderFlag.TF32",
-            "__version__",
-            "IBuilderConfig",
-            "IBuilderConfig.set_flag",
-            "IProgressMonitor",
-            "IProgressMonitor.phase_start",
-            "DataType",
-            "DataType.HALF",
-        }
-    ),
-    "11.0.0": frozenset(
-        {
-            "Builder",
-            "BuilderFlag",
-            "BuilderFlag.TF32",
-            "__version__",
-            "IBuilderConfig",
-            "IBuilderConfig.set_flag",
-            "IProgressMonitor",
-            "IProgressMonitor.phase_start",
-            "DataType",
-            "DataType.HALF",
-        }
-    ),
-}
+_COMMON = {"Builder", "BuilderFlag", "BuilderFlag.TF32", "__version__", "IBuilderConfig", "IBuilderConfig.set_flag",
+           "IProgressMonitor", "IProgressMonitor.phase_start", "DataType", "DataType.HALF"}  # fmt: skip
+LISTS = {"10.0.0": frozenset(_COMMON | {"BuilderFlag.FP16"}), "11.0.0": frozenset(_COMMON)}  # FP16 flag: 10.x only
 
 
 def _problems(source: str, version_specific=None, object_types=None) -> list[str]:

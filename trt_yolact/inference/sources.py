@@ -48,6 +48,15 @@ def open_runner(
     if backend not in (None, implied):
         raise UsageError(f"{weights} runs with the {implied} backend, not {backend}")
     runner = open_artifact(weights, device)
+    try:
+        return runner, _artifact_config(runner, weights, config)
+    except BaseException:
+        runner.deactivate()
+        raise
+
+
+def _artifact_config(runner: Runner, weights: str | os.PathLike, config: str | os.PathLike | None) -> YolactConfig:
+    """``--config`` or the config the artifact records, checked against what the artifact takes."""
     if getattr(runner, "postprocess", "none") != "none":
         raise UsageError(f"{weights} has the post-processing in the graph; use an export with --postprocess none")
     chosen = get_config(config) if config else runner.config
@@ -57,7 +66,7 @@ def open_runner(
         raise UsageError(
             f"config {chosen.name!r} expects {chosen.max_size}px inputs, {weights} takes {runner.input_size}px"
         )
-    return runner, chosen
+    return chosen
 
 
 def runner_for(

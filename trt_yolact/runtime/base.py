@@ -33,14 +33,17 @@ class Runner(ABC):
 
     def __init__(self) -> None:
         self._active = False
+        self._device = torch.device("cpu")  # subclasses set both when they open their artifact
+        self._input_size = 0
 
     @property
-    @abstractmethod
-    def device(self) -> torch.device: ...
+    def device(self) -> torch.device:
+        return self._device
 
     @property
-    @abstractmethod
-    def input_size(self) -> int: ...
+    def input_size(self) -> int:
+        """S of the ``[B,3,S,S]`` input."""
+        return self._input_size
 
     # ---- lifecycle
     def activate(self) -> Runner:

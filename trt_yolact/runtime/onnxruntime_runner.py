@@ -121,14 +121,6 @@ class OnnxRuntimeRunner(Runner):
         self._threads = threads
         self.activate()
 
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def input_size(self) -> int:
-        return self._input_size
-
     def __repr__(self) -> str:
         return (
             f"OnnxRuntimeRunner({self.onnx_path.name!r}, device={str(self._device)!r}, precision={self.precision}, "

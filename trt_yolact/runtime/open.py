@@ -49,13 +49,13 @@ def open_artifact(path: str | os.PathLike, device: str | torch.device | None = N
         raise RunnerError(f"{path} does not exist")
     try:  # each backend's module is imported only when asked for
         if backend == "onnxruntime":
-            from .onnxruntime_runner import OnnxRuntimeRunner
-
-            return OnnxRuntimeRunner(path, device=device or "cpu")
-        from .tensorrt_runner import TensorRTRunner
+            from .onnxruntime_runner import OnnxRuntimeRunner as runner_class
+        else:
+            from .tensorrt_runner import TensorRTRunner as runner_class
     except ImportError as exc:
         raise BackendUnavailable(f"the {backend} backend is not available in this installation ({exc})") from None
-
-    runner = TensorRTRunner(path, device=device or "cuda")
+    if backend == "onnxruntime":
+        return runner_class(path, device=device or "cpu")
+    runner = runner_class(path, device=device or "cuda")
     runner.config = engine_config(path)
     return runner

@@ -100,14 +100,6 @@ class TensorRTRunner(Runner):
         self._check_sidecar(check_sidecar)
         self.activate()
 
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def input_size(self) -> int:
-        return self._input_size
-
     def __repr__(self) -> str:
         return (
             f"TensorRTRunner({self.engine_path.name!r}, device={str(self._device)!r}, precision={self.precision}, "

@@ -44,15 +44,8 @@ class TorchRunner(Runner):
         layout = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self._device).eval().to(dtype=self.input_dtype, memory_format=layout)
         self.config = model.config
+        self._input_size = model.config.max_size
         self.activate()
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def input_size(self) -> int:
-        return self.config.max_size
 
     def __repr__(self) -> str:
         return f"TorchRunner({self.config.name!r}, device={str(self._device)!r}, precision={self.precision})"
