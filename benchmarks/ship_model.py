@@ -35,7 +35,7 @@ def main() -> int:
         model.config = model.config.replace(max_size=args.input_size)
     if args.name is not None:
         model.config = model.config.replace(name=args.name)
-    # fp16 storage halves the file; the loader casts back to fp32 (its AP change: benchmarks/RESULTS.md).
+    # fp16 storage halves the file; the loader casts back to fp32.
     path = save_checkpoint(args.target, model, half=True, **extra)
     size_mb = path.stat().st_size / 2**20
     print(

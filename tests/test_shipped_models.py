@@ -2,7 +2,7 @@
 
 The accuracy checks run on shapes images generated here with seeds no training run used, over both the
 standard and the unseen background families, so a broken model, loader or post-processing fails them.
-The full 500-image numbers are in the README; these small sets only guard against regressions.
+The full 500-image numbers are in docs/MODEL_CARD.md; these small sets only guard against regressions.
 """
 
 from __future__ import annotations
