@@ -12,8 +12,7 @@ import pytest
 
 from trt_yolact.cli import COMMANDS
 from trt_yolact.cli import main as cli_main
-from trt_yolact.command_line import run_command
-from trt_yolact.errors import CheckpointError
+from trt_yolact.errors import CheckpointError, run_command
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -24,8 +24,8 @@ from .command_line import (
     non_negative_int,
     positive_int,
     positive_int_list,
-    run_command,
 )
+from .errors import run_command
 from .files import atomic_write_text
 from .metrics.speed import BenchOptions, BenchRow, markdown_table, plot_rows, run_benchmark, table_rows
 from .model.checkpoint import ModelSource

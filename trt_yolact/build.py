@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from .command_line import add_config_argument, parsed_by, positive_int, run_command
+from .command_line import add_config_argument, parsed_by, positive_int
 from .config import PRECISIONS
 from .deploy.tensorrt_build import BuildProfile
-from .errors import CheckpointError
+from .errors import CheckpointError, run_command
 from .files import atomic_write_text
 from .metrics.verify import BuildOptions, BuildReport, build_and_verify
 from .model.checkpoint import EMBEDDED_MODELS, embedded_model_path

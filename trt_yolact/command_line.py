@@ -1,15 +1,13 @@
-"""What every command shares: the model arguments, argument types, and one line for a user's mistake.
+"""What every command shares: the model arguments and argument types.
 
-A command's ``main`` parses its arguments, calls library code inside :func:`run_command`, and prints. Errors
-a user can cause (:class:`~trt_yolact.errors.TrtYolactError`, ``OSError``) become ``error: ...`` on
-stderr and exit code 2; anything else is a bug and keeps its traceback.
+A command's ``main`` parses its arguments, calls library code inside :func:`trt_yolact.errors.run_command`,
+and prints.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -22,20 +20,6 @@ WEIGHTS_HELP = (
     "(default: yolact_shapes)"
 )
 CHECKPOINT_ONLY = " (this command needs a checkpoint)"
-
-
-def run_command(work: Callable[[], int], interrupted: str = "interrupted") -> int:
-    """``work()``'s exit code; a user's mistake is one ``error:`` line (exit 2), Ctrl-C exits 130."""
-    try:
-        return work()
-    except TrtYolactError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-    except OSError as exc:
-        print(f"error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
-    except KeyboardInterrupt:
-        print(f"\nerror: {interrupted}", file=sys.stderr)
-        return 130
-    return 2
 
 
 # ---- argument types: a bad value is reported by argparse, naming the flag

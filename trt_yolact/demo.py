@@ -22,10 +22,9 @@ from .command_line import (
     add_runtime_arguments,
     add_weights_argument,
     positive_int,
-    run_command,
 )
 from .config import PostprocessConfig
-from .errors import TrtYolactError, first_line
+from .errors import TrtYolactError, first_line, run_command
 from .inference.predictor import Predictor
 from .inference.sources import open_runner
 from .inference.stream import PipelineError, run_demo

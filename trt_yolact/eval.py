@@ -19,9 +19,9 @@ from .command_line import (
     add_runtime_arguments,
     add_weights_argument,
     positive_int,
-    run_command,
 )
 from .config import PostprocessConfig
+from .errors import run_command
 from .files import atomic_write_text
 from .metrics.coco_eval import Comparison, EvalOptions, compare, comparison_table, load_annotations, plot_comparison
 

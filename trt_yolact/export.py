@@ -14,11 +14,12 @@ from collections.abc import Sequence
 
 import torch
 
-from .command_line import add_weights_argument, positive_int, run_command
+from .command_line import add_weights_argument, positive_int
 from .config import PostprocessConfig
 from .deploy.artifacts import ExportOptions, export_artifacts
 from .deploy.onnx_export import MIN_OPSET
 from .deploy.onnx_format import POSTPROCESS_MODES
+from .errors import run_command
 from .model.checkpoint import ModelSource
 from .tables import format_table, human_size
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .command_line import add_weights_argument, non_negative_int, run_command
-from .errors import FuseError, UsageError
+from .command_line import add_weights_argument, non_negative_int
+from .errors import FuseError, UsageError, run_command
 from .model.checkpoint import ModelSource, save_checkpoint
 from .model.fuse import CARRIED_EXTRAS, conv_bn_pairs, fuse_model, max_output_difference
 

@@ -15,9 +15,9 @@ import cv2
 import torch
 from tqdm import tqdm
 
-from .command_line import add_postprocess_arguments, add_runtime_arguments, add_weights_argument, fraction, run_command
+from .command_line import add_postprocess_arguments, add_runtime_arguments, add_weights_argument, fraction
 from .config import PostprocessConfig
-from .errors import UsageError
+from .errors import UsageError, run_command
 from .files import atomic_write_text
 from .inference.coco_results import detections_to_coco, image_id_for
 from .inference.images import expand_image_paths

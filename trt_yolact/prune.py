@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .command_line import add_weights_argument, positive_int, run_command
-from .errors import UsageError
+from .command_line import add_weights_argument, positive_int
+from .errors import UsageError, run_command
 from .files import atomic_write_text
 from .model.prune import PruneOptions, prune_checkpoint
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from .command_line import add_config_argument, non_negative_int, positive_int, run_command
-from .errors import TrainingError
+from .command_line import add_config_argument, non_negative_int, positive_int
+from .errors import TrainingError, run_command
 from .training.trainer import FINAL_MODEL, TRAIN_STATE, TrainConfig, Trainer, TrainingRun, make_trainer
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from ..errors import TrtYolactError, UsageError
+from ..errors import UsageError, run_command
 
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "rectangle", "triangle", "star", "ring")
 
@@ -439,12 +439,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="'unseen': background families training never sees (generalisation check)",
     )
     args = parser.parse_args(argv)
-    try:
+
+    def generate() -> int:
         paths = generate_dataset(args.out, args.train, args.val, args.size, args.seed, args.backgrounds)
-    except (TrtYolactError, OSError) as err:
-        parser.error(str(err))
-    print(f"wrote {args.train} train / {args.val} val images to {paths['root']}", file=sys.stderr)
-    return 0
+        print(f"wrote {args.train} train / {args.val} val images to {paths['root']}", file=sys.stderr)
+        return 0
+
+    return run_command(generate)
 
 
 if __name__ == "__main__":
