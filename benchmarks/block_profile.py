@@ -91,7 +91,17 @@ class Profiled:
     samples: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
 
-def main() -> int:
+@dataclass
+class Summary:
+    """What a profile reports: one JSON record per model, the table's rows, and the blocks in timing order."""
+
+    records: list[dict]
+    rows: list[list[str]]
+    blocks: list[str]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: the models (or a config to judge untrained), the measuring settings and the outputs."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--models",
@@ -113,9 +123,11 @@ def main() -> int:
     parser.add_argument("--json", default="benchmarks/results/block_profile.json")
     parser.add_argument("--md", default="benchmarks/results/block_profile.md")
     parser.add_argument("--plot", default="benchmarks/results/block_profile.png")
-    args = parser.parse_args()
-    if args.batch < 1 or args.iters < 1:
-        parser.error("--batch and --iters must be at least 1")
+    return parser
+
+
+def prepare_runs(args: argparse.Namespace) -> list[Profiled]:
+    """Each model fused (unless ``--no-fuse``) in a torch runner with its block timer, per-block MACs and input."""
     runs = []
     for name, model in candidate_models(args) if args.config else loaded_models(args.models):
         if not args.no_fuse and not is_fused_state_dict(model.state_dict()):
@@ -126,23 +138,36 @@ def main() -> int:
         runner = TorchRunner(model, "cpu")
         images = torch.randn(args.batch, 3, model.config.max_size, model.config.max_size)
         runs.append(Profiled(name, runner, BlockTimer(runner.model), macs, images))
+    return runs
+
+
+def measure_once(run: Profiled) -> None:
+    """One timed runner call: each block's seconds, the rest of the call as "other", and the total."""
+    run.timer.times.clear()
+    start = time.perf_counter()
+    run.runner(run.images)
+    total = time.perf_counter() - start
+    for block, seconds in run.timer.times.items():
+        run.samples[block].append(seconds)
+    run.samples[OTHER].append(total - sum(run.timer.times.values()))
+    run.samples["total"].append(total)
+
+
+def measure(runs: list[Profiled], iters: int, settle: int) -> None:
+    """Round-robin over the models after one warm-up call each, so that they share the machine's state."""
     with torch.inference_mode():
         for run in runs:
             run.runner(run.images)  # warm-up
-        for _ in range(args.iters):
+        for _ in range(iters):
             for run in runs:
                 # Right after another model, the first call pays for thread pools and working sets to switch.
-                for _ in range(args.settle):
+                for _ in range(settle):
                     run.runner(run.images)
-                run.timer.times.clear()
-                start = time.perf_counter()
-                run.runner(run.images)
-                total = time.perf_counter() - start
-                for block, seconds in run.timer.times.items():
-                    run.samples[block].append(seconds)
-                run.samples[OTHER].append(total - sum(run.timer.times.values()))
-                run.samples["total"].append(total)
+                measure_once(run)
 
+
+def summarize(runs: list[Profiled], args: argparse.Namespace) -> Summary:
+    """Median ms per image, share, MMACs and speed-up against the first model, for each block of each model."""
     first = runs[0]
     blocks = [b for b in first.samples if b != "total"]
     records, rows = [], []
@@ -171,21 +196,36 @@ def main() -> int:
                     f"{speedup:.2f}x",
                 ]
             )
-    header = ["model", "block", "ms/img", "share", "MMACs", f"vs {first.name}"]
-    print(format_table(rows, header))
-    atomic_write_text(args.md, format_markdown_table(rows, header) + "\n")
+    return Summary(records, rows, blocks)
+
+
+def write_outputs(summary: Summary, reference: str, args: argparse.Namespace) -> None:
+    """Prints the table and writes it as markdown, the records with the run's context as JSON, and the plot."""
+    header = ["model", "block", "ms/img", "share", "MMACs", f"vs {reference}"]
+    print(format_table(summary.rows, header))
+    atomic_write_text(args.md, format_markdown_table(summary.rows, header) + "\n")
     info = {
         "date": time.strftime("%Y-%m-%d"),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "layout": "channels_last",
         "iters": args.iters,
-        "rows": records,
+        "rows": summary.records,
     }
     atomic_write_text(args.json, json.dumps(info, indent=2))
     if args.plot:
-        atomic_write_bytes(args.plot, stacked_bars(records, blocks))
+        atomic_write_bytes(args.plot, stacked_bars(summary.records, summary.blocks))
     print(f"-> {args.json}, {args.md}" + (f", {args.plot}" if args.plot else ""))
+
+
+def main() -> int:
+    parser = build_parser()
+    args = parser.parse_args()
+    if args.batch < 1 or args.iters < 1:
+        parser.error("--batch and --iters must be at least 1")
+    runs = prepare_runs(args)
+    measure(runs, args.iters, args.settle)
+    write_outputs(summarize(runs, args), runs[0].name, args)
     return 0
 
 

@@ -122,58 +122,80 @@ def measure(model: Yolact, batch: int, precision: str, device: torch.device, ite
     }
 
 
-def main() -> int:
+HEADER = [
+    "model",
+    "prec",
+    "batch",
+    "eager ms",
+    "eager NHWC ms",
+    "graph ms",
+    "graph NHWC ms",
+    "post ms",
+    "FPS fwd",
+    "FPS e2e",
+    "peak MiB",
+    "params M",
+    "GMACs",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: device, input size, batches, iterations and the JSON file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--size", type=int, default=550)
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--json", default="gpu_check.json")
-    args = parser.parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: no CUDA GPU visible to torch (use --device cpu for a smoke test)", file=sys.stderr)
-        return 2
-    torch.backends.cudnn.benchmark = True
-    config = get_config("yolact_base").replace(max_size=args.size)
+    return parser
+
+
+def variants(size: int) -> dict[str, Yolact]:
+    """yolact_base at ``size`` with random weights, the same pruned at ratio 0.6, and that pruned model fused."""
+    config = get_config("yolact_base").replace(max_size=size)
     dense = random_model(config)
-    pruned, report = prune_model(dense, ratio=0.6)
-    variants = {"dense": dense, "pruned-0.6": pruned, "pruned-0.6+fused": fuse_model(pruned)}
+    pruned, _ = prune_model(dense, ratio=0.6)
+    return {"dense": dense, "pruned-0.6": pruned, "pruned-0.6+fused": fuse_model(pruned)}
+
+
+def table_line(record: dict) -> list:
+    """A row of the printed table; "-" for a forward variant not measured on this device."""
+    ms = lambda key: "-" if f"{key}_ms" not in record else f"{record[f'{key}_ms']:.2f}"
+    return [
+        record["model"],
+        record["precision"],
+        record["batch"],
+        ms("eager"),
+        ms("eager_nhwc"),
+        ms("graph_nchw"),
+        ms("graph_nhwc"),
+        ms("postprocess"),
+        f"{record['fps_forward']:.1f}",
+        f"{record['fps_end_to_end']:.1f}",
+        f"{record['peak_cuda_bytes'] / 2**20:.0f}",
+        f"{record['params'] / 1e6:.1f}",
+        f"{record['macs'] / 1e9:.1f}",
+    ]
+
+
+def measure_all(models: dict[str, Yolact], device: torch.device, args: argparse.Namespace) -> list[dict]:
+    """Every model at every precision (FP16 on CUDA only) and batch; prints each row as soon as it is measured."""
     precisions = ["fp32", "fp16"] if device.type == "cuda" else ["fp32"]
-    rows, records = [], []
-    for name, model in variants.items():
+    records = []
+    for name, model in models.items():
         params, macs = count_params(model), count_conv_macs(model)
         for precision in precisions:
             for batch in (int(b) for b in args.batches.split(",")):
                 result = measure(model, batch, precision, device, args.iters, args.size)
-                record = {
-                    "model": name,
-                    "precision": precision,
-                    "batch": batch,
-                    "params": params,
-                    "macs": macs,
-                    **result,
-                }
-                records.append(record)
-                ms = lambda key, result=result: "-" if f"{key}_ms" not in result else f"{result[f'{key}_ms']:.2f}"
-                rows.append(
-                    [
-                        name,
-                        precision,
-                        batch,
-                        ms("eager"),
-                        ms("eager_nhwc"),
-                        ms("graph_nchw"),
-                        ms("graph_nhwc"),
-                        ms("postprocess"),
-                        f"{result['fps_forward']:.1f}",
-                        f"{result['fps_end_to_end']:.1f}",
-                        f"{result['peak_cuda_bytes'] / 2**20:.0f}",
-                        f"{params / 1e6:.1f}",
-                        f"{macs / 1e9:.1f}",
-                    ]
+                records.append(
+                    {"model": name, "precision": precision, "batch": batch, "params": params, "macs": macs, **result}
                 )
-                print(rows[-1], flush=True)
+                print(table_line(records[-1]), flush=True)
+    return records
+
+
+def add_changes(records: list[dict]) -> None:
+    """Each record's end-to-end speed and peak memory change against the dense model at its precision and batch."""
     base = {(r["precision"], r["batch"]): r for r in records if r["model"] == "dense"}
     for r in records:
         b = base[(r["precision"], r["batch"])]
@@ -181,22 +203,11 @@ def main() -> int:
         r["memory_change_pct"] = (
             100 * (r["peak_cuda_bytes"] / b["peak_cuda_bytes"] - 1) if b["peak_cuda_bytes"] else None
         )
-    header = [
-        "model",
-        "prec",
-        "batch",
-        "eager ms",
-        "eager NHWC ms",
-        "graph ms",
-        "graph NHWC ms",
-        "post ms",
-        "FPS fwd",
-        "FPS e2e",
-        "peak MiB",
-        "params M",
-        "GMACs",
-    ]
-    print(format_table(rows, header))
+
+
+def write_outputs(records: list[dict], device: torch.device, args: argparse.Namespace) -> None:
+    """Prints the table and writes the records with the device and settings as JSON."""
+    print(format_table([table_line(r) for r in records], HEADER))
     info = {
         "date": time.strftime("%Y-%m-%d"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -207,6 +218,18 @@ def main() -> int:
     }
     atomic_write_text(args.json, json.dumps(info, indent=2))
     print(f"-> {args.json}")
+
+
+def main() -> int:
+    args = build_parser().parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: no CUDA GPU visible to torch (use --device cpu for a smoke test)", file=sys.stderr)
+        return 2
+    torch.backends.cudnn.benchmark = True
+    records = measure_all(variants(args.size), device, args)
+    add_changes(records)
+    write_outputs(records, device, args)
     return 0
 
 

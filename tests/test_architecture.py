@@ -1,6 +1,6 @@
 """The package's structure rules, checked on the source: data flows one way through the stages, the runtime
 reads only format modules, no import cycle (function-level imports included), functions short enough to
-read at once.
+read at once (in the package, the benchmarks and the tools).
 
 Every ``import`` and ``from ... import`` of a ``trt_yolact`` module anywhere in a file (module level or inside
 a function) is an edge of the import graph; ``from pkg import name`` is an edge to ``pkg.name`` when that is a
@@ -40,6 +40,8 @@ MAY_IMPORT = {
     "training": {"base", "model", "data", "deploy", "runtime", "inference", "metrics"},
     "commands": {"base", "model", "data", "deploy", "runtime", "inference", "metrics", "training"},
 }
+# Command modules inside a stage's folder (``python -m trt_yolact.data.shapes``); the rest live at the top.
+NESTED_COMMANDS = {"trt_yolact.data.shapes"}
 RUNTIME_MAY_IMPORT = {
     "trt_yolact",
     "trt_yolact.errors",
@@ -53,6 +55,8 @@ RUNTIME_MAY_IMPORT = {
 def layer_of(module: str) -> str:
     if module in BASE:
         return "base"
+    if module in NESTED_COMMANDS:
+        return "commands"
     parts = module.split(".")
     if len(parts) >= 2 and parts[1] in MAY_IMPORT and parts[1] not in ("base", "commands"):
         return parts[1]
@@ -119,8 +123,10 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def long_functions(limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """Functions longer than ``limit`` lines in the package and in the scripts beside it."""
     problems = []
-    for path in sorted(PACKAGE.rglob("*.py")):
+    scripts = [PACKAGE.parent / folder for folder in ("benchmarks", "tools")]
+    for path in sorted(p for root in [PACKAGE, *scripts] if root.is_dir() for p in root.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 lines = node.end_lineno - node.lineno + 1
@@ -188,5 +194,10 @@ def test_long_functions_are_found(tmp_path, monkeypatch):
     long = tmp_path / "trt_yolact" / "long.py"
     long.parent.mkdir()
     long.write_text("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES)
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "script.py").write_text("def g():\n" + "    y = 2\n" * MAX_FUNCTION_LINES)
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", long.parent)
-    assert long_functions() == [f"trt_yolact/long.py:1 f: {MAX_FUNCTION_LINES + 1} lines"]
+    assert sorted(long_functions()) == [
+        f"benchmarks/script.py:1 g: {MAX_FUNCTION_LINES + 1} lines",
+        f"trt_yolact/long.py:1 f: {MAX_FUNCTION_LINES + 1} lines",
+    ]

@@ -117,3 +117,27 @@ def test_export_writes_a_complete_set_or_nothing(source, tmp_path, monkeypatch):
         export_artifacts(source, tmp_path / "failed", "model", fp16=True)
     assert not (tmp_path / "failed").exists()  # the FP32 file made before the failure is gone too
     assert read_checkpoint(source.path).extra["iteration"] == 7  # the source is never touched
+
+
+def test_a_cached_engine_is_named_by_its_batch_profile(source, tmp_path, monkeypatch):
+    """A cache keeps the engines of different batch profiles apart instead of rebuilding one file for each."""
+    from trt_yolact.deploy import artifacts
+    from trt_yolact.deploy.tensorrt_build import BuildProfile, EngineBuildResult
+
+    built = []
+
+    def fake_build(onnx_path, engine_path, profile, precision, extra_metadata):
+        built.append((engine_path.name, str(profile), precision, extra_metadata["config"]["name"]))
+        return EngineBuildResult(engine_path, engine_path, {}, reused=False, reason="built", build_seconds=1.0)
+
+    monkeypatch.setattr(artifacts, "build_engine", fake_build)
+    cached = ArtifactChain.cached(source, tmp_path / "cache")
+    cached.engine("fp16", BuildProfile(1, 4, 8))
+    cached.engine("fp16", BuildProfile(1, 2, 2))
+    ArtifactChain(source, tmp_path / "export", tmp_path / "engines").engine("fp16", "1,4,8")
+    digest = sha256_file(source.path)[:12]
+    assert built == [
+        (f"tiny-{digest}.fused.fp16.b1-4-8.engine", "1,4,8", "fp16", "tiny"),
+        (f"tiny-{digest}.fused.fp16.b1-2-2.engine", "1,2,2", "fp16", "tiny"),
+        ("tiny.fused.fp16.engine", "1,4,8", "fp16", "tiny"),  # build's own engine keeps its documented name
+    ]

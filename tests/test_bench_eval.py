@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -127,9 +128,9 @@ def test_max_ap_drop_fails_a_regression(reference_dir, fixture_dataset, tmp_path
 
     real = coco_eval.runner_for
 
-    def degraded(source, backend, precision, *args, **kwargs):
-        runner = real(source, "torch", "fp32", *args, **kwargs)
-        if backend == "onnxruntime":
+    def degraded(source, options):
+        runner = real(source, replace(options, backend="torch", precision="fp32"))
+        if options.backend == "onnxruntime":
             original = runner._infer
 
             def noisy(images):  # shift every box: a broken deployment
@@ -221,6 +222,7 @@ def test_bench_json_has_the_fields(reference_dir, tmp_path):
 
 def test_bench_settles_each_configuration_before_measuring_it(reference_dir, tmp_path, monkeypatch):
     """Each round runs every configuration ``settle`` times unmeasured, then once measured, in turn."""
+    from trt_yolact.config import RuntimeOptions
     from trt_yolact.metrics import speed
     from trt_yolact.model.checkpoint import ModelSource
 
@@ -233,7 +235,8 @@ def test_bench_settles_each_configuration_before_measuring_it(reference_dir, tmp
 
     monkeypatch.setattr(speed.Measurement, "once", once)
     source = ModelSource.load(str(reference_dir / "yolact_fixture.pth"), str(FIXTURE_CONFIG))
-    options = speed.BenchOptions(("torch",), ("fp32",), (1, 2), iters=3, warmup=1, settle=2, cache_dir=str(tmp_path))
+    runtime = RuntimeOptions(cache_dir=str(tmp_path))
+    options = speed.BenchOptions(("torch",), ("fp32",), (1, 2), iters=3, warmup=1, settle=2, runtime=runtime)
     rows, _ = speed.run_benchmark([source], options)
     assert [len(r.samples) for r in rows] == [3, 3]
     timed = calls[2:]  # after one warm-up per configuration
@@ -308,3 +311,71 @@ def test_cuda_memory_counts_this_configuration_alone(monkeypatch):
     runner.device_memory_bytes = 2_000
     assert measurement.memory(before=4_200, weight_bytes=300)[0] == 2_800
     assert measurement.memory(before=6_000, weight_bytes=300)[0] == 2_000  # a peak below the level: no rise
+
+
+@pytest.fixture(scope="module")
+def fixture_onnx(reference_dir, tmp_path_factory):
+    from trt_yolact.export import main as export_main
+
+    out = tmp_path_factory.mktemp("fixture_onnx")
+    weights = ["--weights", str(reference_dir / "yolact_fixture.pth"), "--config", str(FIXTURE_CONFIG)]
+    assert export_main([*weights, "--out", str(out), "--name", "fixture"]) == 0
+    return out / "fixture.onnx"
+
+
+def test_a_deployed_file_is_compared_with_the_checkpoint_before_it(
+    reference_dir, fixture_dataset, fixture_onnx, tmp_path, capsys
+):
+    ann, images = fixture_dataset
+    data = ["--config", str(FIXTURE_CONFIG), "--ann", str(ann), "--images", str(images)]
+    out = tmp_path / "eval.json"
+    weights = f"{reference_dir / 'yolact_fixture.pth'},{fixture_onnx}"
+    assert eval_main(["--weights", weights, *data, "--json", str(out), "--max-ap-drop", "0.5"]) == 0
+    torch_row, onnx_row = json.loads(out.read_text())["rows"]
+    assert (torch_row["backend"], onnx_row["backend"], onnx_row["model"]) == ("torch", "onnxruntime", "fixture")
+    assert onnx_row["mask_ap_change"] is not None and abs(onnx_row["mask_ap_change"]) < 0.5
+    capsys.readouterr()
+    # Listed first, a deployed file has no torch FP32 row to be compared with: the gate refuses to pass blindly.
+    assert eval_main(["--weights", str(fixture_onnx), *data, "--max-ap-drop", "0.5"]) == 2
+    assert "list the checkpoint it was made from first" in capsys.readouterr().err
+
+
+def test_missing_images_are_an_error_unless_allowed(reference_dir, fixture_dataset, tmp_path, capsys):
+    """Found in a trial: with the listed images missing, AP was computed on what was left (or 0.00 on nothing)
+    and --max-ap-drop passed; now missing images stop eval before any inference, or are counted."""
+    ann, images = fixture_dataset
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(images / "chelsea.png", partial / "chelsea.png")
+    base = ["--weights", str(reference_dir / "yolact_fixture.pth"), "--config", str(FIXTURE_CONFIG), "--ann", str(ann)]
+    assert eval_main([*base, "--images", str(partial)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 of 2 images" in err[0] and "--allow-missing-images" in err[0]
+    out = tmp_path / "eval.json"
+    assert eval_main([*base, "--images", str(partial), "--allow-missing-images", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["images_evaluated"], row["images_missing"]) == (1, 1)
+    assert "left out with their annotations" in capsys.readouterr().out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "chelsea.png").write_bytes(b"not an image")
+    assert eval_main([*base, "--images", str(empty), "--allow-missing-images"]) == 2
+    assert "none of the 2 images" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a negative drop allowance is refused by the argument parser
+        eval_main([*base, "--images", str(images), "--max-ap-drop", "-1"])
+
+
+def test_bench_runs_a_deployed_file_and_fails_when_nothing_can(reference_dir, fixture_onnx, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    quick = ["--batch", "1", "--iters", "1", "--warmup", "0", "--settle", "0"]
+    assert bench_main(["--weights", str(fixture_onnx), *quick, "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["model"], row["backend"], row["precision"]) == ("fixture", "onnxruntime", "fp32")
+    assert row["params"] > 0 and row["macs"] == 0  # weights counted from the file; MACs unknown
+    if torch.cuda.is_available():
+        return
+    capsys.readouterr()
+    checkpoint = ["--weights", str(reference_dir / "yolact_fixture.pth"), "--config", str(FIXTURE_CONFIG)]
+    assert bench_main([*checkpoint, "--backends", "tensorrt", *quick]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no configuration can run here") and "yolact_fixture tensorrt fp32" in err

@@ -159,3 +159,22 @@ def test_config_files(tmp_path):
         get_config(bad)
     with pytest.raises(ConfigError, match="unknown config"):
         get_config("yolact_huge")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('name: x\nmax_size: "abc"\n', "config field 'max_size' must be an integer, got 'abc'"),
+        ("name: x\nbackbone: {layers: [1, 1, a]}\n", "config field 'backbone.layers' must be a list of integers"),
+        ("name: x\npred_scales: [[12], [b]]\n", "'pred_scales' must be a list of lists of integers"),
+        ("name: x\nuse_pixel_scales: 1\n", "'use_pixel_scales' must be a boolean"),
+        ("name: x\nbackbone: [1]\n", "'backbone' must be a mapping"),
+        (": : :\n- [\n", "cannot parse config file"),
+    ],
+)
+def test_a_config_file_typo_is_one_clear_error(tmp_path, text, message):
+    path = tmp_path / "custom.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        get_config(path)
+    assert message in str(info.value) and "\n" not in str(info.value)

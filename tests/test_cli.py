@@ -12,7 +12,8 @@ import pytest
 
 from trt_yolact.cli import COMMANDS
 from trt_yolact.cli import main as cli_main
-from trt_yolact.errors import CheckpointError, run_command
+from trt_yolact.command_line import run_command
+from trt_yolact.errors import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 

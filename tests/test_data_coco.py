@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 
 from trt_yolact.data.augment import TrainTransform, ValTransform
 from trt_yolact.data.coco import Batch, CocoDetection, Sample, ann_to_mask, collate_samples, make_loader
-from trt_yolact.data.shapes import SHAPE_CLASSES, generate_dataset
+from trt_yolact.data.synthetic import SHAPE_CLASSES, generate_dataset
 
 SIZE = 48
 

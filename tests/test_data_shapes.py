@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from trt_yolact.data.shapes import (
+from trt_yolact.data.shapes import main
+from trt_yolact.data.synthetic import (
     MIN_VISIBLE_PIXELS,
     SHAPE_CLASSES,
     _unseen_background,
     generate_dataset,
     image_rng,
-    main,
     rasterize,
     render_sample,
     sample_shape,

@@ -26,7 +26,6 @@ from trt_yolact.deploy.engine_format import (
     rebuild_command,
     sidecar_path,
     trt_major,
-    write_sidecar,
 )
 from trt_yolact.deploy.tensorrt_build import (
     BuildProfile,
@@ -35,8 +34,9 @@ from trt_yolact.deploy.tensorrt_build import (
     expected_metadata,
     is_engine_stale,
     precision_plan,
+    write_sidecar,
 )
-from trt_yolact.errors import EngineBuildError, PrecisionError, TensorRTUnavailable
+from trt_yolact.errors import EngineBuildError, PrecisionError, RunnerError, TensorRTUnavailable
 from trt_yolact.runtime.tensorrt_runner import engine_layers
 
 API_DIR = Path(__file__).resolve().parent / "data" / "tensorrt_api"
@@ -719,7 +719,7 @@ def test_engine_layers(fake_trt, onnx_pair, tmp_path):
     build_engine(onnx_pair[1], out)
     assert engine_layers(out) == {"Layers": ["conv"], "format": "JSON"}
     out.write_bytes(b"garbage")
-    with pytest.raises(EngineBuildError, match="rebuild"):
+    with pytest.raises(RunnerError, match="from its checkpoint"):
         engine_layers(out)
 
 

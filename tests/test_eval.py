@@ -86,7 +86,7 @@ def test_perfect_detections_score_ap_one(tmp_path):
     predictor = ScriptedPredictor([[(*o, 0.9) for o in objs] for objs in RECTS])
     result, results = evaluate(predictor, ann, images, batch_size=2, progress=False)
     assert result.bbox["AP"] == pytest.approx(1.0) and result.segm["AP"] == pytest.approx(1.0)
-    assert result.segm["AP50"] == pytest.approx(1.0) and result.num_images == 3
+    assert result.segm["AP50"] == pytest.approx(1.0) and result.images_evaluated == 3 and result.images_missing == []
     assert {r["category_id"] for r in results} == {3, 7}
 
 

@@ -48,8 +48,9 @@ def test_predict_writes_coco_results_and_overlays(reference_dir, tmp_path, capsy
     assert sorted(p.name for p in (tmp_path / "vis").iterdir()) == ["000000000042.png", "shapes.png"]
 
 
-def test_predict_reports_a_missing_checkpoint(tmp_path, capsys):
-    code = predict_main(["--weights", str(tmp_path / "none.pth"), str(tmp_path)])
+def test_predict_reports_a_missing_checkpoint(reference_dir, tmp_path, capsys):
+    image = str(reference_dir / "shapes.png")
+    code = predict_main(["--weights", str(tmp_path / "none.pth"), "--out", str(tmp_path / "r.json"), image])
     assert code == 2 and "does not exist" in capsys.readouterr().err
 
 
@@ -68,6 +69,9 @@ def test_predict_with_onnxruntime_matches_torch(reference_dir, tmp_path):
         assert predict_main([*weights, *extra, "--score-threshold", "0.3", "--out", str(out), image]) == 0
         runs[name] = json.loads(out.read_text())
     onnx_file = next((tmp_path / "cache").glob("*.onnx"))
+    # A deployed file's precision is fixed: asking for another is an error, not silently ignored.
+    args = ["--weights", str(onnx_file), "--precision", "fp16", "--out", str(tmp_path / "no.json"), image]
+    assert predict_main(args) == 2 and not (tmp_path / "no.json").exists()
     out = tmp_path / "file.json"
     assert predict_main(["--weights", str(onnx_file), "--score-threshold", "0.3", "--out", str(out), image]) == 0
     runs["file"] = json.loads(out.read_text())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trt_yolact.data.shapes import SHAPE_CLASSES, generate_dataset
+from trt_yolact.data.synthetic import SHAPE_CLASSES, generate_dataset
 from trt_yolact.inference.predictor import Predictor
 from trt_yolact.metrics.coco_eval import evaluate
 from trt_yolact.model.checkpoint import EMBEDDED_MODELS, embedded_model_path, load_model

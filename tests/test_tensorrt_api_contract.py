@@ -334,8 +334,18 @@ def test_name_lists_are_sorted_and_plausible(api_lists):
 
 # --------------------------------------------------------------------------- the checker itself
 
-_COMMON = {"Builder", "BuilderFlag", "BuilderFlag.TF32", "__version__", "IBuilderConfig", "IBuilderConfig.set_flag",
-           "IProgressMonitor", "IProgressMonitor.phase_start", "DataType", "DataType.HALF"}  # fmt: skip
+_COMMON = {
+    "Builder",
+    "BuilderFlag",
+    "BuilderFlag.TF32",
+    "__version__",
+    "IBuilderConfig",
+    "IBuilderConfig.set_flag",
+    "IProgressMonitor",
+    "IProgressMonitor.phase_start",
+    "DataType",
+    "DataType.HALF",
+}
 LISTS = {"10.0.0": frozenset(_COMMON | {"BuilderFlag.FP16"}), "11.0.0": frozenset(_COMMON)}  # FP16 flag: 10.x only
 
 

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from trt_yolact.config import BackboneConfig, YolactConfig
 from trt_yolact.data.augment import TrainTransform, ValTransform
 from trt_yolact.data.coco import CocoDetection, collate_samples
-from trt_yolact.data.shapes import SHAPE_CLASSES, generate_dataset
+from trt_yolact.data.synthetic import SHAPE_CLASSES, generate_dataset
 from trt_yolact.inference.predictor import Predictor
 from trt_yolact.metrics.coco_eval import evaluate
 from trt_yolact.runtime.torch_runner import TorchRunner

@@ -24,33 +24,43 @@ from .command_line import (
     non_negative_int,
     positive_int,
     positive_int_list,
+    run_command,
 )
-from .errors import run_command
+from .config import EMBEDDED_MODELS, RuntimeOptions
+from .errors import BackendUnavailable
 from .files import atomic_write_text
 from .metrics.speed import BenchOptions, BenchRow, markdown_table, plot_rows, run_benchmark, table_rows
 from .model.checkpoint import ModelSource
+from .runtime.open import artifact_backend
 from .tables import format_table
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trt_yolact.bench", description=__doc__.splitlines()[0])
-    add_weights_argument(parser, several=True, checkpoint_only=True)
-    add_runtime_arguments(parser, several=True)
-    parser.add_argument(
-        "--batch", type=positive_int_list, default=(1, 8), help="comma-separated batch sizes (default: 1,8)"
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    d = BenchOptions()
+    parser = argparse.ArgumentParser(prog=prog or "python -m trt_yolact.bench", description=__doc__.splitlines()[0])
+    add_weights_argument(
+        parser, several=True, default=",".join(EMBEDDED_MODELS), default_text=",".join(EMBEDDED_MODELS)
     )
-    parser.add_argument("--iters", type=positive_int, default=20, help="measured rounds (default: 20)")
-    parser.add_argument("--warmup", type=non_negative_int, default=3, help="unmeasured iterations first (default: 3)")
+    add_runtime_arguments(parser, several=True, backends=d.backends)
+    parser.add_argument(
+        "--batch",
+        type=positive_int_list,
+        default=d.batches,
+        help=f"comma-separated batch sizes (default: {','.join(map(str, d.batches))})",
+    )
+    parser.add_argument("--iters", type=positive_int, default=d.iters, help=f"measured rounds (default: {d.iters})")
+    parser.add_argument(
+        "--warmup", type=non_negative_int, default=d.warmup, help=f"unmeasured iterations first (default: {d.warmup})"
+    )
     parser.add_argument(
         "--settle",
         type=non_negative_int,
-        default=1,
+        default=d.settle,
         help="unmeasured iterations of a configuration before each measured one (0: none)",
     )
     parser.add_argument("--json", default=None)
     parser.add_argument("--md", default=None, help="markdown table")
     parser.add_argument("--plot", default=None)
-    parser.set_defaults(weights="yolact_shapes,yolact_shapes_pruned", backends=("torch", "onnxruntime"))
     return parser
 
 
@@ -64,7 +74,7 @@ def write_outputs(rows: list[BenchRow], skipped: list[str], args: argparse.Names
         "skipped": skipped,
     }
     if args.json:
-        atomic_write_text(args.json, json.dumps(report, indent=2))
+        atomic_write_text(args.json, json.dumps(report, indent=2, allow_nan=False))
     if args.md:
         atomic_write_text(args.md, markdown_table(rows) + "\n")
     if args.plot and rows:
@@ -72,19 +82,13 @@ def write_outputs(rows: list[BenchRow], skipped: list[str], args: argparse.Names
 
 
 def _run(args: argparse.Namespace) -> int:
-    sources = [ModelSource.load(w, args.config) for w in args.weights.split(",") if w]
-    options = BenchOptions(
-        backends=args.backends,
-        precisions=args.precision,
-        batches=args.batch,
-        iters=args.iters,
-        warmup=args.warmup,
-        settle=args.settle,
-        device=args.device,
-        cache_dir=args.cache,
-    )
+    runtime = RuntimeOptions(device=args.device, config=args.config, cache_dir=args.cache)
+    models = [w if artifact_backend(w) else ModelSource.load(w, args.config) for w in args.weights.split(",") if w]
+    options = BenchOptions(args.backends, args.precision, args.batch, args.iters, args.warmup, args.settle, runtime)
     with torch.inference_mode():
-        rows, skipped = run_benchmark(sources, options)
+        rows, skipped = run_benchmark(models, options)
+    if not rows:
+        raise BackendUnavailable("no configuration can run here:\n" + "\n".join(f"  {line}" for line in skipped))
     header, body = table_rows(rows)
     print(format_table(body, header))
     for line in skipped:
@@ -93,8 +97,8 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     return run_command(lambda: _run(args))
 
 

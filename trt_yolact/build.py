@@ -18,31 +18,31 @@ from pathlib import Path
 
 import torch
 
-from .command_line import add_config_argument, parsed_by, positive_int
+from .command_line import add_weights_argument, parsed_by, positive_int, run_command
 from .config import PRECISIONS
 from .deploy.tensorrt_build import BuildProfile
-from .errors import CheckpointError, run_command
+from .errors import CheckpointError
 from .files import atomic_write_text
 from .metrics.verify import BuildOptions, BuildReport, build_and_verify
 from .model.checkpoint import EMBEDDED_MODELS, embedded_model_path
 from .runtime.open import artifact_backend
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trt_yolact.build", description=__doc__.splitlines()[0])
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    d = BuildOptions()
+    parser = argparse.ArgumentParser(prog=prog or "python -m trt_yolact.build", description=__doc__.splitlines()[0])
+    add_weights_argument(parser, checkpoint_only=True, default_text="every embedded demo model")
     parser.add_argument(
-        "--weights", default=None, help="checkpoint file or embedded model name (default: every embedded demo model)"
+        "--fuse", action=argparse.BooleanOptionalAction, default=d.fuse, help="fold BN into convs (default: on)"
     )
-    add_config_argument(parser)
     parser.add_argument(
-        "--fuse", action=argparse.BooleanOptionalAction, default=True, help="fold BN into convs (default: on)"
+        "--precision", choices=PRECISIONS, default=d.precision, help=f"of the engine (default: {d.precision})"
     )
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp16", help="of the engine (default: fp16)")
     parser.add_argument(
         "--batch",
         type=parsed_by(BuildProfile.parse),
-        default=BuildProfile(),
-        help="TensorRT profile min,opt,max batch (default 1,4,8)",
+        default=d.profile,
+        help=f"TensorRT profile min,opt,max batch (default {d.profile})",
     )
     parser.add_argument(
         "--postprocess",
@@ -50,9 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="host",
         help="graph: also export the ONNX with in-graph NMS and mask assembly",
     )
-    parser.add_argument("--out", default="export", help="ONNX and report folder (default: export/)")
-    parser.add_argument("--engines", default="engines", help="TensorRT engine folder (default: engines/)")
-    parser.add_argument("--repeats", type=positive_int, default=5, help="timed runs per artifact")
+    parser.add_argument("--out", default=str(d.out_dir), help=f"ONNX and report folder (default: {d.out_dir}/)")
+    parser.add_argument(
+        "--engines", default=str(d.engine_dir), help=f"TensorRT engine folder (default: {d.engine_dir}/)"
+    )
+    parser.add_argument(
+        "--repeats", type=positive_int, default=d.repeats, help=f"timed runs per artifact (default: {d.repeats})"
+    )
     return parser
 
 
@@ -92,14 +96,14 @@ def _run(args: argparse.Namespace) -> int:
     for weights in [args.weights] if args.weights else default_weights():
         report = build_and_verify(weights, options)
         report_path = atomic_write_text(
-            options.out_dir / f"{report.model}.build.json", json.dumps(report.to_dict(), indent=2)
+            options.out_dir / f"{report.model}.build.json", json.dumps(report.to_dict(), indent=2, allow_nan=False)
         )
         print_report(report, report_path)
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     interrupted = "build interrupted; finished artifacts are complete, none is half-written"
     return run_command(lambda: _run(args), interrupted)
 

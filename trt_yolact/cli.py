@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trt-yolact: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(f"trt_yolact.{argv[0]}")
-    return int(module.main(argv[1:]) or 0)
+    return int(module.main(argv[1:], prog=f"trt-yolact {argv[0]}") or 0)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,34 @@
-"""What every command shares: the model arguments and argument types.
+"""What every command shares: the model arguments, argument types, and one line for a user's mistake.
 
-A command's ``main`` parses its arguments, calls library code inside :func:`trt_yolact.errors.run_command`,
-and prints.
+A command's ``main`` parses its arguments, calls library code inside :func:`run_command`, and prints. Errors
+a user can cause (:class:`~trt_yolact.errors.TrtYolactError`, ``OSError``) become ``error: ...`` on
+stderr and exit code 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
-from .config import BACKENDS, PRECISIONS
+from .config import BACKENDS, DEFAULT_CACHE, DEFAULT_MODEL, EMBEDDED_MODELS, PRECISIONS, RuntimeOptions
 from .errors import TrtYolactError
-from .inference.sources import DEFAULT_CACHE
 
-WEIGHTS_HELP = (
-    "checkpoint file, embedded model name (yolact_shapes, yolact_shapes_pruned), .onnx export or .engine "
-    "(default: yolact_shapes)"
-)
-CHECKPOINT_ONLY = " (this command needs a checkpoint)"
+
+def run_command(work: Callable[[], int], interrupted: str = "interrupted") -> int:
+    """``work()``'s exit code; a user's mistake is one ``error:`` line (exit 2), Ctrl-C exits 130."""
+    try:
+        return work()
+    except TrtYolactError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"\nerror: {interrupted}", file=sys.stderr)
+        return 130
+    return 2
 
 
 # ---- argument types: a bad value is reported by argparse, naming the flag
@@ -37,12 +46,24 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def fraction(text: str) -> float:
     """A float in [0, 1] (thresholds on scores)."""
     value = _number(text, float)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
     return value
+
+
+def fraction_list(text: str) -> tuple[float, ...]:
+    """``"0.7,0.9"`` -> ``(0.7, 0.9)``, each from 0 to 1."""
+    return tuple(fraction(part) for part in _parts(text))
 
 
 def positive_int_list(text: str) -> tuple[int, ...]:
@@ -94,42 +115,57 @@ def _parts(text: str) -> tuple[str, ...]:
 
 
 # ---- the arguments every command that takes a model spells the same way
+def weights_help(checkpoint_only: bool = False, default: str | None = DEFAULT_MODEL) -> str:
+    """What ``--weights`` accepts, the same words for every command."""
+    names = ", ".join(EMBEDDED_MODELS)
+    kinds = f"a checkpoint file or an embedded model name ({names})"
+    if not checkpoint_only:
+        kinds = f"a checkpoint file, an embedded model name ({names}), an .onnx export or a TensorRT .engine"
+    return kinds + (f" (default: {default})" if default else "")
+
+
 def add_weights_argument(
-    parser: argparse.ArgumentParser, required: bool = False, several: bool = False, checkpoint_only: bool = False
+    parser: argparse.ArgumentParser,
+    required: bool = False,
+    several: bool = False,
+    checkpoint_only: bool = False,
+    default: str | None = None,
+    default_text: str | None = DEFAULT_MODEL,
+    with_config: bool = True,
 ) -> None:
-    """``--weights``: a checkpoint, an embedded model name, an ``.onnx`` or an ``.engine``; ``several``:
-    comma-separated, the first is the baseline; ``checkpoint_only``: the command needs a checkpoint. Also
-    ``--config``, which names the model config where the file does not."""
-    text = WEIGHTS_HELP.replace(" (default: yolact_shapes)", "") + CHECKPOINT_ONLY if checkpoint_only else WEIGHTS_HELP
+    """``--weights`` (``several``: comma-separated, the first is the baseline) and, ``with_config``,
+    ``--config``, which names the model config where the file does not. ``checkpoint_only``: the command
+    needs a checkpoint."""
+    text = weights_help(checkpoint_only, None if required else default_text)
     if several:
-        text = f"comma-separated, the first is the baseline; each a {text}"
-    parser.add_argument("--weights", required=required, default=None, help=text)
-    add_config_argument(parser)
+        text = f"comma-separated, the first is the baseline; each {text}"
+    parser.add_argument("--weights", required=required, default=default, help=text)
+    if with_config:
+        add_config_argument(parser)
 
 
 def add_config_argument(parser: argparse.ArgumentParser, required: bool = False, help: str | None = None) -> None:
-    parser.add_argument(
-        "--config",
-        required=required,
-        default=None,
-        help=help or "preset name or .yaml/.json file (default: the model's own)",
-    )
+    text = help or "preset name or .yaml/.json file, for a file that does not carry its config"
+    parser.add_argument("--config", required=required, default=None, help=text)
 
 
-def add_runtime_arguments(parser: argparse.ArgumentParser, several: bool = False) -> None:
+def add_runtime_arguments(
+    parser: argparse.ArgumentParser, several: bool = False, backends: tuple[str, ...] = ("torch",)
+) -> None:
     """Where the model runs: backend(s), precision(s), device, and the cache for the artifacts they need."""
     if several:
+        joined = ",".join(backends)
         parser.add_argument(
             "--backends",
             type=choice_list(BACKENDS),
-            default=("torch",),
-            help=f"comma-separated: {','.join(BACKENDS)} (default: torch)",
+            default=backends,
+            help=f"comma-separated, of {','.join(BACKENDS)} (default: {joined})",
         )
         parser.add_argument(
             "--precision",
             type=choice_list(PRECISIONS),
             default=("fp32",),
-            help=f"comma-separated: {','.join(PRECISIONS)} (default: fp32)",
+            help=f"comma-separated, of {','.join(PRECISIONS)} (default: fp32)",
         )
     else:
         parser.add_argument(
@@ -138,9 +174,21 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, several: bool = False
             default=None,
             help="default: torch for a checkpoint, implied by an .onnx/.engine file",
         )
-        parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="for a checkpoint (default: fp32)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when torch sees a GPU)")
-    parser.add_argument("--cache", default=DEFAULT_CACHE, help="folder for the ONNX/engines a backend needs")
+        parser.add_argument(
+            "--precision",
+            choices=PRECISIONS,
+            default=None,
+            help="default: fp32 for a checkpoint, an .onnx/.engine file's own",
+        )
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cpu; TensorRT always runs on cuda)")
+    parser.add_argument(
+        "--cache", default=DEFAULT_CACHE, help=f"folder for the ONNX/engines a backend needs (default: {DEFAULT_CACHE})"
+    )
+
+
+def runtime_options(args: argparse.Namespace, max_batch: int = 8) -> RuntimeOptions:
+    """The options of :func:`add_runtime_arguments` (single backend form) and ``--config``."""
+    return RuntimeOptions(args.backend, args.precision, args.device, args.config, args.cache, max_batch)
 
 
 def add_postprocess_arguments(

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 COCO_CLASSES = (
     "person",
@@ -189,6 +190,10 @@ BACKBONE_KINDS = ("resnet", "darknet")
 # Where a model runs and in which precision (every deployed form is checked against torch fp32).
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16")
+DEFAULT_CACHE = "export/cache"
+# The demo models shipped inside the package (trt_yolact/weights/NAME.pth); the first is the default model.
+EMBEDDED_MODELS = ("yolact_shapes", "yolact_shapes_pruned")
+DEFAULT_MODEL = EMBEDDED_MODELS[0]  # where the ONNX files and engines a backend needs for a checkpoint are kept
 INPUT_NORMALIZATIONS = ("mean_std", "scale")
 
 
@@ -287,15 +292,54 @@ class YolactConfig:
             raise ConfigError(f"unknown config fields {unknown}; known fields: {sorted(known)}")
         if "name" not in data:
             raise ConfigError("a config needs a 'name'")
-        values = dict(data)
+        values = {k: _tuplify(v) for k, v in data.items()}
         backbone = values.pop("backbone", {})
         if isinstance(backbone, dict):
             bb_known = {f.name for f in dataclasses.fields(BackboneConfig)}
             bb_unknown = sorted(set(backbone) - bb_known)
             if bb_unknown:
                 raise ConfigError(f"unknown backbone fields {bb_unknown}; known: {sorted(bb_known)}")
-            backbone = BackboneConfig(**{k: _tuplify(v) for k, v in backbone.items()})
-        return cls(backbone=backbone, **{k: _tuplify(v) for k, v in values.items()})
+            backbone = {k: _tuplify(v) for k, v in backbone.items()}
+            _check_types(BackboneConfig(), backbone, "backbone.")
+            backbone = BackboneConfig(**backbone)
+        elif not isinstance(backbone, BackboneConfig):
+            raise ConfigError(f"config field 'backbone' must be a mapping of backbone fields, got {backbone!r}")
+        _check_types(SHAPES_CONFIG, values)
+        return cls(backbone=backbone, **values)
+
+
+def _check_types(example: Any, values: dict[str, Any], prefix: str = "") -> None:
+    """Each value of the same kind as ``example``'s field of that name (int, float, bool, str, or a list of
+    such), so a config file's typo is one clear error, not a failure deep inside the model."""
+    for name, value in values.items():
+        wanted = "" if name == "name" else getattr(example, name)
+        if not _same_kind(value, wanted):
+            raise ConfigError(f"config field '{prefix}{name}' must be {_kind(wanted)}, got {value!r}")
+
+
+def _kind(example: Any) -> str:
+    """``256`` -> "an integer", ``((12,),)`` -> "a list of lists of integers"."""
+    if isinstance(example, tuple):
+        return f"a list of {_plural(example[0])}" if example else "a list"
+    names = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string"}
+    return names.get(type(example), f"a {type(example).__name__}")
+
+
+def _plural(example: Any) -> str:
+    if isinstance(example, tuple):
+        return f"lists of {_plural(example[0])}" if example else "lists"
+    names = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+    return names.get(type(example), f"{type(example).__name__}s")
+
+
+def _same_kind(value: Any, example: Any) -> bool:
+    if isinstance(example, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(example, bool)
+    if isinstance(example, float):
+        return isinstance(value, (int, float))
+    if isinstance(example, tuple):
+        return isinstance(value, tuple) and (not example or all(_same_kind(v, example[0]) for v in value))
+    return isinstance(value, type(example))
 
 
 def _tuplify(value: Any) -> Any:
@@ -360,7 +404,7 @@ def load_config_file(path: str | Path) -> YolactConfig:
         else:
             data = json.loads(text)
     except Exception as exc:  # noqa: BLE001 - any parse failure becomes one clear message
-        raise ConfigError(f"cannot parse config file {path}: {exc}") from None
+        raise ConfigError(f"cannot parse config file {path}: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of config fields")
     return YolactConfig.from_dict(data)
@@ -402,3 +446,18 @@ class PostprocessConfig:
     score_threshold: float = 0.0  # final filter on detection scores (the original's postprocess)
     crop_masks: bool = True
     full_resolution_masks: bool = True  # False: low-resolution mask probabilities, faster
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Where and how a model runs."""
+
+    backend: str | None = None  # None: torch for a checkpoint, the backend a deployed file's kind implies
+    precision: str | None = None  # None: fp32 for a checkpoint, a deployed file's own
+    device: str | None = None  # None: cpu (cuda for TensorRT)
+    config: str | os.PathLike | None = None  # where the file does not name its model config
+    cache_dir: str | os.PathLike = DEFAULT_CACHE  # ONNX files and engines made for a checkpoint
+    max_batch: int = 8  # the largest batch of a TensorRT engine made for a checkpoint
+
+    def device_for(self, backend: str) -> str:
+        return self.device or ("cuda" if backend == "tensorrt" else "cpu")

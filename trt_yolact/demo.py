@@ -22,18 +22,20 @@ from .command_line import (
     add_runtime_arguments,
     add_weights_argument,
     positive_int,
+    run_command,
+    runtime_options,
 )
 from .config import PostprocessConfig
-from .errors import TrtYolactError, first_line, run_command
+from .errors import TrtYolactError, first_line
 from .inference.predictor import Predictor
 from .inference.sources import open_runner
 from .inference.stream import PipelineError, run_demo
 from .inference.video_io import VideoSource
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m trt_yolact.demo",
+        prog=prog or "python -m trt_yolact.demo",
         description=__doc__.splitlines()[0],
         epilog="Ctrl-C stops and keeps a playable video; press it twice to drop the frames in flight.",
     )
@@ -54,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     source = VideoSource.open(args.source)  # a bad source fails before any model is loaded
     try:
-        runner, config = open_runner(args.weights, args.backend, args.precision, args.config, args.device, args.cache)
+        runner, config = open_runner(args.weights, runtime_options(args, max_batch=args.batch_size))
         predictor = Predictor(
             runner, config, PostprocessConfig(score_threshold=args.score_threshold, max_detections=args.top_k)
         )
@@ -64,7 +66,13 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with runner:
             stats = run_demo(
-                predictor, source, args.out, args.batch_size, not args.no_display, args.max_frames, progress=True
+                predictor,
+                source,
+                args.out,
+                batch=args.batch_size,
+                display=not args.no_display,
+                max_frames=args.max_frames,
+                progress=True,
             )
     except PipelineError as exc:
         if not isinstance(exc.__cause__, (TrtYolactError, OSError)):
@@ -77,8 +85,8 @@ def _run(args: argparse.Namespace) -> int:
     return 130 if stats.interrupted else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     # OpenCV's and FFmpeg's own warnings would repeat our one-line errors (set the variable to see them).
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)

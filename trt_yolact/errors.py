@@ -1,4 +1,4 @@
-"""Errors a user can cause, under one base class, and how every command reports them (:func:`run_command`).
+"""Errors a user can cause, under one base class (commands report them with ``command_line.run_command``).
 
 Every command catches :class:`TrtYolactError` (and ``OSError``) and prints its message; any other exception
 is a bug and keeps its traceback. Each class also derives from the built-in type it replaces, so that code
@@ -6,9 +6,6 @@ catching ``ValueError`` or ``ImportError`` keeps working.
 """
 
 from __future__ import annotations
-
-import sys
-from collections.abc import Callable
 
 
 class TrtYolactError(Exception):
@@ -79,17 +76,3 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (its type name when empty), at most ``limit`` characters."""
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
-
-
-def run_command(work: Callable[[], int], interrupted: str = "interrupted") -> int:
-    """``work()``'s exit code; a user's mistake is one ``error:`` line (exit 2), Ctrl-C exits 130."""
-    try:
-        return work()
-    except TrtYolactError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-    except OSError as exc:
-        print(f"error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
-    except KeyboardInterrupt:
-        print(f"\nerror: {interrupted}", file=sys.stderr)
-        return 130
-    return 2

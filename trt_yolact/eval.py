@@ -18,81 +18,109 @@ from .command_line import (
     add_postprocess_arguments,
     add_runtime_arguments,
     add_weights_argument,
+    non_negative_float,
     positive_int,
+    run_command,
 )
-from .config import PostprocessConfig
-from .errors import run_command
+from .config import PostprocessConfig, RuntimeOptions
+from .errors import UsageError
 from .files import atomic_write_text
 from .metrics.coco_eval import Comparison, EvalOptions, compare, comparison_table, load_annotations, plot_comparison
+from .runtime.open import artifact_backend
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trt_yolact.eval", description=__doc__.splitlines()[0])
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog or "python -m trt_yolact.eval", description=__doc__.splitlines()[0])
     add_weights_argument(parser, several=True)
     add_runtime_arguments(parser, several=True)
     add_postprocess_arguments(parser)
     parser.add_argument("--ann", required=True, help="COCO instances JSON")
     parser.add_argument("--images", required=True, help="folder of the annotated images")
+    parser.add_argument(
+        "--allow-missing-images",
+        action="store_true",
+        help="evaluate the images that can be read, on their own annotations only, when some "
+        "listed ones are absent or unreadable (default: that is an error)",
+    )
     parser.add_argument("--json", default=None, help="write the comparison rows here")
     parser.add_argument("--plot", default=None, help="bar chart PNG of the APs")
     parser.add_argument("--results", default=None, help="COCO results JSON of the first row")
     parser.add_argument("--max-images", type=positive_int, default=None)
     parser.add_argument(
         "--max-ap-drop",
-        type=float,
+        type=non_negative_float,
         default=None,
         metavar="POINTS",
-        help="exit 1 when a row loses more mask AP than this against torch FP32",
+        help="exit 1 when a row loses more mask AP than this against its torch FP32 row",
     )
     return parser
 
 
 def write_outputs(comparison: Comparison, args: argparse.Namespace) -> None:
     if args.json:
-        rows = [asdict(r) for r in comparison.rows]
-        atomic_write_text(args.json, json.dumps({"rows": rows, "skipped": comparison.skipped}, indent=2))
+        report = {
+            "rows": [asdict(r) for r in comparison.rows],
+            "skipped": comparison.skipped,
+            "missing_images": comparison.missing_images,
+        }
+        atomic_write_text(args.json, json.dumps(report, indent=2, allow_nan=False))
     if args.plot and comparison.rows:
         plot_comparison(comparison.rows, args.plot)
     if args.results and comparison.first_results is not None:
         atomic_write_text(args.results, json.dumps(comparison.first_results))
 
 
-@torch.no_grad()
-def _run(args: argparse.Namespace) -> int:
-    load_annotations(args.ann)  # bad annotations fail before any model work
-    options = EvalOptions(
+def _options(args: argparse.Namespace) -> EvalOptions:
+    runtime = RuntimeOptions(device=args.device, config=args.config, cache_dir=args.cache)
+    return EvalOptions(
         ann_file=args.ann,
         image_dir=args.images,
         backends=args.backends,
         precisions=args.precision,
-        config=args.config,
-        device=args.device,
-        cache_dir=args.cache,
+        runtime=runtime,
         batch_size=args.batch_size,
         max_images=args.max_images,
+        allow_missing_images=args.allow_missing_images,
         postprocess=PostprocessConfig(score_threshold=args.score_threshold, max_detections=args.top_k),
     )
-    comparison = compare(args.weights.split(",") if args.weights else [None], options)
-    for message in comparison.skipped_images:
-        print(f"skipped image: {message}", file=sys.stderr)
-    print(comparison_table(comparison.rows))
-    for line in comparison.skipped:
-        print(f"skipped: {line}")
-    write_outputs(comparison, args)
-    if args.max_ap_drop is None:
-        return 0
-    failing = [r for r in comparison.rows if -r.mask_ap_change > args.max_ap_drop]
+
+
+def _gate(comparison: Comparison, max_ap_drop: float) -> int:
+    """1 when a row loses more mask AP than allowed against its reference, else 0."""
+    failing = [r for r in comparison.rows if r.mask_ap_change is not None and -r.mask_ap_change > max_ap_drop]
     for r in failing:
         print(
             f"error: {r.model} {r.backend} {r.precision} loses {-r.mask_ap_change:.2f} mask AP points "
-            f"(allowed {args.max_ap_drop})",
+            f"(allowed {max_ap_drop})",
             file=sys.stderr,
         )
     return 1 if failing else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+@torch.no_grad()
+def _run(args: argparse.Namespace) -> int:
+    weights = args.weights.split(",") if args.weights else [None]
+    if args.max_ap_drop is not None and artifact_backend(weights[0]):
+        raise UsageError(
+            f"--max-ap-drop compares with torch FP32, and {weights[0]} has none: list the checkpoint it was "
+            f"made from first (--weights CHECKPOINT,{weights[0]})"
+        )
+    load_annotations(args.ann)  # bad annotations fail before any model work
+    comparison = compare(weights, _options(args))
+    print(comparison_table(comparison.rows))
+    if comparison.missing_images:
+        print(
+            f"note: {len(comparison.missing_images)} listed image(s) absent or unreadable, left out with their "
+            f"annotations (--allow-missing-images); first: {comparison.missing_images[0]}"
+        )
+    for line in comparison.skipped:
+        print(f"skipped: {line}")
+    write_outputs(comparison, args)
+    return 0 if args.max_ap_drop is None else _gate(comparison, args.max_ap_drop)
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     return run_command(lambda: _run(args))
 
 

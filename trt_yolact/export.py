@@ -1,7 +1,7 @@
 """Export YOLACT to ONNX (FP32, optionally FP16 and with the post-processing in the graph).
 
     python -m trt_yolact.export --weights CKPT [--config NAME_OR_FILE] [--out export/] [--name model] [--fp16]
-                                [--postprocess none|graph] [--batch N] [--opset 17] [--no-simplify]
+                                [--postprocess none|graph] [--batch N] [--opset N] [--no-simplify]
 
 The graph's interface and metadata: :mod:`trt_yolact.deploy.onnx_format`.
 """
@@ -14,18 +14,17 @@ from collections.abc import Sequence
 
 import torch
 
-from .command_line import add_weights_argument, positive_int
+from .command_line import add_weights_argument, positive_int, run_command
 from .config import PostprocessConfig
 from .deploy.artifacts import ExportOptions, export_artifacts
-from .deploy.onnx_export import MIN_OPSET
+from .deploy.onnx_export import DEFAULT_OPSET, MIN_OPSET
 from .deploy.onnx_format import POSTPROCESS_MODES
-from .errors import run_command
 from .model.checkpoint import ModelSource
 from .tables import format_table, human_size
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trt_yolact.export", description=__doc__.splitlines()[0])
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog or "python -m trt_yolact.export", description=__doc__.splitlines()[0])
     add_weights_argument(parser, checkpoint_only=True)
     parser.add_argument("--out", default="export", help="output folder (default: export/)")
     parser.add_argument(
@@ -34,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch", type=positive_int, default=None, metavar="N", help="fixed batch size N (default: dynamic)"
     )
-    parser.add_argument("--opset", type=int, default=17, help=f"ONNX opset, at least {MIN_OPSET} (default: 17)")
+    parser.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, at least {MIN_OPSET} (default: {DEFAULT_OPSET})"
+    )
     parser.add_argument("--fp16", action="store_true", help="also write FP16 versions (NAME.fp16.onnx)")
     parser.add_argument(
         "--postprocess",
@@ -54,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
     source = ModelSource.load(args.weights, args.config)  # a bad checkpoint fails before any folder is made
     options = ExportOptions(fuse=False, opset=args.opset, simplify=not args.no_simplify, batch=args.batch)
     post = PostprocessConfig(max_detections=args.max_detections) if args.postprocess == "graph" else None
-    written = export_artifacts(source, args.out, args.name, options, args.fp16, post)
+    written = export_artifacts(source, args.out, args.name, options, fp16=args.fp16, postprocess=post)
     rows = [(str(a.path), human_size(a.size_bytes), a.precision, a.postprocess) for a in written]
     print(format_table(rows, ("file", "size", "precision", "postprocess"), first_column_left=True))
     for artifact in written:
@@ -63,8 +64,8 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     return run_command(lambda: _run(args))
 
 

@@ -58,7 +58,11 @@ def staged_folder(out_dir: str | os.PathLike, error: type[Exception]) -> Iterato
         raise error(f"cannot write to output folder {out_dir}: {exc.strerror or exc}") from None
     try:
         yield staging
-        for item in sorted(staging.iterdir()):
+        made = sorted(staging.iterdir())
+        blocked = [out_dir / item.name for item in made if (out_dir / item.name).is_dir()]
+        if blocked:  # checked before any file moves, so that none does
+            raise error(f"cannot write {blocked[0]}: a folder of that name is in the way")
+        for item in made:
             os.replace(item, out_dir / item.name)
     except BaseException:
         if not existed:
@@ -66,3 +70,19 @@ def staged_folder(out_dir: str | os.PathLike, error: type[Exception]) -> Iterato
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
+    """Fail now, with the reason, when ``path`` (a file, or a folder with ``folder``) could not be written
+    later; the folders on the way are made. For commands that write only after long work."""
+    path = Path(path)
+    target = path if folder else path.parent
+    if folder and path.exists() and not path.is_dir():
+        raise NotADirectoryError(20, "not a folder", str(path))
+    if not folder and path.is_dir():
+        raise IsADirectoryError(21, "is a folder, not a file", str(path))
+    target.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=target)
+    os.close(fd)
+    os.unlink(probe)
+    return path

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import torch
 
-from .command_line import add_weights_argument, non_negative_int
-from .errors import FuseError, UsageError, run_command
-from .model.checkpoint import ModelSource, save_checkpoint
-from .model.fuse import CARRIED_EXTRAS, conv_bn_pairs, fuse_model, max_output_difference
+from .command_line import add_weights_argument, non_negative_int, run_command
+from .errors import FuseError, UsageError
+from .model.checkpoint import ModelSource, save_fused_checkpoint
+from .model.fuse import conv_bn_pairs, fuse_model, max_output_difference
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trt_yolact.fuse", description=__doc__.splitlines()[0])
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog or "python -m trt_yolact.fuse", description=__doc__.splitlines()[0])
     add_weights_argument(parser, required=True, checkpoint_only=True)
     parser.add_argument("--out", required=True, help="fused checkpoint to write")
     parser.add_argument("--half", action="store_true", help="store tensors as fp16 (half the file; loads as fp32)")
@@ -45,8 +45,7 @@ def _run(args: argparse.Namespace) -> int:
     fused = fuse_model(model)
     size = source.config.max_size if args.check_size is None else args.check_size
     difference = max_output_difference(model, fused, size) if size > 0 else None
-    extras = {k: source.extra[k] for k in CARRIED_EXTRAS if k in source.extra}
-    written = save_checkpoint(args.out, fused, half=args.half, fused=True, **extras)
+    written = save_fused_checkpoint(args.out, fused, source.extra, half=args.half)
     check = f"; raw outputs differ by at most {difference:.2e} at {size}x{size}" if difference is not None else ""
     print(
         f"folded {len(conv_bn_pairs(model))} batch norms -> {written} ({written.stat().st_size / 2**20:.1f} MiB){check}"
@@ -54,8 +53,8 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     return run_command(lambda: _run(args))
 
 

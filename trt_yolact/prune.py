@@ -14,14 +14,14 @@ from collections.abc import Sequence
 
 import torch
 
-from .command_line import add_weights_argument, positive_int
-from .errors import UsageError, run_command
+from .command_line import add_weights_argument, positive_int, run_command
+from .errors import UsageError
 from .files import atomic_write_text
 from .model.prune import PruneOptions, prune_checkpoint
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trt_yolact.prune", description=__doc__.splitlines()[0])
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog or "python -m trt_yolact.prune", description=__doc__.splitlines()[0])
     add_weights_argument(parser, required=True, checkpoint_only=True)
     rule = parser.add_mutually_exclusive_group(required=True)
     rule.add_argument("--ratio", type=float, help="prune this share of prunable channels (global |gamma| percentile)")
@@ -38,7 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 @torch.no_grad()
 def _run(args: argparse.Namespace) -> int:
-    options = PruneOptions(args.ratio, args.threshold, args.min_keep, args.round_to, True, args.input_size)
+    options = PruneOptions(
+        ratio=args.ratio,
+        threshold=args.threshold,
+        min_keep=args.min_keep,
+        round_to=args.round_to,
+        input_size=args.input_size,
+    )
     if args.input_size is not None and args.input_size < 32:
         raise UsageError(f"--input-size must be at least 32, got {args.input_size}")
     if not args.dry_run and not args.out:
@@ -50,8 +56,8 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     return run_command(lambda: _run(args))
 
 

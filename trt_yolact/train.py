@@ -16,23 +16,35 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from .command_line import add_config_argument, non_negative_int, positive_int
-from .errors import TrainingError, run_command
+from .command_line import (
+    add_config_argument,
+    add_weights_argument,
+    fraction_list,
+    non_negative_int,
+    positive_int,
+    run_command,
+)
+from .errors import TrainingError
 from .training.trainer import FINAL_MODEL, TRAIN_STATE, TrainConfig, Trainer, TrainingRun, make_trainer
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     d = TrainConfig()
-    parser = argparse.ArgumentParser(prog="python -m trt_yolact.train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog or "python -m trt_yolact.train", description=__doc__.splitlines()[0])
     add_config_argument(parser, required=True, help="preset name or .yaml/.json file: the architecture")
-    parser.add_argument("--weights", default=None, help="initial weights: a checkpoint, e.g. a pruned one to fine-tune")
+    add_weights_argument(parser, checkpoint_only=True, default_text="a model initialised afresh", with_config=False)
     parser.add_argument("--data-train", required=True, metavar="ANN:IMAGES")
     parser.add_argument("--data-val", default=None, metavar="ANN:IMAGES")
     parser.add_argument("--iters", type=positive_int, default=d.iters)
     parser.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="per process")
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--warmup-iters", type=non_negative_int, default=d.warmup_iters)
-    parser.add_argument("--lr-steps", default=",".join(str(s) for s in d.lr_steps), help="fractions of --iters")
+    parser.add_argument(
+        "--lr-steps",
+        type=fraction_list,
+        default=d.lr_steps,
+        help=f"fractions of --iters where the lr steps down (default: {d.lr_steps})",
+    )
     parser.add_argument("--seed", type=non_negative_int, default=d.seed)
     parser.add_argument("--workers", type=non_negative_int, default=d.workers)
     parser.add_argument("--val-every", type=non_negative_int, default=d.val_every)
@@ -65,7 +77,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         batch_size=args.batch_size,
         lr=args.lr,
         warmup_iters=args.warmup_iters,
-        lr_steps=tuple(float(s) for s in args.lr_steps.split(",") if s),
+        lr_steps=args.lr_steps,
         seed=args.seed,
         workers=args.workers,
         val_every=args.val_every,
@@ -109,8 +121,8 @@ def _train(trainer: Trainer, stop_at: int | None) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     return run_command(lambda: _train(_prepare(args), args.stop_at))
 
 

@@ -10,9 +10,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "SHAPE_CLASSES": "shapes",
-    "generate_dataset": "shapes",
-    "render_sample": "shapes",
+    "SHAPE_CLASSES": "synthetic",
+    "generate_dataset": "synthetic",
+    "render_sample": "synthetic",
     "Batch": "coco",
     "CocoDetection": "coco",
     "Sample": "coco",

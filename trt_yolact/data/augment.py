@@ -13,9 +13,11 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-MEAN_BGR = np.array((103.94, 116.78, 123.68), dtype=np.float32)
-STD_BGR = np.array((57.38, 57.12, 58.40), dtype=np.float32)
-NORMALIZE_MODES = ("mean_std", "scale")
+from ..config import INPUT_NORMALIZATIONS as NORMALIZE_MODES
+from ..config import MEAN_BGR, STD_BGR
+
+_MEAN = np.array(MEAN_BGR, dtype=np.float32)
+_STD = np.array(STD_BGR, dtype=np.float32)
 # SSD crop modes: None keeps the whole image; otherwise the minimum IoU one box must have with the crop.
 CROP_MIN_IOUS: tuple[float | None, ...] = (None, 0.1, 0.3, 0.7, 0.9, -np.inf)
 _CV2_MAX_RESIZE_CHANNELS = 128  # cv2.resize rejects arrays with many channels; resize masks in chunks
@@ -129,7 +131,7 @@ def expand(sample: Annotated, rng: np.random.Generator, max_ratio: float = 4.0) 
     new_h, new_w = int(height * ratio), int(width * ratio)
     left, top = int(rng.uniform(0, new_w - width)), int(rng.uniform(0, new_h - height))
     image = np.empty((new_h, new_w, 3), dtype=np.float32)
-    image[:] = MEAN_BGR
+    image[:] = _MEAN
     image[top : top + height, left : left + width] = sample.image
     masks = np.zeros((sample.masks.shape[0], new_h, new_w), dtype=np.uint8)
     masks[:, top : top + height, left : left + width] = sample.masks
@@ -230,7 +232,7 @@ def drop_small(sample: Annotated, min_size: float) -> Annotated:
 def normalize_image(image: np.ndarray, mode: str = "mean_std") -> np.ndarray:
     """BGR HWC float -> normalised RGB CHW float32."""
     if mode == "mean_std":
-        image = (image - MEAN_BGR) / STD_BGR
+        image = (image - _MEAN) / _STD
     elif mode == "scale":
         image = image / 255.0
     else:

@@ -21,9 +21,9 @@ from .. import __version__
 from ..config import PRECISIONS, PostprocessConfig, YolactConfig
 from ..errors import ExportError, PrecisionError, UsageError
 from ..files import sha256_file, staged_folder
-from ..model.checkpoint import ModelSource, build_model, read_checkpoint, save_checkpoint
-from ..model.fuse import CARRIED_EXTRAS, fuse_model
-from .onnx_export import export_onnx
+from ..model.checkpoint import ModelSource, build_model, read_checkpoint, save_fused_checkpoint
+from ..model.fuse import fuse_model
+from .onnx_export import DEFAULT_OPSET, export_onnx
 from .onnx_format import read_onnx_metadata
 from .onnx_fp16 import DEFAULT_KEEP_FP32_OPS, convert_fp16
 from .tensorrt_build import BuildProfile, build_engine
@@ -34,7 +34,7 @@ class ExportOptions:
     """How the chain makes its artifacts from a checkpoint."""
 
     fuse: bool = True  # fold BN into the convs first (the fused checkpoint artifact)
-    opset: int = 17
+    opset: int = DEFAULT_OPSET
     simplify: bool = True
     batch: int | None = None  # a fixed batch size; None: dynamic batch
 
@@ -69,7 +69,8 @@ class ArtifactChain:
     """Makes or reuses the artifacts of one checkpoint in ``folder`` (engines in ``engine_folder``).
 
     Files are named ``STEM[.postprocess][.fp16].onnx`` and ``STEM.fp16.engine``; ``STEM`` is ``stem`` when
-    given, else the model's name with ``.fused`` when the exports are made from a fused checkpoint.
+    given, else the model's name with ``.fused`` when the exports are made from a fused checkpoint. In a
+    cache (:meth:`cached`) the engine's name also carries its batch profile (``.b1-4-8``).
     """
 
     def __init__(
@@ -84,6 +85,7 @@ class ArtifactChain:
         self.folder = Path(folder)
         self.engine_folder = Path(engine_folder) if engine_folder is not None else self.folder
         self.stem = stem or f"{source.name}{'.fused' if options.fuse or source.fused else ''}"
+        self.profile_in_engine_name = False  # a cache keeps one engine per batch profile side by side
         self._hashes: dict[Path, str] = {}
 
     @classmethod
@@ -93,6 +95,7 @@ class ArtifactChain:
         digest = sha256_file(source.path)
         fused = ".fused" if options.fuse or source.fused else ""
         chain = cls(source, folder, stem=f"{source.name}-{digest[:12]}{fused}", options=options)
+        chain.profile_in_engine_name = True
         chain._hashes[source.path] = digest
         return chain
 
@@ -110,9 +113,8 @@ class ArtifactChain:
         if path.is_file() and _recorded_in_checkpoint(path) == (self._sha256(self.source.path), key, __version__):
             return Artifact(path, "checkpoint", "fp32", reused=True)
         fused = fuse_model(self.source.model(), inplace=True)
-        extras = {k: self.source.extra[k] for k in CARRIED_EXTRAS if k in self.source.extra}
         record = {"parent_sha256": self._sha256(self.source.path), "artifact_options": key}
-        save_checkpoint(path, fused, fused=True, trt_yolact_version=__version__, **extras, **record)
+        save_fused_checkpoint(path, fused, self.source.extra, trt_yolact_version=__version__, **record)
         self._hashes.pop(path, None)
         return Artifact(path, "checkpoint", "fp32")
 
@@ -160,8 +162,11 @@ class ArtifactChain:
 
     def engine(self, precision: str = "fp16", profile: BuildProfile | str = BuildProfile()) -> Artifact:
         """The TensorRT engine in ``precision``, built strongly typed from the ONNX of that precision."""
-        parent = self.onnx(precision)
-        path = self.engine_folder / f"{parent.path.stem}.engine"
+        parent, profile = self.onnx(precision), BuildProfile.parse(profile)
+        batches = (
+            f".b{profile.min_batch}-{profile.opt_batch}-{profile.max_batch}" if self.profile_in_engine_name else ""
+        )
+        path = self.engine_folder / f"{parent.path.stem}{batches}.engine"
         record = {"config": self.source.config.to_dict(), "source_sha256": self._sha256(self.source.path)}
         result = build_engine(parent.path, path, profile, precision=precision, extra_metadata=record)
         note = "reused" if result.reused else f"built in {result.build_seconds:.0f} s"

@@ -1,4 +1,5 @@
-"""What a TensorRT engine file is: its JSON sidecar, which TensorRT and GPU can run it, how to rebuild it.
+"""What a TensorRT engine file is, read-only: its JSON sidecar, which TensorRT and GPU can run it, how to
+rebuild it (the builder, :mod:`~trt_yolact.deploy.tensorrt_build`, writes the sidecar).
 
 Supported TensorRT versions: 10.x and 11.x (``SUPPORTED_TRT_MAJORS``). A serialized plan only deserializes
 with the exact TensorRT version that built it and its kernels target one compute capability, so every
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TensorRTUnavailable, UsageError
-from ..files import atomic_write_text
 
 SUPPORTED_TRT_MAJORS = ("10", "11")
 SIDECAR_FORMAT = 1
@@ -51,7 +51,10 @@ TRT_OBJECT_TYPES: dict[str, str] = {
 }
 
 # How to rebuild an engine whose sidecar does not match this TensorRT version and GPU; quoted in errors.
-REBUILD_COMMAND = "python -m trt_yolact.build --weights <checkpoint> --engines {folder}  (it replaces {engine})"
+# Engines a command made in its --cache folder are remade by that command when stale; this is for the others.
+REBUILD_COMMAND = (
+    "make {engine} again from its checkpoint: python -m trt_yolact.build --weights CHECKPOINT --engines {folder}"
+)
 
 
 def trt_major(trt_version: str) -> str:
@@ -117,17 +120,6 @@ def gpu_info(device: int | str | None = None) -> dict[str, str] | None:
 def sidecar_path(engine_path: str | os.PathLike) -> Path:
     """``model.engine`` -> ``model.engine.json``."""
     return Path(str(engine_path) + ".json")
-
-
-def normalize(value: Any) -> Any:
-    """JSON round trip, so tuples compare equal to the lists read back from the sidecar."""
-    return json.loads(json.dumps(value, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
-
-
-def write_sidecar(engine_path: str | os.PathLike, metadata: dict[str, Any]) -> Path:
-    path = sidecar_path(engine_path)
-    atomic_write_text(path, json.dumps(normalize(metadata), indent=2, sort_keys=True) + "\n")
-    return path
 
 
 def read_sidecar(engine_path: str | os.PathLike) -> dict[str, Any] | None:

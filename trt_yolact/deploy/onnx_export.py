@@ -31,6 +31,7 @@ from .onnx_format import EXPORTER, GRAPH_OUTPUT_NAMES, INPUT_NAME, RAW_OUTPUT_NA
 from .onnx_postprocess import YolactWithPostprocess
 
 MIN_OPSET = 17
+DEFAULT_OPSET = MIN_OPSET
 # The highest IR version written (unless the opset needs more): what ONNX Runtime >= 1.20 reads, and
 # the onnx release TensorRT 10's parser is built with; opsets 17..21 need IR 8..10.
 MAX_IR_VERSION = 10
@@ -199,7 +200,7 @@ def export_onnx(
     model: nn.Module,
     out_path: str | os.PathLike,
     batch_dynamic: bool = True,
-    opset: int = 17,
+    opset: int = DEFAULT_OPSET,
     simplify: bool = True,
     source_checkpoint: str | os.PathLike | None = None,
     *,

@@ -18,11 +18,28 @@ from typing import Any
 from .. import __version__
 from ..config import PostprocessConfig, YolactConfig
 from ..errors import EngineBuildError, ExportError, first_line
-from ..structures import GRAPH_OUTPUT_NAMES, OUTPUT_NAMES
+
+# The graph's output names are those of the typed outputs (re-exported here as part of the format).
+from ..structures import GRAPH_OUTPUT_NAMES
+from ..structures import OUTPUT_NAMES as RAW_OUTPUT_NAMES
+
+__all__ = [
+    "EXPORTER",
+    "GRAPH_OUTPUT_NAMES",
+    "INPUT_NAME",
+    "NETWORK_SCOPE",
+    "POSTPROCESS_MODES",
+    "RAW_OUTPUT_NAMES",
+    "build_metadata",
+    "deployed_parameter_count",
+    "load_onnx",
+    "onnx_input_size",
+    "onnx_is_fp16",
+    "parse_metadata",
+    "read_onnx_metadata",
+]
 
 INPUT_NAME = "images"
-RAW_OUTPUT_NAMES: tuple[str, ...] = OUTPUT_NAMES
-__all__ = ["GRAPH_OUTPUT_NAMES", "INPUT_NAME", "RAW_OUTPUT_NAMES"]
 EXPORTER = "torch.onnx.export (TorchScript-based, dynamo=False)"
 POSTPROCESS_MODES = ("none", "graph")
 # Node names inside the network start with this scope (the export wrappers hold the network as ``model``);
@@ -134,3 +151,21 @@ def onnx_input_size(onnx_path: str | os.PathLike) -> int:
             return int(h)
     names = [i.name for i in model.graph.input]
     raise EngineBuildError(f"ONNX model has no input named {INPUT_NAME!r} (inputs: {names})")
+
+
+def deployed_parameter_count(path: str | os.PathLike) -> int:
+    """The weights an ``.onnx`` file holds (elements of its floating-point initializers); 0 for a file whose
+    weights cannot be counted (an engine)."""
+    if Path(path).suffix.lower() != ".onnx":
+        return 0
+    import onnx
+
+    floating = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    count = 0
+    for init in load_onnx(path).graph.initializer:
+        if init.data_type in floating:
+            elements = 1
+            for d in init.dims:
+                elements *= int(d)
+            count += elements
+    return count

@@ -17,6 +17,7 @@ Naming conventions for TensorRT objects: :mod:`trt_yolact.deploy.engine_format`.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -27,17 +28,15 @@ from typing import Any, NamedTuple
 from .. import __version__
 from ..config import PRECISIONS
 from ..errors import EngineBuildError, PrecisionError, UsageError
-from ..files import atomic_write_bytes, sha256_file
+from ..files import atomic_write_bytes, atomic_write_text, sha256_file
 from .engine_format import (
     SIDECAR_FORMAT,
     SUPPORTED_TRT_MAJORS,
     gpu_info,
     import_tensorrt,
-    normalize,
     read_sidecar,
     sidecar_path,
     trt_major,
-    write_sidecar,
 )
 from .onnx_format import INPUT_NAME, onnx_input_size, onnx_is_fp16
 
@@ -158,6 +157,17 @@ def precision_plan(trt_version: str, onnx_is_fp16: bool, requested: str, trt: An
 
 
 # --------------------------------------------------------------------------- reuse
+
+
+def normalize(value: Any) -> Any:
+    """JSON round trip, so tuples compare equal to the lists read back from the sidecar."""
+    return json.loads(json.dumps(value, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
+
+
+def write_sidecar(engine_path: str | os.PathLike, metadata: dict[str, Any]) -> Path:
+    path = sidecar_path(engine_path)
+    atomic_write_text(path, json.dumps(normalize(metadata), indent=2, sort_keys=True) + "\n")
+    return path
 
 
 def expected_metadata(

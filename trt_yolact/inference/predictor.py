@@ -88,30 +88,30 @@ class Predictor:
 
 @dataclass
 class ImageResult:
-    """The detections of one image file."""
+    """The detections of one image file, or why it could not be read."""
 
     path: Path
     index: int  # position in the list of paths
-    image: np.ndarray
-    detections: Detections
+    image: np.ndarray | None = None
+    detections: Detections | None = None
+    error: str | None = None  # the file could not be read: no image, no detections
 
 
-def predict_paths(
-    predictor: Predictor, paths: Sequence[Path], batch_size: int, skipped: list[str]
-) -> Iterator[ImageResult]:
-    """The detections of every readable image, ``batch_size`` files at a time, in order; the message of each
-    unreadable one is appended to ``skipped``."""
+def predict_paths(predictor: Predictor, paths: Sequence[Path], batch_size: int) -> Iterator[ImageResult]:
+    """One result per path, in order, predicted ``batch_size`` files at a time; an unreadable file's result
+    carries the error instead."""
     for start in range(0, len(paths), batch_size):
-        indices, images = [], []
+        results: list[ImageResult] = []
         for index in range(start, min(start + batch_size, len(paths))):
             try:
-                images.append(read_image(paths[index]))
-                indices.append(index)
+                results.append(ImageResult(paths[index], index, image=read_image(paths[index])))
             except ImageError as exc:
-                skipped.append(str(exc))
-        if images:
-            for index, image, detections in zip(indices, images, predictor(images)):
-                yield ImageResult(paths[index], index, image, detections)
+                results.append(ImageResult(paths[index], index, error=str(exc)))
+        readable = [r for r in results if r.error is None]
+        if readable:
+            for result, detections in zip(readable, predictor([r.image for r in readable])):
+                result.detections = detections
+        yield from results
 
 
 def confident(detections: Detections, threshold: float) -> Detections:

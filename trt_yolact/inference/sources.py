@@ -3,63 +3,54 @@ opened as a runner for a backend and precision.
 
 A checkpoint runs in torch as it is; for ONNX Runtime and TensorRT its artifacts come from the artifact chain
 (:class:`~trt_yolact.deploy.artifacts.ArtifactChain`, made once per checkpoint content in a cache folder).
-A deployed file runs with the backend its kind implies.
+A deployed file runs with the backend its kind implies. Models run on the CPU unless told otherwise;
+TensorRT always runs on CUDA.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from pathlib import Path
+from dataclasses import replace
 
 import torch
 
-from ..config import BACKENDS, PRECISIONS, YolactConfig, get_config
+from ..config import BACKENDS, RuntimeOptions, YolactConfig, get_config
 from ..deploy.artifacts import ArtifactChain
 from ..deploy.engine_format import tensorrt_unavailable_reason
 from ..deploy.tensorrt_build import BuildProfile
 from ..errors import BackendUnavailable, RunnerError, UsageError
 from ..model.checkpoint import ModelSource
-from ..runtime.base import Runner, resolve_device
+from ..runtime.base import Runner
 from ..runtime.open import artifact_backend, open_artifact
 from ..runtime.torch_runner import TorchRunner
 
-DEFAULT_CACHE = "export/cache"
-
 
 def open_runner(
-    weights: str | os.PathLike | None,
-    backend: str | None = None,
-    precision: str = "fp32",
-    config: str | os.PathLike | None = None,
-    device: str | torch.device | None = None,
-    cache_dir: str | os.PathLike = DEFAULT_CACHE,
-    max_batch: int = 8,
+    weights: str | os.PathLike | None, options: RuntimeOptions = RuntimeOptions()
 ) -> tuple[Runner, YolactConfig]:
-    """A runner and its model config for any ``--weights`` value (None: the default embedded model).
-
-    ``backend``: None runs a checkpoint in torch and a deployed file with the backend its kind implies.
-    ``max_batch``: the largest batch of a TensorRT engine made for a checkpoint.
-    """
+    """A runner and its model config for any ``--weights`` value (None: the default embedded model)."""
     implied = artifact_backend(weights)
     if implied is None:
-        source = ModelSource.load(weights, config)
-        return runner_for(source, backend or "torch", precision, device, cache_dir, max_batch), source.config
-    if backend not in (None, implied):
-        raise UsageError(f"{weights} runs with the {implied} backend, not {backend}")
-    runner = open_artifact(weights, device)
+        source = ModelSource.load(weights, options.config)
+        return runner_for(source, options), source.config
+    if options.backend not in (None, implied):
+        raise UsageError(f"{weights} runs with the {implied} backend, not {options.backend}")
+    runner = open_artifact(weights, options.device_for(implied))
     try:
-        return runner, _artifact_config(runner, weights, config)
+        return runner, _artifact_config(runner, weights, options)
     except BaseException:
         runner.deactivate()
         raise
 
 
-def _artifact_config(runner: Runner, weights: str | os.PathLike, config: str | os.PathLike | None) -> YolactConfig:
+def _artifact_config(runner: Runner, weights: str | os.PathLike, options: RuntimeOptions) -> YolactConfig:
     """``--config`` or the config the artifact records, checked against what the artifact takes."""
     if getattr(runner, "postprocess", "none") != "none":
         raise UsageError(f"{weights} has the post-processing in the graph; use an export with --postprocess none")
-    chosen = get_config(config) if config else runner.config
+    if options.precision not in (None, runner.precision):
+        raise UsageError(f"{weights} is {runner.precision}, not {options.precision}: its precision is fixed")
+    chosen = get_config(options.config) if options.config else runner.config
     if chosen is None:
         raise UsageError(f"cannot tell the model config of {weights}: pass --config NAME_OR_FILE")
     if chosen.max_size != runner.input_size:
@@ -69,45 +60,38 @@ def _artifact_config(runner: Runner, weights: str | os.PathLike, config: str | o
     return chosen
 
 
-def runner_for(
-    source: ModelSource,
-    backend: str,
-    precision: str,
-    device: str | torch.device | None = None,
-    cache_dir: str | os.PathLike = DEFAULT_CACHE,
-    max_batch: int = 8,
-) -> Runner:
-    """A runner for a checkpoint on ``backend`` in ``precision``, or :class:`BackendUnavailable` saying why."""
+def runner_for(source: ModelSource, options: RuntimeOptions = RuntimeOptions()) -> Runner:
+    """A runner for a checkpoint on ``options.backend`` in ``options.precision``, or
+    :class:`BackendUnavailable` saying why it cannot run here."""
+    backend, precision = options.backend or "torch", options.precision or "fp32"
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    device = options.device_for(backend)
     if backend == "torch":
-        chosen = resolve_device(device)
-        if precision == "fp16" and chosen.type != "cuda":
-            raise BackendUnavailable("torch fp16 needs a CUDA GPU")
-        return TorchRunner(source.model(), chosen, precision)
-    chain = ArtifactChain.cached(source, Path(cache_dir))
+        return TorchRunner(source.model(), device, precision)
+    chain = ArtifactChain.cached(source, options.cache_dir)
     if backend == "onnxruntime":
         return _onnxruntime_runner(chain, precision, device)
     reason = tensorrt_unavailable_reason()
     if reason is not None:
         raise BackendUnavailable(reason)
-    engine = chain.engine(precision, BuildProfile(1, min(4, max_batch), max_batch))
+    engine = chain.engine(precision, BuildProfile(1, min(4, options.max_batch), options.max_batch))
     try:
         return open_artifact(engine.path, device)
     except RunnerError as exc:
         raise BackendUnavailable(str(exc)) from None
 
 
-def _onnxruntime_runner(chain: ArtifactChain, precision: str, device: str | torch.device | None) -> Runner:
+def _onnxruntime_runner(chain: ArtifactChain, precision: str, device: str) -> Runner:
     if importlib.util.find_spec("onnxruntime") is None:
         raise BackendUnavailable("onnxruntime is not installed (pip install onnxruntime)")
     from ..runtime.onnxruntime_runner import cuda_provider_available
 
-    on_gpu = cuda_provider_available()
-    if device is None:
-        device = "cuda" if on_gpu else "cpu"
-    elif torch.device(device).type == "cuda" and not on_gpu:
+    if torch.device(device).type == "cuda" and not cuda_provider_available():
         raise BackendUnavailable("ONNX Runtime on CUDA needs the onnxruntime-gpu package and a GPU torch sees")
     return open_artifact(chain.onnx(precision).path, device)
+
+
+def with_backend(options: RuntimeOptions, backend: str, precision: str) -> RuntimeOptions:
+    """``options`` for one backend and precision of a comparison."""
+    return replace(options, backend=backend, precision=precision)

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import torch
 
 from ..errors import DemoError, first_line
 from ..structures import Detections
-from .predictor import Predictor
+from .predictor import Predictor, StageTimes
 from .video_io import Display, VideoOutput, VideoSource
 from .visualize import draw_detections
 
@@ -141,8 +141,7 @@ class _Pipeline:
         self.failures: list[tuple[str, BaseException]] = []
         self.seconds = {"read": 0.0, "predict": 0.0, "render": 0.0, "write": 0.0}  # each summed by one thread
         self._lock = threading.RLock()  # reentrant: the SIGINT handler runs in the main thread
-        config = getattr(predictor, "config", None)
-        self.class_names = tuple(config.class_names) if config is not None else ()
+        self.class_names = tuple(predictor.config.class_names)
         # Bounded queues: at most a few batches in flight between any two stages.
         self.frames: queue.Queue = queue.Queue(maxsize=2 * batch)
         self.results: queue.Queue = queue.Queue(maxsize=2 * batch)
@@ -332,8 +331,7 @@ def run_demo(
     window = Display.open(video.first_frame) if display else None
     stats.displayed = window is not None
     pipeline = _Pipeline(predictor, video, batch, max_frames, stop_event or threading.Event(), stats)
-    times = getattr(predictor, "times", None)
-    times_before = (times.preprocess, times.inference, times.postprocess) if times is not None else None
+    times_before = replace(predictor.times)  # the predictor's own timings so far: the run's share splits 'predict'
     completed = False
     with _sigint_stops(pipeline) as sigints:
         try:
@@ -353,7 +351,7 @@ def run_demo(
     if stats.frames_written == 0:
         stats.seconds = time.perf_counter() - pipeline.started_at
     stats.end_reason = stats.end_reason or "stopped"
-    stats.stage_seconds = _stage_breakdown(pipeline.seconds, times, times_before)
+    stats.stage_seconds = _stage_breakdown(pipeline.seconds, predictor.times, times_before)
     return stats
 
 
@@ -409,18 +407,13 @@ def _finish(pipeline: _Pipeline, output: VideoOutput | None, window: Display | N
     return stuck
 
 
-def _stage_breakdown(
-    seconds: dict[str, float], times: Any, before: tuple[float, float, float] | None
-) -> dict[str, float]:
-    """Stage seconds in pipeline order; the predictor's own timings (if it keeps them) split 'predict'."""
-    if before is None:
-        return dict(seconds)
-    split = zip(
-        ("preprocess", "inference", "postprocess"), (times.preprocess, times.inference, times.postprocess), before
-    )
+def _stage_breakdown(seconds: dict[str, float], times: StageTimes, before: StageTimes) -> dict[str, float]:
+    """Stage seconds in pipeline order, the predictor's timings of this run splitting 'predict'."""
     return {
         "read": seconds["read"],
-        **{name: now - then for name, now, then in split},
+        "preprocess": times.preprocess - before.preprocess,
+        "inference": times.inference - before.inference,
+        "postprocess": times.postprocess - before.postprocess,
         "render": seconds["render"],
         "write": seconds["write"],
     }

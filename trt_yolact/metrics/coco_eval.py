@@ -6,10 +6,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,15 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from ..config import PostprocessConfig
+from ..config import PostprocessConfig, RuntimeOptions, YolactConfig
 from ..errors import BackendUnavailable, DatasetError, ImageError
 from ..files import atomic_write_bytes
 from ..inference.coco_results import detections_to_coco
 from ..inference.images import read_image
 from ..inference.predictor import Predictor
-from ..inference.sources import DEFAULT_CACHE, open_runner, runner_for
+from ..inference.sources import open_runner, runner_for, with_backend
 from ..model.checkpoint import ModelSource, model_name
+from ..runtime.base import Runner
 from ..runtime.open import artifact_backend
 from ..tables import format_table
 
@@ -36,14 +36,14 @@ METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 class EvalResult:
     bbox: dict[str, float]
     segm: dict[str, float]
-    num_images: int
+    images_evaluated: int
+    images_missing: list[str]  # why each listed image that is not evaluated was not (absent, unreadable)
     num_detections: int
     seconds: float
-    skipped_images: list[str] = field(default_factory=list)
 
     @property
     def fps(self) -> float:
-        return self.num_images / self.seconds if self.seconds > 0 else 0.0
+        return self.images_evaluated / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "fps": self.fps}
@@ -90,11 +90,23 @@ def check_categories(coco_gt: COCO, category_ids: Sequence[int], class_names: Se
         )
 
 
+def _present_images(coco_gt: COCO, image_ids: list[int], image_dir: Path) -> tuple[list[int], list[str]]:
+    """(the listed images whose files exist, a message for each one that does not)."""
+    present, absent = [], []
+    for image_id in image_ids:
+        path = image_dir / coco_gt.imgs[image_id]["file_name"]
+        if path.is_file():
+            present.append(image_id)
+        else:
+            absent.append(f"{path}: no such file")
+    return present, absent
+
+
 def _image_batches(
-    coco_gt: COCO, image_ids: list[int], image_dir: Path, batch_size: int, skipped: list[str]
+    coco_gt: COCO, image_ids: list[int], image_dir: Path, batch_size: int, missing: list[str] | None
 ) -> Iterator[tuple[list[int], list[np.ndarray]]]:
-    """(ids, images) of the readable images, ``batch_size`` listed images at a time; unreadable ones are
-    recorded in ``skipped``."""
+    """(ids, images) of the readable images, ``batch_size`` listed images at a time. An unreadable image is
+    an error, or with ``missing`` given, recorded there and left out."""
     for first in range(0, len(image_ids), batch_size):
         batch_ids, images = [], []
         for image_id in image_ids[first : first + batch_size]:
@@ -102,7 +114,9 @@ def _image_batches(
                 images.append(read_image(image_dir / coco_gt.imgs[image_id]["file_name"]))
                 batch_ids.append(image_id)
             except ImageError as exc:
-                skipped.append(str(exc))
+                if missing is None:
+                    raise DatasetError(f"{exc} (pass --allow-missing-images to evaluate the others)") from None
+                missing.append(str(exc))
         yield batch_ids, images
 
 
@@ -113,8 +127,13 @@ def evaluate(
     batch_size: int = 4,
     max_images: int | None = None,
     progress: bool = True,
+    allow_missing: bool = False,
 ) -> tuple[EvalResult, list[dict]]:
-    """Predict every annotated image and score the results: (metrics, COCO results list)."""
+    """Predict every annotated image and score the results: (metrics, COCO results list).
+
+    A listed image that is absent or unreadable is an error (an absent one before any inference); with
+    ``allow_missing`` the others are scored on their own annotations only, and the result counts the rest.
+    """
     coco_gt = load_annotations(ann_file)
     config = predictor.config
     check_categories(coco_gt, config.category_ids, config.class_names)
@@ -122,25 +141,33 @@ def evaluate(
     if not image_dir.is_dir():
         raise FileNotFoundError(f"image folder {image_dir} does not exist")
     image_ids = sorted(coco_gt.getImgIds())[:max_images]
+    present, missing = _present_images(coco_gt, image_ids, image_dir)
+    if missing and not allow_missing:
+        raise DatasetError(
+            f"{len(missing)} of {len(image_ids)} images listed in {ann_file} are missing (first: {missing[0]}); "
+            "pass --allow-missing-images to evaluate the others on their own annotations"
+        )
     results: list[dict] = []
-    skipped: list[str] = []
     evaluated: list[int] = []
     start = time.perf_counter()
-    with tqdm(total=len(image_ids), desc="eval", unit="img", disable=not progress) as bar:
-        for batch_ids, images in _image_batches(coco_gt, image_ids, image_dir, batch_size, skipped):
+    with tqdm(total=len(present), desc="eval", unit="img", disable=not progress) as bar:
+        batches = _image_batches(coco_gt, present, image_dir, batch_size, missing if allow_missing else None)
+        for batch_ids, images in batches:
             if images:
                 evaluated.extend(batch_ids)
                 for image_id, dets in zip(batch_ids, predictor(images)):
                     file_name = coco_gt.imgs[image_id]["file_name"]
                     results.extend(detections_to_coco(dets, image_id, config.category_ids, file_name))
-            bar.update(min(batch_size, len(image_ids) - bar.n))
+            bar.update(min(batch_size, len(present) - bar.n))
+    if not evaluated:
+        raise DatasetError(f"none of the {len(image_ids)} images listed in {ann_file} could be read from {image_dir}")
     metrics = EvalResult(
         bbox=coco_metrics(coco_gt, results, "bbox", evaluated),
         segm=coco_metrics(coco_gt, results, "segm", evaluated),
-        num_images=len(evaluated),
+        images_evaluated=len(evaluated),
+        images_missing=missing,
         num_detections=len(results),
         seconds=time.perf_counter() - start,
-        skipped_images=skipped,
     )
     return metrics, results
 
@@ -158,12 +185,13 @@ class ComparisonRow:
     precision: str
     bbox_ap: float
     mask_ap: float
-    bbox_ap_change: float  # points against torch FP32 of the same model
-    mask_ap_change: float
+    bbox_ap_change: float | None  # points against the torch FP32 reference; None: no reference to compare with
+    mask_ap_change: float | None
     fps: float  # end to end, measured during the evaluation
     bbox: dict[str, float]
     segm: dict[str, float]
-    num_images: int
+    images_evaluated: int
+    images_missing: int  # listed in the annotations but absent or unreadable (with --allow-missing-images)
 
 
 @dataclass(frozen=True)
@@ -174,11 +202,10 @@ class EvalOptions:
     image_dir: str | Path
     backends: tuple[str, ...] = ("torch",)
     precisions: tuple[str, ...] = ("fp32",)
-    config: str | None = None
-    device: str | None = None
-    cache_dir: str | os.PathLike = DEFAULT_CACHE
+    runtime: RuntimeOptions = RuntimeOptions()
     batch_size: int = 4
     max_images: int | None = None
+    allow_missing_images: bool = False
     postprocess: PostprocessConfig = PostprocessConfig()
 
 
@@ -186,71 +213,83 @@ class EvalOptions:
 class Comparison:
     rows: list[ComparisonRow] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # configurations that cannot run here, with the reason
-    skipped_images: list[str] = field(default_factory=list)
+    missing_images: list[str] = field(default_factory=list)  # of the first row, when allowed
     first_results: list[dict] | None = None  # the COCO results of the first row
 
 
-def _plan(weights: str | None, options: EvalOptions) -> list[tuple[str, str]]:
-    """(backend, precision) pairs to evaluate; torch FP32 first, the reference of every other row."""
-    if artifact_backend(weights) is not None:  # an .onnx/.engine file runs as it is: its own reference
-        return [(artifact_backend(weights), "file")]
+def _plan(source: ModelSource | None, options: EvalOptions) -> list[tuple[str | None, str | None]]:
+    """(backend, precision) pairs to evaluate: torch FP32 first for a checkpoint (the reference of its other
+    rows); a deployed file runs as it is."""
+    if source is None:
+        return [(None, None)]
     pairs = [(b, p) for b in options.backends for p in options.precisions]
     return [("torch", "fp32")] + [pair for pair in pairs if pair != ("torch", "fp32")]
 
 
+def _open(
+    weights: str | None, source: ModelSource | None, backend: str | None, precision: str | None, options: EvalOptions
+) -> tuple[Runner, YolactConfig]:
+    runtime = replace(options.runtime, max_batch=options.batch_size)
+    if source is None:
+        return open_runner(weights, runtime)
+    return runner_for(source, with_backend(runtime, backend, precision)), source.config
+
+
 def compare(weights_list: Sequence[str | None], options: EvalOptions, progress: bool = True) -> Comparison:
-    """Evaluate every model (``None``: the default one) on every backend x precision of ``options``, each row
-    with its AP change against the model's first row; a configuration that cannot run here is listed in
-    ``skipped`` with the reason."""
-    comparison = Comparison()
+    """Evaluate every model (``None``: the default one) on every backend x precision of ``options``.
+
+    Each row's AP change is against the torch FP32 row of its checkpoint; a deployed file (``.onnx``,
+    ``.engine``) is compared with the checkpoint listed before it, and has no reference when none was. A
+    configuration that cannot run here is listed in ``skipped`` with the reason.
+    """
+    comparison, reference = Comparison(), None
     for weights in weights_list:
-        name, reference = model_name(weights), None
-        source = None if artifact_backend(weights) else ModelSource.load(weights, options.config)
-        for backend, precision in _plan(weights, options):
+        source = None if artifact_backend(weights) else ModelSource.load(weights, options.runtime.config)
+        name = model_name(weights)
+        for backend, precision in _plan(source, options):
             try:
-                if source is None:
-                    runner, config = open_runner(weights, None, "fp32", options.config, options.device)
-                    precision = runner.precision
-                else:
-                    runner, config = (
-                        runner_for(source, backend, precision, options.device, options.cache_dir, options.batch_size),
-                        source.config,
-                    )
+                runner, config = _open(weights, source, backend, precision, options)
             except BackendUnavailable as exc:
                 comparison.skipped.append(f"{name} {backend} {precision}: {exc}")
                 continue
             if progress:
-                print(f"{name}: {backend} {precision}")
+                print(f"{name}: {runner.backend} {runner.precision}")
             with runner:
+                predictor = Predictor(runner, config, options.postprocess)
                 result, results = evaluate(
-                    Predictor(runner, config, options.postprocess),
+                    predictor,
                     options.ann_file,
                     options.image_dir,
                     options.batch_size,
                     options.max_images,
                     progress,
+                    options.allow_missing_images,
                 )
-            reference = reference or result
+            if source is not None and (backend, precision) == ("torch", "fp32"):
+                reference = result
             if comparison.first_results is None:
-                comparison.first_results = results
-            comparison.rows.append(_row(name, backend, precision, result, reference))
-            comparison.skipped_images.extend(result.skipped_images)
+                comparison.first_results, comparison.missing_images = results, result.images_missing
+            comparison.rows.append(_row(name, runner.backend, runner.precision, result, reference))
     return comparison
 
 
-def _row(name: str, backend: str, precision: str, result: EvalResult, reference: EvalResult) -> ComparisonRow:
+def _row(name: str, backend: str, precision: str, result: EvalResult, reference: EvalResult | None) -> ComparisonRow:
+    def change(kind: str) -> float | None:
+        return None if reference is None else 100 * (getattr(result, kind)["AP"] - getattr(reference, kind)["AP"])
+
     return ComparisonRow(
         model=name,
         backend=backend,
         precision=precision,
         bbox_ap=result.bbox["AP"],
         mask_ap=result.segm["AP"],
-        bbox_ap_change=100 * (result.bbox["AP"] - reference.bbox["AP"]),
-        mask_ap_change=100 * (result.segm["AP"] - reference.segm["AP"]),
+        bbox_ap_change=change("bbox"),
+        mask_ap_change=change("segm"),
         fps=result.fps,
         bbox=result.bbox,
         segm=result.segm,
-        num_images=result.num_images,
+        images_evaluated=result.images_evaluated,
+        images_missing=len(result.images_missing),
     )
 
 
@@ -261,14 +300,21 @@ def comparison_table(rows: list[ComparisonRow]) -> str:
             r.backend,
             r.precision,
             f"{100 * r.bbox_ap:.2f}",
-            f"{r.bbox_ap_change:+.2f}",
+            _signed(r.bbox_ap_change),
             f"{100 * r.mask_ap:.2f}",
-            f"{r.mask_ap_change:+.2f}",
+            _signed(r.mask_ap_change),
             f"{r.fps:.2f}",
+            str(r.images_evaluated),
+            str(r.images_missing),
         ]
         for r in rows
     ]
-    return format_table(body, ["model", "backend", "precision", "box AP", "change", "mask AP", "change", "FPS"])
+    header = ["model", "backend", "precision", "box AP", "change", "mask AP", "change", "FPS", "images", "missing"]
+    return format_table(body, header)
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"
 
 
 def plot_comparison(rows: list[ComparisonRow], out_png: str | Path) -> None:

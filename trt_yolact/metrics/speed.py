@@ -12,20 +12,23 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..config import RuntimeOptions, YolactConfig
+from ..deploy.onnx_format import deployed_parameter_count
 from ..errors import BackendUnavailable
 from ..files import atomic_write_bytes
 from ..inference.images import synthetic_frames
 from ..inference.predictor import Predictor
-from ..inference.sources import DEFAULT_CACHE, runner_for
-from ..model.checkpoint import ModelSource
+from ..inference.sources import open_runner, runner_for, with_backend
+from ..model.checkpoint import ModelSource, model_name
 from ..model.stats import count_conv_macs, count_params
 from ..runtime.allocator import release_freed_memory
 from ..runtime.base import Runner
@@ -156,55 +159,87 @@ class BenchOptions:
     iters: int = 20
     warmup: int = 3
     settle: int = 1  # unmeasured iterations of a configuration before each measured one
-    device: str | None = None
-    cache_dir: str | os.PathLike = DEFAULT_CACHE
+    runtime: RuntimeOptions = RuntimeOptions()
 
 
-def _configurations(
-    sources: list[ModelSource], options: BenchOptions, skipped: list[str]
-) -> list[tuple[BenchRow, Measurement]]:
-    """Every model x backend x precision x batch that can run here, warmed up, with its row."""
-    measurements = []
-    for source in sources:
-        model = source.model()
-        params, macs = count_params(model), count_conv_macs(model)
+@dataclass
+class _Model:
+    """One model to measure: a checkpoint on each backend x precision, or a deployed file as it is."""
+
+    name: str
+    file_bytes: int
+    params: int
+    macs: int  # 0: unknown (a deployed file)
+    source: ModelSource | None = None
+    path: str | None = None
+
+    @classmethod
+    def of(cls, model: ModelSource | str) -> _Model:
+        if isinstance(model, ModelSource):
+            network = model.model()
+            return cls(model.name, model.file_bytes, count_params(network), count_conv_macs(network), source=model)
+        return cls(model_name(model), Path(model).stat().st_size, deployed_parameter_count(model), 0, path=model)
+
+    def runners(self, options: BenchOptions, skipped: list[str]) -> Iterator[tuple[Runner, YolactConfig]]:
+        """Its runners that can run here; the others are listed in ``skipped`` with the reason."""
+        if self.source is None:
+            yield open_runner(self.path, replace(options.runtime, max_batch=max(options.batches)))
+            return
+        runtime = replace(options.runtime, max_batch=max(options.batches))
         for backend in options.backends:
             for precision in options.precisions:
                 try:
-                    runner = runner_for(
-                        source, backend, precision, options.device, options.cache_dir, max(options.batches)
-                    )
+                    yield runner_for(self.source, with_backend(runtime, backend, precision)), self.source.config
                 except BackendUnavailable as exc:
-                    skipped.append(f"{source.name} {backend} {precision}: {exc}")
-                    continue
-                for batch in options.batches:
-                    row = BenchRow(
-                        source.name, backend, precision, batch, file_bytes=source.file_bytes, params=params, macs=macs
-                    )
-                    m = Measurement(Predictor(runner, source.config), synthetic_frames(batch))
-                    weight_bytes = params * (2 if precision == "fp16" else 4)
-                    row.peak_memory_bytes, row.memory_kind = m.warm_up(options.warmup, weight_bytes)
-                    measurements.append((row, m))
+                    skipped.append(f"{self.name} {backend} {precision}: {exc}")
+
+
+def _configurations(
+    models: list[_Model], options: BenchOptions, skipped: list[str], runners: ExitStack
+) -> list[tuple[BenchRow, Measurement]]:
+    """Every model x backend x precision x batch that can run here, warmed up, with its row; each runner is
+    released when ``runners`` closes."""
+    measurements = []
+    for model in models:
+        for runner, config in model.runners(options, skipped):
+            runners.enter_context(runner)
+            for batch in options.batches:
+                row = BenchRow(
+                    model.name,
+                    runner.backend,
+                    runner.precision,
+                    batch,
+                    file_bytes=model.file_bytes,
+                    params=model.params,
+                    macs=model.macs,
+                )
+                m = Measurement(Predictor(runner, config), synthetic_frames(batch))
+                weight_bytes = model.params * (2 if runner.precision == "fp16" else 4)
+                row.peak_memory_bytes, row.memory_kind = m.warm_up(options.warmup, weight_bytes)
+                measurements.append((row, m))
     return measurements
 
 
 def run_benchmark(
-    sources: list[ModelSource], options: BenchOptions = BenchOptions()
+    models: Sequence[ModelSource | str], options: BenchOptions = BenchOptions()
 ) -> tuple[list[BenchRow], list[str]]:
-    """Measure every model x backend x precision x batch, interleaved: each round gives every configuration
-    ``settle`` unmeasured iterations, then one measured one. The settling iterations make each measurement
-    follow its own configuration, as in a deployed pipeline that runs one model: on a small machine, the first
-    iteration after another configuration pays for thread pools and working sets to switch."""
+    """Measure every model (a checkpoint, or the path of a deployed file) x backend x precision x batch,
+    interleaved: each round gives every configuration ``settle`` unmeasured iterations, then one measured one.
+    The settling iterations make each measurement follow its own configuration, as in a deployed pipeline that
+    runs one model: on a small machine, the first iteration after another configuration pays for thread pools
+    and working sets to switch. Returns the rows and the configurations that cannot run here, with why."""
     skipped: list[str] = []
-    measurements = _configurations(sources, options, skipped)
-    # Interleave: every configuration once per round (after settling), so machine drift affects all alike.
-    for _ in tqdm(range(options.iters), desc="bench", unit="round"):
-        for _, m in measurements:
-            for _ in range(options.settle):
-                m.once(record=False)
-            m.once()
+    described = [_Model.of(model) for model in models]
+    with ExitStack() as runners:
+        measurements = _configurations(described, options, skipped, runners)
+        # Interleave: every configuration once per round (after settling), so machine drift affects all alike.
+        for _ in tqdm(range(options.iters), desc="bench", unit="round", disable=not measurements):
+            for _, m in measurements:
+                for _ in range(options.settle):
+                    m.once(record=False)
+                m.once()
     rows = [m.summarize(row) for row, m in measurements]
-    compare_with_first_model(rows, sources[0].name if sources else "")
+    compare_with_first_model(rows, described[0].name if described else "")
     return rows, skipped
 
 
@@ -260,7 +295,7 @@ def table_rows(rows: list[BenchRow]) -> tuple[list[str], list[list[str]]]:
             f"{r.preprocess_ms:.1f}/{r.inference_ms:.1f}/{r.postprocess_ms:.1f}",
             f"{r.file_bytes / 2**20:.2f}",
             f"{r.params / 1e6:.2f}",
-            f"{r.macs / 1e9:.2f}",
+            f"{r.macs / 1e9:.2f}" if r.macs else "-",
             f"{r.peak_memory_bytes / 2**20:.0f}",
             _pct(r.size_change_pct),
             _pct(r.speed_change_pct),

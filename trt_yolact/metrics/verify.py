@@ -17,19 +17,19 @@ from ..deploy.artifacts import Artifact, ArtifactChain, ExportOptions
 from ..deploy.engine_format import tensorrt_unavailable_reason
 from ..deploy.tensorrt_build import BuildProfile
 from ..inference.images import sample_images
-from ..inference.postprocess import select_detections
-from ..inference.predictor import Prediction, Predictor
+from ..inference.postprocess import postprocess, select_detections
+from ..inference.predictor import Prediction, Predictor, StageTimes
 from ..inference.preprocess import preprocess
 from ..model.boxes import pairwise_iou
-from ..model.checkpoint import ModelSource, build_model, read_checkpoint
+from ..model.checkpoint import ModelSource
 from ..model.stats import count_conv_macs, count_params
 from ..runtime.base import Runner
 from ..runtime.open import open_artifact
 from ..runtime.torch_runner import TorchRunner
-from ..structures import Detections, RawOutputs
+from ..structures import OUTPUT_NAMES, UNBATCHED_OUTPUTS, Detections, RawOutputs
 from ..tables import format_table
 
-RAW_FIELDS = ("loc", "conf", "coeffs", "proto")
+RAW_FIELDS = tuple(name for name in OUTPUT_NAMES if name not in UNBATCHED_OUTPUTS)
 AGREEMENT_SCORE = 0.3  # detections that matter for agreement: the ones a user would display
 
 
@@ -186,7 +186,7 @@ def build_and_verify(weights: str | None, options: BuildOptions = BuildOptions()
     chain = ArtifactChain(source, options.out_dir, options.engine_dir, options=ExportOptions(fuse=options.fuse))
     images = sample_images()
     reference_model = source.model()
-    reference = Predictor(TorchRunner(reference_model), source.config).predict(images)
+    reference = _eager_reference(reference_model, source.config, images)
 
     def check(name: str, runner: Runner, artifact: Artifact | None) -> ArtifactCheck:
         with runner:
@@ -199,7 +199,7 @@ def build_and_verify(weights: str | None, options: BuildOptions = BuildOptions()
         check(f"{source.name} (torch)", TorchRunner(reference_model), Artifact(source.path, "checkpoint", "fp32"))
     ]
     fused = chain.checkpoint()
-    deployed = build_model(read_checkpoint(fused.path).state_dict, source.config, source=str(fused.path))
+    deployed = ModelSource.load(fused.path, source.config).model()
     if fused.path != source.path:
         checks.append(check(f"{source.name} fused (torch)", TorchRunner(deployed), fused))
     for precision in ("fp32", "fp16") if options.precision == "fp16" else ("fp32",):
@@ -207,7 +207,7 @@ def build_and_verify(weights: str | None, options: BuildOptions = BuildOptions()
         checks.append(check(onnx.path.name, open_artifact(onnx.path), onnx))
     if options.graph_postprocess:
         graph = chain.onnx("fp32", PostprocessConfig())
-        checks.append(_check_graph(graph, reference_model, source.config, images, options.repeats))
+        checks.append(_check_graph(graph, reference.raw, source.config, images, options.repeats))
     skipped = []
     reason = tensorrt_unavailable_reason()
     if reason is not None:
@@ -228,12 +228,18 @@ def build_and_verify(weights: str | None, options: BuildOptions = BuildOptions()
     )
 
 
+def _eager_reference(model: torch.nn.Module, config: YolactConfig, images: list[np.ndarray]) -> Prediction:
+    """The checkpoint's own outputs: a plain forward (NCHW, no runner) and the post-processing, on the CPU."""
+    inputs, sizes = preprocess(images, config)
+    with torch.no_grad():
+        raw = model(inputs)
+    return Prediction(postprocess(raw, sizes), raw, StageTimes())
+
+
 def _check_graph(
-    artifact: Artifact, reference_model: torch.nn.Module, config: YolactConfig, images: list[np.ndarray], repeats: int
+    artifact: Artifact, reference_raw: RawOutputs, config: YolactConfig, images: list[np.ndarray], repeats: int
 ) -> ArtifactCheck:
     inputs, _ = preprocess(images, config)
-    with torch.no_grad():
-        reference_raw = reference_model(inputs)
     with open_artifact(artifact.path) as runner:
         agreement, identical, latency = check_graph_export(runner, inputs, reference_raw, repeats)
         precision = runner.precision

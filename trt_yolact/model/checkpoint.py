@@ -16,14 +16,11 @@ from typing import Any
 
 import torch
 
-from ..config import YolactConfig, get_config, infer_config_name
+from ..config import DEFAULT_MODEL, EMBEDDED_MODELS, YolactConfig, get_config, infer_config_name
 from ..errors import CheckpointError, ConfigError, first_line
 from ..files import atomic_write_bytes
 from .fuse import fuse_model, is_fused_state_dict
 from .yolact import Yolact
-
-EMBEDDED_MODELS = ("yolact_shapes", "yolact_shapes_pruned")
-DEFAULT_MODEL = EMBEDDED_MODELS[0]
 
 
 @dataclass(frozen=True)
@@ -222,3 +219,16 @@ def serialize(payload: Any) -> bytes:
 def save_checkpoint(path: str | os.PathLike, model: Yolact, half: bool = False, **extra: Any) -> Path:
     """Write :func:`checkpoint_payload` atomically."""
     return atomic_write_bytes(path, serialize(checkpoint_payload(model, half, **extra)))
+
+
+# Small run metadata carried from a checkpoint into its fused form (never optimizer state).
+CARRIED_EXTRAS = ("iteration", "pruning")
+
+
+def save_fused_checkpoint(
+    path: str | os.PathLike, fused: Yolact, source_extra: dict[str, Any], half: bool = False, **extra: Any
+) -> Path:
+    """Write a fused model as a checkpoint marked ``fused``, with the run metadata of the checkpoint it was
+    made from."""
+    carried = {k: source_extra[k] for k in CARRIED_EXTRAS if k in source_extra}
+    return save_checkpoint(path, fused, half=half, fused=True, **carried, **extra)

@@ -18,9 +18,6 @@ from torch import nn
 from ..errors import FuseError
 from .yolact import Bottleneck, ResNetBackbone, Yolact
 
-# Small run-metadata carried from the input checkpoint into the fused one (never optimizer state).
-CARRIED_EXTRAS = ("iteration", "pruning")
-
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """``(conv, bn)`` module names where the BN normalises exactly that conv's output.

@@ -19,7 +19,7 @@ from ..config import PRECISIONS
 from ..deploy.onnx_format import INPUT_NAME, parse_metadata
 from ..errors import ExportError, RunnerError, first_line
 from ..structures import UNBATCHED_OUTPUTS
-from .base import Runner
+from .base import Runner, resolve_device
 
 ProviderSpec = str | tuple[str, dict[str, Any]]
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -109,14 +109,11 @@ class OnnxRuntimeRunner(Runner):
         if not self.onnx_path.is_file():
             raise RunnerError(f"ONNX model not found: {self.onnx_path}")
         ort = _import_onnxruntime()
-        self._device = torch.device(device)
+        self._device = resolve_device(device)
         if self._device.type not in ("cpu", "cuda"):
             raise RunnerError(f"device must be cpu or cuda, got {str(device)!r}")
-        if self._device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise RunnerError("CUDA was requested but this torch sees no GPU: use device='cpu'")
-            if self._device.index is None:
-                self._device = torch.device("cuda", torch.cuda.current_device())
+        if self._device.type == "cuda" and self._device.index is None:
+            self._device = torch.device("cuda", torch.cuda.current_device())
         self._providers = choose_providers(providers, self._device, ort.get_available_providers())
         self._threads = threads
         self.activate()

@@ -26,7 +26,7 @@ from ..deploy.engine_format import (
     sidecar_path,
 )
 from ..deploy.onnx_format import INPUT_NAME
-from ..errors import EngineBuildError, RunnerError
+from ..errors import RunnerError
 from ..structures import OUTPUT_NAMES
 from .base import Runner
 
@@ -51,9 +51,9 @@ def deserialize_engine(trt: Any, engine_path: str | os.PathLike, trt_logger: Any
     runtime = trt.Runtime(trt_logger)
     engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
     if engine is None:
-        raise EngineBuildError(
+        raise RunnerError(
             f"TensorRT {trt.__version__} could not deserialize {engine_path.name}: it was probably built with "
-            "another TensorRT version or GPU; rebuild it"
+            f"another TensorRT version or GPU; {rebuild_command(engine_path)}"
         )
     return runtime, engine
 
@@ -85,9 +85,7 @@ class TensorRTRunner(Runner):
         super().__init__()
         self.engine_path = Path(engine_path)
         if not self.engine_path.is_file():
-            raise RunnerError(
-                f"TensorRT engine not found: {self.engine_path}; build it with: {rebuild_command(self.engine_path)}"
-            )
+            raise RunnerError(f"TensorRT engine not found: {self.engine_path}; {rebuild_command(self.engine_path)}")
         trt = import_tensorrt()
         device = torch.device(device)
         if device.type != "cuda":
@@ -117,18 +115,14 @@ class TensorRTRunner(Runner):
         problem = engine_compatibility_problem(self.metadata, self.trt_version, gpu_info(self._device.index))
         if check and problem:
             raise RunnerError(
-                f"TensorRT engine {self.engine_path} cannot run here: {problem}. "
-                f"Rebuild it on this machine: {rebuild_command(self.engine_path)}"
+                f"TensorRT engine {self.engine_path} cannot run here: {problem}. {rebuild_command(self.engine_path)}"
             )
 
     def _activate(self) -> None:
         trt = import_tensorrt()
         with torch.cuda.device(self._device):
             self._trt_logger = trt.Logger(trt.Logger.WARNING)
-            try:
-                self._runtime, self._engine = deserialize_engine(trt, self.engine_path, self._trt_logger)
-            except EngineBuildError as exc:
-                raise RunnerError(f"{exc}: {rebuild_command(self.engine_path)}") from None
+            self._runtime, self._engine = deserialize_engine(trt, self.engine_path, self._trt_logger)
             self._context = self._engine.create_execution_context()
             if self._context is None:
                 raise RunnerError(
@@ -157,10 +151,8 @@ class TensorRTRunner(Runner):
             raise RunnerError(f"engine must have exactly one float32/float16 input {INPUT_NAME!r}, has {inputs}")
         missing = [n for n in OUTPUT_NAMES if n not in self._output_dtypes]
         if missing:
-            raise RunnerError(
-                f"engine lacks outputs {missing} (has {sorted(self._output_dtypes)}); rebuild it from the current "
-                f"ONNX export: {rebuild_command(self.engine_path)}"
-            )
+            has = sorted(self._output_dtypes)
+            raise RunnerError(f"engine lacks outputs {missing} (has {has}); {rebuild_command(self.engine_path)}")
         # What the engine holds on the GPU outside torch's allocator: its weights (about the plan's size) and
         # the activation memory its context allocated; `bench` adds this to torch's CUDA peak.
         self.device_memory_bytes = int(self._engine.device_memory_size_v2) + self.engine_path.stat().st_size

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..config import PRECISIONS
-from ..errors import RunnerError
+from ..errors import BackendUnavailable, RunnerError
 from .allocator import keep_freed_memory
 from .base import Runner, resolve_device
 
@@ -35,7 +35,7 @@ class TorchRunner(Runner):
             raise RunnerError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self._device = resolve_device(device)
         if precision == "fp16" and self._device.type != "cuda":
-            raise RunnerError("fp16 torch inference needs a CUDA device; use --precision fp32 on the CPU")
+            raise BackendUnavailable("torch fp16 needs a CUDA GPU; use --precision fp32 on the CPU")
         self.precision = precision
         self.input_dtype = torch.float16 if precision == "fp16" else torch.float32
         if reuse_freed_memory and self._device.type == "cpu":

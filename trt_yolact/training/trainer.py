@@ -338,9 +338,9 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         self.model.eval()
-        with torch.no_grad():
-            # NCHW: the runner's in-place NHWC conversion would change the layout the model trains in.
-            predictor = Predictor(TorchRunner(self.model, self.device, channels_last=False), self.config)
+        # NCHW: the runner's in-place NHWC conversion would change the layout the model trains in.
+        with torch.no_grad(), TorchRunner(self.model, self.device, channels_last=False) as runner:
+            predictor = Predictor(runner, self.config)
             result, _ = evaluate(
                 predictor,
                 self.val_set.ann_file,
