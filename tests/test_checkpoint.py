@@ -89,7 +89,7 @@ def test_not_a_checkpoint_gives_one_line_error(tmp_path):
     path.write_text("this is not a checkpoint")
     with pytest.raises(CheckpointError) as info:
         read_checkpoint(path)
-    assert "not a readable PyTorch checkpoint" in str(info.value)
+    assert "not a usable PyTorch checkpoint" in str(info.value)
     assert "\n" not in str(info.value)
     with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(tmp_path / "missing.pth")

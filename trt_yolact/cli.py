@@ -37,7 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[0] not in COMMANDS:
         print(f"trt-yolact: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"trt_yolact.{argv[0]}")
+    try:
+        module = importlib.import_module(f"trt_yolact.{argv[0]}")
+    except KeyboardInterrupt:  # Ctrl-C while the command's libraries load: not a crash
+        print("\nerror: interrupted", file=sys.stderr)
+        return 130
     return int(module.main(argv[1:], prog=f"trt-yolact {argv[0]}") or 0)
 
 

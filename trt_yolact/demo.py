@@ -5,7 +5,8 @@
         [--batch N] [--no-display] [--score-threshold T] [--max-frames N]
 
 The pipeline: :mod:`trt_yolact.inference.stream`. Exit codes: 0 at the end of the stream, 130 after Ctrl-C,
-2 for bad input, 1 when the pipeline fails. The demo's score threshold defaults to 0.3 (predict's to 0).
+143 after SIGTERM (which ends it as cleanly), 2 for bad input, 1 when the pipeline fails. The demo's score
+threshold defaults to 0.3 (predict's to 0).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.out and stats.output is None:
         print(f"notice: no frame was written, {args.out} was not created", file=sys.stderr)
     print(stats.summary())
-    return 130 if stats.interrupted else 0
+    return 143 if stats.terminated else 130 if stats.interrupted else 0
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

@@ -74,15 +74,19 @@ def staged_folder(out_dir: str | os.PathLike, error: type[Exception]) -> Iterato
 
 def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
     """Fail now, with the reason, when ``path`` (a file, or a folder with ``folder``) could not be written
-    later; the folders on the way are made. For commands that write only after long work."""
+    later. Nothing is created: the nearest folder that exists is probed. For commands that write only after
+    long work."""
     path = Path(path)
-    target = path if folder else path.parent
     if folder and path.exists() and not path.is_dir():
         raise NotADirectoryError(20, "not a folder", str(path))
     if not folder and path.is_dir():
         raise IsADirectoryError(21, "is a folder, not a file", str(path))
-    target.mkdir(parents=True, exist_ok=True)
-    fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=target)
+    existing = path if folder else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(20, "not a folder", str(existing))
+    fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=existing)
     os.close(fd)
     os.unlink(probe)
     return path

@@ -75,6 +75,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.ann:
         ids_by_name = {img["file_name"]: img["id"] for img in load_annotations(args.ann).dataset["images"]}
     runner, config = open_runner(args.weights, runtime_options(args))
+    if args.save_vis:
+        Path(args.save_vis).mkdir(parents=True, exist_ok=True)
     post = PostprocessConfig(score_threshold=args.score_threshold, max_detections=args.top_k)
     predictor = Predictor(runner, config, post)
     results: list[dict] = []

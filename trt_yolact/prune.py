@@ -11,12 +11,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
 from .command_line import add_weights_argument, positive_int, run_command
 from .errors import UsageError
-from .files import atomic_write_text
+from .files import atomic_write_text, check_writable
 from .model.prune import PruneOptions, prune_checkpoint
 
 
@@ -49,10 +50,19 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--input-size must be at least 32, got {args.input_size}")
     if not args.dry_run and not args.out:
         raise UsageError("--out is required (or pass --dry-run to only report)")
-    report = prune_checkpoint(args.weights, options, args.config, None if args.dry_run else args.out, args.fuse)
+    out = None if args.dry_run else args.out
+    for path in (out, args.report):  # both outputs checked before the work, so neither appears without the other
+        if path:
+            check_writable(path)
+    report = prune_checkpoint(args.weights, options, args.config, out, args.fuse)
     print(report.table())
     if args.report:
-        atomic_write_text(args.report, json.dumps(report.to_dict(), indent=2))
+        try:
+            atomic_write_text(args.report, json.dumps(report.to_dict(), indent=2, allow_nan=False))
+        except BaseException:
+            if out:
+                Path(out).unlink(missing_ok=True)
+            raise
     return 0
 
 

@@ -15,14 +15,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .. import __version__
 from ..config import PRECISIONS, PostprocessConfig, YolactConfig
-from ..errors import ExportError, PrecisionError, UsageError
+from ..errors import CheckpointError, ExportError, PrecisionError, UsageError
 from ..files import sha256_file, staged_folder
 from ..model.checkpoint import ModelSource, build_model, read_checkpoint, save_fused_checkpoint
 from ..model.fuse import fuse_model
+from ..model.safe_load import load_tensors
 from .onnx_export import DEFAULT_OPSET, export_onnx
 from .onnx_format import read_onnx_metadata
 from .onnx_fp16 import DEFAULT_KEEP_FP32_OPS, convert_fp16
@@ -132,7 +131,7 @@ class ArtifactChain:
             return Artifact(path, "onnx", "fp32", "graph" if postprocess else "none", reused=True)
         opts = self.options
         result = export_onnx(
-            build_model(read_checkpoint(parent).state_dict, self.source.config, source=str(parent)),
+            build_model(read_checkpoint(parent).state_dict, self.source.config, str(parent), self.source.advice),
             path,
             batch_dynamic=opts.batch is None,
             opset=opts.opset,
@@ -186,8 +185,8 @@ def _recorded_in_onnx(path: Path) -> tuple[str, str, str] | None:
 
 def _recorded_in_checkpoint(path: Path) -> tuple[str, str, str] | None:
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - an unreadable file is simply made again
+        data = load_tensors(path)
+    except CheckpointError:  # an unreadable file is simply made again
         return None
     if not isinstance(data, dict):
         return None

@@ -32,6 +32,9 @@ from .onnx_postprocess import YolactWithPostprocess
 
 MIN_OPSET = 17
 DEFAULT_OPSET = MIN_OPSET
+# The largest k TensorRT's TopK layer takes (NVIDIA's operator reference: k <= 3840); the graph
+# post-processing runs TopK with k = top_k and k = max_detections.
+TENSORRT_MAX_TOPK = 3840
 # The highest IR version written (unless the opset needs more): what ONNX Runtime >= 1.20 reads, and
 # the onnx release TensorRT 10's parser is built with; opsets 17..21 need IR 8..10.
 MAX_IR_VERSION = 10
@@ -153,6 +156,16 @@ def _check_export_arguments(model: nn.Module, opset: int, batch_size: int) -> Yo
     return config
 
 
+def _check_topk_limits(postprocess: PostprocessConfig) -> None:
+    """The in-graph post-processing must build in TensorRT too: refuse TopK sizes it rejects."""
+    for name, k in (("top_k", postprocess.top_k), ("max_detections", postprocess.max_detections)):
+        if k > TENSORRT_MAX_TOPK:
+            raise ExportError(
+                f"{name} {k} is more than the {TENSORRT_MAX_TOPK} TensorRT's TopK takes: the graph post-processing "
+                f"would not build into an engine; use at most {TENSORRT_MAX_TOPK}"
+            )
+
+
 def _trace(
     wrapped: nn.Module, example: torch.Tensor, output_names: Sequence[str], batch_dim: int | str, opset: int
 ) -> tuple[bytes, dict[str, list[int | str]]]:
@@ -216,6 +229,8 @@ def export_onnx(
     the checkpoint file the weights came from; its sha256 goes into the metadata, with ``extra_metadata``.
     """
     config = _check_export_arguments(model, opset, batch_size)
+    if postprocess is not None:
+        _check_topk_limits(postprocess)
     if source_checkpoint is not None and not Path(source_checkpoint).is_file():
         raise ExportError(f"source checkpoint not found: {source_checkpoint}")
     source_sha = sha256_file(source_checkpoint) if source_checkpoint is not None else None

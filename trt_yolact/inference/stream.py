@@ -4,7 +4,7 @@ A capture thread reads frames into a bounded queue; an inference thread takes up
 time, runs the predictor and numbers the frames; a render thread draws masks, boxes, labels, scores and a
 smoothed end-to-end FPS; the main thread writes the video and shows the window. Every queue is bounded, so a
 slow stage holds back the ones before it (file sources) or stale frames are skipped (live sources: cameras
-and streams, where waiting would only add latency). Ctrl-C stops capture and finishes the frames in flight
+and streams, where waiting would only add latency). Ctrl-C or SIGTERM stops capture and finishes the frames in flight
 (press it again to drop them); the output video is written to a temporary file and renamed once complete,
 so it is always playable.
 """
@@ -54,8 +54,9 @@ class DemoStats:
     seconds: float = 0.0  # from the start of the pipeline to the last frame out
     latency_seconds: float = 0.0  # summed capture -> written time of the frames written
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    end_reason: str = ""  # "end of stream", "max frames", "interrupted", "window closed"
-    interrupted: bool = False  # Ctrl-C or stop_event (exit code 130)
+    end_reason: str = ""  # "end of stream", "max frames", "interrupted", "terminated", "window closed"
+    interrupted: bool = False  # Ctrl-C, SIGTERM or stop_event (exit code 130)
+    terminated: bool = False  # SIGTERM (exit code 143)
     output: Path | None = None  # the finished video, None without --out or when no frame was written
     displayed: bool = False
 
@@ -315,8 +316,8 @@ def run_demo(
     progress: bool = False,
 ) -> DemoStats:
     """Run the threaded demo until the source ends, ``max_frames`` are read, ``stop_event`` is set or
-    Ctrl-C (SIGINT, handled while this runs in the main thread: first stop and finish the frames in
-    flight, second drop them). Returns the stats; ``stats.interrupted`` after a stop request.
+    Ctrl-C or SIGTERM (handled while this runs in the main thread: the first stops and finishes the frames
+    in flight, a second drops them). Returns the stats; ``stats.interrupted`` after a stop request.
 
     Raises :class:`DemoError` for an unreadable source or unwritable output (before any thread starts) and
     :class:`PipelineError` when a stage fails (threads joined, partial output removed).
@@ -333,7 +334,7 @@ def run_demo(
     pipeline = _Pipeline(predictor, video, batch, max_frames, stop_event or threading.Event(), stats)
     times_before = replace(predictor.times)  # the predictor's own timings so far: the run's share splits 'predict'
     completed = False
-    with _sigint_stops(pipeline) as sigints:
+    with _signals_stop(pipeline) as sigints:
         try:
             pipeline.start()
             try:
@@ -368,29 +369,31 @@ def _open_output(video: VideoSource, out: str | os.PathLike | None) -> VideoOutp
 
 
 @contextmanager
-def _sigint_stops(pipeline: _Pipeline) -> Iterator[Callable[[], int]]:
-    """While inside, Ctrl-C stops the pipeline (a second one aborts it); yields how many were pressed.
-    Signal handlers only work in the main thread: elsewhere Ctrl-C is left alone."""
+def _signals_stop(pipeline: _Pipeline) -> Iterator[Callable[[], int]]:
+    """While inside, Ctrl-C (SIGINT) or SIGTERM (``timeout``, ``docker stop``, systemd) stops the pipeline and
+    the frames in flight are finished; a second signal aborts them. Yields how many signals came. Handlers only
+    work in the main thread: elsewhere signals are left alone."""
     count = 0
 
-    def on_sigint(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
         # Only flags here: printing from a signal handler can collide with a print in progress.
         nonlocal count
         count += 1
         pipeline.stats.interrupted = True
-        pipeline.set_end("interrupted")
+        pipeline.stats.terminated |= signum == signal.SIGTERM
+        pipeline.set_end("terminated" if signum == signal.SIGTERM else "interrupted")
         pipeline.stop.set()
         if count > 1:
             pipeline.abort.set()
 
-    previous = (
-        signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
-    )
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield lambda: count
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _finish(pipeline: _Pipeline, output: VideoOutput | None, window: Display | None, completed: bool) -> list[str]:

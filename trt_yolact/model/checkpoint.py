@@ -17,9 +17,10 @@ from typing import Any
 import torch
 
 from ..config import DEFAULT_MODEL, EMBEDDED_MODELS, YolactConfig, get_config, infer_config_name
-from ..errors import CheckpointError, ConfigError, first_line
+from ..errors import CheckpointError, ConfigError
 from ..files import atomic_write_bytes
 from .fuse import fuse_model, is_fused_state_dict
+from .safe_load import load_tensors
 from .yolact import Yolact
 
 
@@ -70,10 +71,7 @@ def read_checkpoint(weights: str | os.PathLike | None) -> Checkpoint:
             f"{path} is {kind}, not a checkpoint: this step needs the checkpoint it was made from "
             "(predict, eval and demo run .onnx and .engine files as they are)"
         )
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - one line for any unreadable file
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {first_line(exc, 200)}") from None
+    data = load_tensors(path)
     config = None
     extra: dict[str, Any] = {}
     if isinstance(data, Mapping) and "model" in data and isinstance(data["model"], Mapping):
@@ -121,8 +119,22 @@ def clean_state_dict(state_dict: Mapping[str, torch.Tensor], config: YolactConfi
     return cleaned
 
 
+def config_advice(checkpoint: Checkpoint, config: str | os.PathLike | YolactConfig | None) -> str:
+    """What to do when the weights do not fit the config :func:`choose_config` picked, by where it came from:
+    another --config can only help when the file does not carry its own."""
+    if config is not None:
+        return "the --config given does not describe these weights: pass the one they were trained with"
+    if checkpoint.config is not None:
+        return "the config stored in the file does not fit its own weights: the file is damaged or was edited"
+    return "the config its file name suggests does not fit: name the right one with --config"
+
+
 def _describe_mismatch(
-    expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], config: YolactConfig, source: str
+    expected: Mapping[str, torch.Tensor],
+    given: Mapping[str, torch.Tensor],
+    config: YolactConfig,
+    source: str,
+    advice: str,
 ) -> str | None:
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))
@@ -140,21 +152,26 @@ def _describe_mismatch(
         return f"\n  {title} ({len(items)}):{shown}{more}" if items else ""
 
     return (
-        f"{source} does not fit config {config.name!r}; pass the right --config."
+        f"{source} does not fit config {config.name!r}: {advice}."
         + listing("missing keys", missing)
         + listing("unexpected keys", unexpected)
         + listing("misshaped keys", misshaped)
     )
 
 
-def build_model(state_dict: Mapping[str, torch.Tensor], config: YolactConfig, source: str = "checkpoint") -> Yolact:
+def build_model(
+    state_dict: Mapping[str, torch.Tensor],
+    config: YolactConfig,
+    source: str = "checkpoint",
+    advice: str = "pass the config the weights were trained with (--config)",
+) -> Yolact:
     """Build a model whose internal widths follow ``state_dict`` and load it strictly (eval mode).
     Fused checkpoints (conv biases, no BN) are recognised and loaded into a fused model."""
     state_dict = clean_state_dict(state_dict, config)
     model = Yolact(config, state_dict)
     if is_fused_state_dict(state_dict):
         model = fuse_model(model, inplace=True)
-    problem = _describe_mismatch(model.state_dict(), state_dict, config, source)
+    problem = _describe_mismatch(model.state_dict(), state_dict, config, source, advice)
     if problem:
         raise CheckpointError(problem)
     model.load_state_dict(state_dict, strict=True)
@@ -170,6 +187,7 @@ class ModelSource:
     config: YolactConfig
     fused: bool  # BN already folded into the convs
     extra: dict[str, Any]  # run metadata stored beside the weights (iteration, pruning settings, ...)
+    advice: str = ""  # what to do when the weights do not fit the config (see config_advice)
 
     @classmethod
     def load(
@@ -177,7 +195,8 @@ class ModelSource:
     ) -> ModelSource:
         checkpoint = read_checkpoint(weights)
         fused = bool(checkpoint.extra.get("fused")) or is_fused_state_dict(checkpoint.state_dict)
-        return cls(model_name(weights), checkpoint.path, choose_config(checkpoint, config), fused, checkpoint.extra)
+        chosen, advice = choose_config(checkpoint, config), config_advice(checkpoint, config)
+        return cls(model_name(weights), checkpoint.path, chosen, fused, checkpoint.extra, advice)
 
     @property
     def file_bytes(self) -> int:
@@ -185,7 +204,7 @@ class ModelSource:
 
     def model(self) -> Yolact:
         """The model in eval mode on the CPU (the file is read again: sources stay small)."""
-        return build_model(read_checkpoint(self.path).state_dict, self.config, source=str(self.path))
+        return build_model(read_checkpoint(self.path).state_dict, self.config, str(self.path), self.advice)
 
 
 def load_model(
@@ -196,7 +215,7 @@ def load_model(
     """Checkpoint (path or embedded name) -> YOLACT in eval mode on ``device``."""
     checkpoint = read_checkpoint(weights)
     chosen = choose_config(checkpoint, config)
-    model = build_model(checkpoint.state_dict, chosen, source=str(checkpoint.path))
+    model = build_model(checkpoint.state_dict, chosen, str(checkpoint.path), config_advice(checkpoint, config))
     return model.to(device)
 
 

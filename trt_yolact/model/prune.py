@@ -39,7 +39,7 @@ from torch import nn
 from ..errors import PruneError, UsageError
 from ..files import atomic_write_bytes
 from ..tables import format_table
-from .checkpoint import build_model, choose_config, read_checkpoint, save_checkpoint
+from .checkpoint import build_model, choose_config, config_advice, read_checkpoint, save_checkpoint
 from .fuse import fuse_model, is_fused_state_dict
 from .stats import checkpoint_bytes, count_conv_macs, count_params, input_hw
 from .yolact import Bottleneck, DarkNetBlock, Yolact
@@ -441,7 +441,8 @@ def prune_checkpoint(
         )
     if not any(key.endswith(".running_var") for key in checkpoint.state_dict):
         raise PruneError(f"{checkpoint.path} has no batch-norm layers: there are no BN scales to prune by")
-    model = build_model(checkpoint.state_dict, choose_config(checkpoint, config), source=str(checkpoint.path))
+    chosen, advice = choose_config(checkpoint, config), config_advice(checkpoint, config)
+    model = build_model(checkpoint.state_dict, chosen, str(checkpoint.path), advice)
     pruned, report = prune_model(
         model, options.ratio, options.threshold, options.min_keep, options.round_to, input_size=options.input_size
     )

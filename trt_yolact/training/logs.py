@@ -9,13 +9,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 from tqdm import tqdm
 
 from ..files import atomic_write_bytes, atomic_write_text
 from ..model.checkpoint import serialize
 from ..model.prune import plot_gamma_histograms
+from ..model.safe_load import load_tensors
 from .sparsity import gamma_statistics
 
 LOSS_TERMS = ("box", "conf", "mask", "segm", "total")
@@ -59,7 +59,7 @@ class TrainingLog:
         """The curves PNG, and with sparsity the |gamma| histograms before and after."""
         plot_curves(self.loss_csv, history, self.out_dir / "curves.png")
         if self.sparsity:
-            before = torch.load(self.initial_weights, map_location="cpu", weights_only=True)
+            before = load_tensors(self.initial_weights)
             plot_gamma_histograms([before, model], ["before", "after"], self.out_dir / "gamma_hist.png")
 
     def close(self) -> None:

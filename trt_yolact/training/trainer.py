@@ -30,6 +30,7 @@ from ..files import atomic_write_bytes
 from ..inference.predictor import Predictor
 from ..metrics.coco_eval import evaluate
 from ..model.checkpoint import checkpoint_payload, clean_state_dict, read_checkpoint, save_checkpoint, serialize
+from ..model.safe_load import load_tensors
 from ..model.yolact import Yolact
 from ..runtime.base import resolve_device
 from ..runtime.torch_runner import TorchRunner
@@ -285,7 +286,16 @@ class Trainer:
         path = self.out_dir / TRAIN_STATE
         if not path.is_file():
             raise TrainingError(f"--resume: no checkpoint {path}; train without --resume first")
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = load_tensors(path)
+        lacking = [k for k in ("model", "config", "optimizer", "scaler", "iteration", "rng") if k not in data]
+        if not isinstance(data, dict) or lacking:
+            raise TrainingError(f"--resume: {path} is not a training state of this trainer (lacks {lacking})")
+        if data["config"] != self.config.to_dict():
+            stored = YolactConfig.from_dict(data["config"]).name
+            raise TrainingError(
+                f"--resume: {path} was trained with config {stored!r} (and its dataset's classes), which differ from "
+                f"this run's {self.config.name!r}: resume with the same --config and data, or train into another --out"
+            )
         self.model.load_state_dict(data["model"])
         self.optimizer.load_state_dict(data["optimizer"])
         self.scaler.load_state_dict(data["scaler"])
