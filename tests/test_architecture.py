@@ -35,8 +35,9 @@ MAY_IMPORT = {
     "data": {"base"},
     "deploy": {"base", "model"},
     "runtime": set(),  # see RUNTIME_MAY_IMPORT: not all of base, and only the format modules of deploy
-    "inference": {"base", "model", "deploy", "runtime"},
-    "metrics": {"base", "model", "deploy", "runtime", "inference"},
+    # data: the generated shapes images INT8 calibrates on and its sensitivity is scored on
+    "inference": {"base", "model", "data", "deploy", "runtime"},
+    "metrics": {"base", "model", "data", "deploy", "runtime", "inference"},
     "training": {"base", "model", "data", "deploy", "runtime", "inference", "metrics"},
     "commands": {"base", "model", "data", "deploy", "runtime", "inference", "metrics", "training"},
 }

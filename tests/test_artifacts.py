@@ -12,7 +12,7 @@ from test_export import TINY  # the same tiny model as the export tests
 from trt_yolact.config import PostprocessConfig
 from trt_yolact.deploy.artifacts import ArtifactChain, ExportOptions, export_artifacts
 from trt_yolact.deploy.onnx_format import read_onnx_metadata
-from trt_yolact.errors import ExportError, PrecisionError, UsageError
+from trt_yolact.errors import CalibrationError, ExportError, PrecisionError, UsageError
 from trt_yolact.files import sha256_file
 from trt_yolact.model.checkpoint import ModelSource, read_checkpoint, save_checkpoint
 from trt_yolact.model.yolact import Yolact
@@ -89,7 +89,9 @@ def test_without_fusing_the_checkpoint_itself_is_exported(source, tmp_path):
     assert artifact.path.name == "tiny.postprocess.onnx" and artifact.postprocess == "graph"
     assert chain.checkpoint().path == source.path
     assert read_onnx_metadata(artifact.path)["parent_sha256"] == sha256_file(source.path)
-    with pytest.raises(PrecisionError, match="int8"):
+    with pytest.raises(PrecisionError, match="int4"):
+        chain.onnx("int4")
+    with pytest.raises(CalibrationError, match="calibration images"):  # INT8 without a calibration set
         chain.onnx("int8")
 
 

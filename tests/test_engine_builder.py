@@ -124,44 +124,63 @@ def test_trt_major():
     "trt", [None, _ns(NetworkDefinitionCreationFlag=_ns(STRONGLY_TYPED=1), BuilderFlag=_ns(FP16=0))]
 )
 def test_plan_trt10_strongly_typed(trt):
-    assert precision_plan("10.16.1.11", True, "fp16", trt) == STRONG  # FP16 ONNX, strongly typed
-    assert precision_plan("10.16.1.11", False, "fp32", trt) == STRONG
-    assert precision_plan("10.16.1.11", False, "fp16", trt) == WEAK_FP16  # FP16 kernels chosen by the builder
-    assert precision_plan("10.16.1.11", True, "FP16", trt) == STRONG
+    assert precision_plan("10.16.1.11", "fp16", "fp16", trt) == STRONG  # FP16 ONNX, strongly typed
+    assert precision_plan("10.16.1.11", "fp32", "fp32", trt) == STRONG
+    assert precision_plan("10.16.1.11", "fp32", "fp16", trt) == WEAK_FP16  # FP16 kernels chosen by the builder
+    assert precision_plan("10.16.1.11", "fp16", "FP16", trt) == STRONG
 
 
 def test_plan_trt10_without_strongly_typed():
     trt = _ns(NetworkDefinitionCreationFlag=_ns(EXPLICIT_BATCH=0), BuilderFlag=_ns(FP16=0))
-    assert precision_plan("10.0.1", True, "fp16", trt) == WEAK_FP16
-    assert precision_plan("10.0.1", False, "fp16", trt) == WEAK_FP16
-    assert precision_plan("10.0.1", False, "fp32", trt) == NO_FLAGS
+    assert precision_plan("10.0.1", "fp16", "fp16", trt) == WEAK_FP16
+    assert precision_plan("10.0.1", "fp32", "fp16", trt) == WEAK_FP16
+    assert precision_plan("10.0.1", "fp32", "fp32", trt) == NO_FLAGS
     no_fp16 = _ns(NetworkDefinitionCreationFlag=_ns(), BuilderFlag=_ns())
     with pytest.raises(PrecisionError, match="FP16 ONNX"):
-        precision_plan("10.0.1", True, "fp16", no_fp16)  # never a silent FP32 build
+        precision_plan("10.0.1", "fp16", "fp16", no_fp16)  # never a silent FP32 build
 
 
 @pytest.mark.parametrize("trt", [None, _ns(NetworkDefinitionCreationFlag=_ns(STRONGLY_TYPED=0), BuilderFlag=_ns())])
 def test_plan_trt11(trt):
-    assert precision_plan("11.4.0.106", True, "fp16", trt) == NO_FLAGS  # always strongly typed
-    assert precision_plan("11.4.0.106", False, "fp32", trt) == NO_FLAGS
+    assert precision_plan("11.4.0.106", "fp16", "fp16", trt) == NO_FLAGS  # always strongly typed
+    assert precision_plan("11.4.0.106", "fp32", "fp32", trt) == NO_FLAGS
     with pytest.raises(PrecisionError) as info:
-        precision_plan("11.4.0.106", False, "fp16", trt)
+        precision_plan("11.4.0.106", "fp32", "fp16", trt)
     assert "FP16 ONNX" in str(info.value) and "FP32" in str(info.value)
 
 
 @pytest.mark.parametrize("version", ["10.16.1.11", "11.4.0.106"])
 def test_plan_fp32_from_fp16_onnx_is_an_error(version):
     with pytest.raises(PrecisionError, match="FP32 ONNX"):
-        precision_plan(version, True, "fp32")
+        precision_plan(version, "fp16", "fp32")
+
+
+@pytest.mark.parametrize("version", ["10.16.1.11", "11.4.0.106"])
+def test_plan_int8_is_strongly_typed_from_a_qdq_onnx_only(version):
+    trt = _ns(NetworkDefinitionCreationFlag=_ns(STRONGLY_TYPED=0), BuilderFlag=_ns(FP16=0))
+    plan = precision_plan(version, "int8", "int8", trt)
+    assert plan.builder_flags == () and plan == (STRONG if version.startswith("10.") else NO_FLAGS)
+    for onnx_precision in ("fp32", "fp16"):  # never INT8 from a graph without Q/DQ (no implicit calibration)
+        with pytest.raises(PrecisionError, match="TensorRT-flavour INT8 ONNX"):
+            precision_plan(version, onnx_precision, "int8", trt)
+    for requested in ("fp32", "fp16"):  # nor another precision from a Q/DQ graph
+        with pytest.raises(PrecisionError, match="INT8"):
+            precision_plan(version, "int8", requested, trt)
+
+
+def test_plan_int8_needs_strong_typing_on_trt10():
+    trt = _ns(NetworkDefinitionCreationFlag=_ns(EXPLICIT_BATCH=0), BuilderFlag=_ns(FP16=0))
+    with pytest.raises(PrecisionError, match="strongly typed"):
+        precision_plan("10.0.1", "int8", "int8", trt)
 
 
 def test_plan_rejects_unknown_precision_and_version():
     with pytest.raises(PrecisionError):
-        precision_plan("10.16.1.11", False, "int8")
+        precision_plan("10.16.1.11", "fp32", "int4")
     with pytest.raises(PrecisionError, match="not supported"):
-        precision_plan("8.6.1", False, "fp32")
+        precision_plan("8.6.1", "fp32", "fp32")
     with pytest.raises(PrecisionError, match="not supported"):
-        precision_plan("12.0.0", True, "fp16")
+        precision_plan("12.0.0", "fp16", "fp16")
 
 
 @pytest.mark.parametrize("path", real_lists(), ids=lambda p: p.stem)
@@ -169,18 +188,20 @@ def test_plan_against_real_name_lists(path):
     """Flags planned for each extracted TensorRT version exist in that version."""
     trt = fake_module_from_list(path)
     version = path.stem[len("tensorrt-") :]
-    for onnx_fp16, requested in [(True, "fp16"), (False, "fp32"), (False, "fp16")]:
+    for onnx_precision, requested in [("fp16", "fp16"), ("fp32", "fp32"), ("fp32", "fp16"), ("int8", "int8")]:
         try:
-            plan = precision_plan(version, onnx_fp16, requested, trt)
+            plan = precision_plan(version, onnx_precision, requested, trt)
         except PrecisionError:
-            assert version.startswith("11.") and requested == "fp16" and not onnx_fp16
+            assert version.startswith("11.") and requested == "fp16" and onnx_precision == "fp32"
             continue
         for flag in plan.creation_flags:
             assert hasattr(trt.NetworkDefinitionCreationFlag, flag)
         for flag in plan.builder_flags:
             assert hasattr(trt.BuilderFlag, flag)
-        if version.startswith("10.") and (onnx_fp16 or requested == "fp32"):
+        if version.startswith("10.") and onnx_precision == requested:
             assert plan == STRONG
+        if requested == "int8":  # explicit quantization: strongly typed, never a builder flag
+            assert plan.builder_flags == () and (plan == STRONG or version.startswith("11."))
 
 
 # --------------------------------------------------------------------------- sidecar

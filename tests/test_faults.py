@@ -186,7 +186,7 @@ def test_a_truncated_jpeg_is_skipped_in_one_line(tiny, tmp_path):
         ("trt_yolact.predict", "--score-threshold", "-0.1"),
         ("trt_yolact.eval", "--batch-size", "0"),
         ("trt_yolact.bench", "--batch", "x"),
-        ("trt_yolact.bench", "--precision", "int8"),
+        ("trt_yolact.bench", "--precision", "int4"),
         ("trt_yolact.build", "--batch", "0,8"),
         ("trt_yolact.build", "--repeats", "0"),
         ("trt_yolact.train", "--lr-steps", "abc"),

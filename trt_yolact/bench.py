@@ -21,6 +21,7 @@ import torch
 from .command_line import (
     add_runtime_arguments,
     add_weights_argument,
+    int8_options,
     non_negative_int,
     positive_int,
     positive_int_list,
@@ -82,7 +83,7 @@ def write_outputs(rows: list[BenchRow], skipped: list[str], args: argparse.Names
 
 
 def _run(args: argparse.Namespace) -> int:
-    runtime = RuntimeOptions(device=args.device, config=args.config, cache_dir=args.cache)
+    runtime = RuntimeOptions(device=args.device, config=args.config, cache_dir=args.cache, int8=int8_options(args))
     models = [w if artifact_backend(w) else ModelSource.load(w, args.config) for w in args.weights.split(",") if w]
     options = BenchOptions(args.backends, args.precision, args.batch, args.iters, args.warmup, args.settle, runtime)
     with torch.inference_mode():

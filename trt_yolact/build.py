@@ -1,11 +1,12 @@
 """The whole deployment pipeline in one command.
 
-    python -m trt_yolact.build [--weights CKPT|yolact_shapes] [--fuse/--no-fuse] [--precision fp16|fp32]
+    python -m trt_yolact.build [--weights CKPT|yolact_shapes] [--fuse/--no-fuse] [--precision fp16|fp32|int8]
                                [--batch 1,4,8] [--postprocess host|graph] [--out export/] [--engines engines/]
+                               [--calib DIR|ANN.json:IMAGES] [--int8-exclude PATTERN] [--int8-max-ap-drop D]
 
-checkpoint -> fuse -> ONNX (simplified) -> FP16 ONNX -> TensorRT engine (where TensorRT and a GPU exist;
-otherwise one line says why it is skipped) -> every artifact verified against the PyTorch reference on
-sample images (raw-output error, detection agreement) -> a build report (table + JSON).
+checkpoint -> fuse -> ONNX (simplified) -> FP16 ONNX [-> INT8 ONNX, both flavours] -> TensorRT engine (where
+TensorRT and a GPU exist; otherwise one line says why it is skipped) -> every artifact verified against the
+PyTorch reference on sample images (raw-output error, detection agreement) -> a build report (table + JSON).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from pathlib import Path
 
 import torch
 
-from .command_line import add_weights_argument, parsed_by, positive_int, run_command
+from .command_line import add_int8_arguments, add_weights_argument, int8_options, parsed_by, positive_int, run_command
 from .config import PRECISIONS
 from .deploy.tensorrt_build import BuildProfile
 from .errors import CheckpointError
 from .files import atomic_write_text
+from .metrics.int8_sensitivity import SensitivityReport, write_report
 from .metrics.verify import BuildOptions, BuildReport, build_and_verify
 from .model.checkpoint import EMBEDDED_MODELS, embedded_model_path
 from .runtime.open import artifact_backend
@@ -57,6 +59,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--repeats", type=positive_int, default=d.repeats, help=f"timed runs per artifact (default: {d.repeats})"
     )
+    add_int8_arguments(parser, search=True)
     return parser
 
 
@@ -76,7 +79,18 @@ def print_report(report: BuildReport, report_path: Path) -> None:
     print(report.table())
     for line in report.skipped:
         print(line)
+    if report.int8 is not None:
+        print(f"INT8 calibrated on {report.int8['calibration']} ({report.int8['settings']['method']})")
     print(f"report: {report_path}")
+
+
+def print_sensitivity(reports: list[SensitivityReport], out_dir: Path) -> None:
+    for report in reports:
+        print(f"\nINT8 sensitivity, {report.flavour} flavour (mask AP change in points)")
+        print(report.table())
+        print(report.summary())
+        json_path, png_path = write_report(report, out_dir / f"{report.model}.int8-{report.flavour}.sensitivity")
+        print(f"sensitivity: {json_path}, {png_path}")
 
 
 @torch.no_grad()
@@ -92,6 +106,8 @@ def _run(args: argparse.Namespace) -> int:
         profile=args.batch,
         graph_postprocess=args.postprocess == "graph",
         repeats=args.repeats,
+        int8=int8_options(args),
+        int8_sensitivity=args.int8_sensitivity,
     )
     for weights in [args.weights] if args.weights else default_weights():
         report = build_and_verify(weights, options)
@@ -99,6 +115,7 @@ def _run(args: argparse.Namespace) -> int:
             options.out_dir / f"{report.model}.build.json", json.dumps(report.to_dict(), indent=2, allow_nan=False)
         )
         print_report(report, report_path)
+        print_sensitivity(report.sensitivity, options.out_dir)
     return 0
 
 

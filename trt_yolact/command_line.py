@@ -13,7 +13,17 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .config import BACKENDS, DEFAULT_CACHE, DEFAULT_MODEL, EMBEDDED_MODELS, PRECISIONS, RuntimeOptions
+from .config import (
+    BACKENDS,
+    DEFAULT_CACHE,
+    DEFAULT_MODEL,
+    EMBEDDED_MODELS,
+    INT8_BACKENDS,
+    PRECISIONS,
+    Int8Options,
+    RuntimeOptions,
+)
+from .deploy.calibration import CALIBRATION_METHODS, MIN_CALIBRATION_IMAGES
 from .errors import TrtYolactError
 
 
@@ -184,11 +194,109 @@ def add_runtime_arguments(
     parser.add_argument(
         "--cache", default=DEFAULT_CACHE, help=f"folder for the ONNX/engines a backend needs (default: {DEFAULT_CACHE})"
     )
+    add_int8_arguments(parser)
 
 
 def runtime_options(args: argparse.Namespace, max_batch: int = 8) -> RuntimeOptions:
     """The options of :func:`add_runtime_arguments` (single backend form) and ``--config``."""
-    return RuntimeOptions(args.backend, args.precision, args.device, args.config, args.cache, max_batch)
+    return RuntimeOptions(
+        args.backend, args.precision, args.device, args.config, args.cache, max_batch, int8_options(args)
+    )
+
+
+def at_least_calibration_images(text: str) -> int:
+    value = _number(text, int)
+    if value < MIN_CALIBRATION_IMAGES:
+        raise argparse.ArgumentTypeError(f"calibration needs at least {MIN_CALIBRATION_IMAGES} images, got {text}")
+    return value
+
+
+def percentile(text: str) -> float:
+    value = _number(text, float)
+    if not 50 < value <= 100:
+        raise argparse.ArgumentTypeError(f"must be above 50 and at most 100, got {text}")
+    return value
+
+
+def add_int8_arguments(parser: argparse.ArgumentParser, search: bool = False) -> None:
+    """How INT8 artifacts are calibrated; ``search``: also ``--int8-max-ap-drop`` and ``--int8-sensitivity``
+    (which evaluate quantized variants on a calibration-disjoint image set)."""
+    d = Int8Options()
+    group = parser.add_argument_group(f"INT8 (--precision int8, on {' and '.join(INT8_BACKENDS)})")
+    group.add_argument(
+        "--calib",
+        default=None,
+        metavar="DIR|ANN.json:IMAGES",
+        help="calibration images (default: generated shapes images, for models of the shapes dataset only)",
+    )
+    group.add_argument(
+        "--calib-images",
+        type=at_least_calibration_images,
+        default=d.calib_images,
+        metavar="N",
+        help=f"at most N calibration images, sampled with a fixed seed (default: {d.calib_images})",
+    )
+    group.add_argument(
+        "--calib-method", choices=CALIBRATION_METHODS, default=d.calib_method, help=f"default: {d.calib_method}"
+    )
+    group.add_argument(
+        "--calib-percentile",
+        type=percentile,
+        default=d.calib_percentile,
+        help=f"of |x|, for --calib-method percentile (default: {d.calib_percentile})",
+    )
+    group.add_argument(
+        "--calib-batch",
+        type=positive_int,
+        default=d.calib_batch,
+        help=f"images per calibration run; lower it where memory is short (default: {d.calib_batch})",
+    )
+    group.add_argument(
+        "--int8-exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="keep these layers in higher precision: a block (stem, stage1.., fpn, protonet, head) or a module "
+        "path glob (proto_net.*); repeatable",
+    )
+    if search:
+        _add_int8_search_arguments(group)
+
+
+def _add_int8_search_arguments(group: Any) -> None:
+    group.add_argument(
+        "--int8-max-ap-drop",
+        type=non_negative_float,
+        default=None,
+        metavar="D",
+        help="leave the most sensitive blocks unquantized until the mask AP drop on the sensitivity set is "
+        "within D points (implies --int8-sensitivity)",
+    )
+    group.add_argument(
+        "--int8-sensitivity",
+        action="store_true",
+        help="report each block's mask AP change, quantized alone and left out alone (table, JSON, PNG)",
+    )
+    group.add_argument(
+        "--int8-eval",
+        default=None,
+        metavar="ANN.json:IMAGES",
+        help="the sensitivity set, disjoint from the calibration images (default: generated shapes images)",
+    )
+
+
+def int8_options(args: argparse.Namespace) -> Int8Options:
+    """The options of :func:`add_int8_arguments`."""
+    return Int8Options(
+        calib=args.calib,
+        calib_images=args.calib_images,
+        calib_method=args.calib_method,
+        calib_percentile=args.calib_percentile,
+        calib_batch=args.calib_batch,
+        exclude=tuple(args.int8_exclude),
+        max_ap_drop=getattr(args, "int8_max_ap_drop", None),
+        sensitivity_set=getattr(args, "int8_eval", None),
+    )
 
 
 def add_postprocess_arguments(

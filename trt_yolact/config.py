@@ -189,7 +189,8 @@ STD_BGR = (57.38, 57.12, 58.40)
 BACKBONE_KINDS = ("resnet", "darknet")
 # Where a model runs and in which precision (every deployed form is checked against torch fp32).
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
+INT8_BACKENDS = ("onnxruntime", "tensorrt")  # INT8 is Q/DQ ONNX: ONNX Runtime runs it, TensorRT builds it
 DEFAULT_CACHE = "export/cache"
 # The demo models shipped inside the package (trt_yolact/weights/NAME.pth); the first is the default model.
 EMBEDDED_MODELS = ("yolact_shapes", "yolact_shapes_pruned")
@@ -449,6 +450,21 @@ class PostprocessConfig:
 
 
 @dataclass(frozen=True)
+class Int8Options:
+    """How INT8 artifacts are calibrated and which layers they keep in higher precision."""
+
+    calib: str | None = None  # an image folder or ANN.json:IMAGES; None: the embedded demo models' own set
+    calib_images: int = 256  # sampled with a fixed seed when the source has more
+    calib_method: str = "entropy"  # minmax, entropy or percentile
+    calib_percentile: float = 99.99
+    calib_batch: int = 4  # images per calibration run: what bounds its memory
+    exclude: tuple[str, ...] = ()  # module path globs or block names kept in higher precision
+    max_ap_drop: float | None = None  # leave the most sensitive blocks unquantized until within this
+    sensitivity_set: str | None = None  # ANN.json:IMAGES scored for sensitivity; None: generated shapes images
+    sensitivity_images: int = 200
+
+
+@dataclass(frozen=True)
 class RuntimeOptions:
     """Where and how a model runs."""
 
@@ -458,6 +474,7 @@ class RuntimeOptions:
     config: str | os.PathLike | None = None  # where the file does not name its model config
     cache_dir: str | os.PathLike = DEFAULT_CACHE  # ONNX files and engines made for a checkpoint
     max_batch: int = 8  # the largest batch of a TensorRT engine made for a checkpoint
+    int8: Int8Options = Int8Options()  # for INT8 artifacts made for a checkpoint
 
     def device_for(self, backend: str) -> str:
         return self.device or ("cuda" if backend == "tensorrt" else "cpu")

@@ -48,6 +48,10 @@ class ExportError(TrtYolactError, RuntimeError):
     """A model that cannot be exported or converted to ONNX."""
 
 
+class CalibrationError(TrtYolactError, ValueError):
+    """Calibration images, settings or a calibration cache that INT8 quantization cannot use."""
+
+
 class PrecisionError(TrtYolactError, ValueError):
     """A precision that cannot be built from this ONNX with this TensorRT version."""
 

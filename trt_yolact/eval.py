@@ -18,6 +18,7 @@ from .command_line import (
     add_postprocess_arguments,
     add_runtime_arguments,
     add_weights_argument,
+    int8_options,
     non_negative_float,
     positive_int,
     run_command,
@@ -71,7 +72,7 @@ def write_outputs(comparison: Comparison, args: argparse.Namespace) -> None:
 
 
 def _options(args: argparse.Namespace) -> EvalOptions:
-    runtime = RuntimeOptions(device=args.device, config=args.config, cache_dir=args.cache)
+    runtime = RuntimeOptions(device=args.device, config=args.config, cache_dir=args.cache, int8=int8_options(args))
     return EvalOptions(
         ann_file=args.ann,
         image_dir=args.images,

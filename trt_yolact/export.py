@@ -1,7 +1,11 @@
 """Export YOLACT to ONNX (FP32, optionally FP16 and with the post-processing in the graph).
 
     python -m trt_yolact.export --weights CKPT [--config NAME_OR_FILE] [--out export/] [--name model] [--fp16]
+                                [--int8 [--calib DIR|ANN.json:IMAGES] [--int8-exclude PATTERN]]
                                 [--postprocess none|graph] [--batch N] [--opset N] [--no-simplify]
+
+``--int8`` writes both INT8 flavours: ``NAME.int8.onnx`` for ONNX Runtime (uint8 activations, CPU) and
+``NAME.int8-trt.onnx`` for TensorRT (symmetric int8 Q/DQ around FP16), and their calibration cache.
 
 The graph's interface and metadata: :mod:`trt_yolact.deploy.onnx_format`.
 """
@@ -14,11 +18,12 @@ from collections.abc import Sequence
 
 import torch
 
-from .command_line import add_weights_argument, positive_int, run_command
+from .command_line import add_int8_arguments, add_weights_argument, int8_options, positive_int, run_command
 from .config import PostprocessConfig
 from .deploy.artifacts import ExportOptions, export_artifacts
 from .deploy.onnx_export import DEFAULT_OPSET, MIN_OPSET
 from .deploy.onnx_format import POSTPROCESS_MODES
+from .inference.calibration_images import int8_setup
 from .model.checkpoint import ModelSource
 from .tables import format_table, human_size
 
@@ -38,6 +43,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--fp16", action="store_true", help="also write FP16 versions (NAME.fp16.onnx)")
     parser.add_argument(
+        "--int8", action="store_true", help="also write the INT8 exports (NAME.int8.onnx, NAME.int8-trt.onnx)"
+    )
+    parser.add_argument(
         "--postprocess",
         choices=POSTPROCESS_MODES,
         default="none",
@@ -47,6 +55,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--max-detections", type=positive_int, default=100, help="detection slots per image with --postprocess graph"
     )
     parser.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
+    add_int8_arguments(parser)
     return parser
 
 
@@ -55,7 +64,8 @@ def _run(args: argparse.Namespace) -> int:
     source = ModelSource.load(args.weights, args.config)  # a bad checkpoint fails before any folder is made
     options = ExportOptions(fuse=False, opset=args.opset, simplify=not args.no_simplify, batch=args.batch)
     post = PostprocessConfig(max_detections=args.max_detections) if args.postprocess == "graph" else None
-    written = export_artifacts(source, args.out, args.name, options, fp16=args.fp16, postprocess=post)
+    int8 = int8_setup(int8_options(args), source) if args.int8 else None
+    written = export_artifacts(source, args.out, args.name, options, fp16=args.fp16, postprocess=post, int8=int8)
     rows = [(str(a.path), human_size(a.size_bytes), a.precision, a.postprocess) for a in written]
     print(format_table(rows, ("file", "size", "precision", "postprocess"), first_column_left=True))
     for artifact in written:

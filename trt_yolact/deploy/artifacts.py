@@ -1,11 +1,13 @@
-"""The one artifact chain: checkpoint -> fused checkpoint -> FP32 ONNX -> FP16 ONNX -> TensorRT engine.
+"""The one artifact chain: checkpoint -> fused checkpoint -> FP32 ONNX -> FP16 ONNX -> TensorRT engine, and
+FP32 ONNX -> INT8 ONNX (ONNX Runtime flavour), FP16 ONNX -> INT8 ONNX (TensorRT flavour) -> INT8 engine.
 
 Each artifact is made from the file before it, never from a model in memory, and only here: ``build``,
 ``export`` and opening a runner for a checkpoint all go through :class:`ArtifactChain`. An artifact is
 reused when its file exists and records that it was made from a parent of the same content (sha256) with
 the same options by the same trt_yolact version; otherwise it is made again. ONNX files record this in their
 metadata, fused checkpoints beside their weights, engines in their sidecar. Every file is written whole
-(atomically), so an interrupted chain leaves only complete artifacts.
+(atomically), so an interrupted chain leaves only complete artifacts. The INT8 exports share one calibration
+cache (``STEM.calib.json``, :mod:`~trt_yolact.deploy.calibration`).
 """
 
 from __future__ import annotations
@@ -17,15 +19,20 @@ from typing import Any
 
 from .. import __version__
 from ..config import PRECISIONS, PostprocessConfig, YolactConfig
-from ..errors import CheckpointError, ExportError, PrecisionError, UsageError
+from ..errors import CalibrationError, CheckpointError, ExportError, PrecisionError, UsageError
 from ..files import sha256_file, staged_folder
 from ..model.checkpoint import ModelSource, build_model, read_checkpoint, save_fused_checkpoint
 from ..model.fuse import fuse_model
 from ..model.safe_load import load_tensors
+from .calibration import CalibrationData, CalibrationSettings, Range, cache_settings, load_or_calibrate
 from .onnx_export import DEFAULT_OPSET, export_onnx
-from .onnx_format import read_onnx_metadata
+from .onnx_format import load_onnx, read_onnx_metadata
 from .onnx_fp16 import DEFAULT_KEEP_FP32_OPS, convert_fp16
+from .onnx_int8 import INT8_FLAVOURS, calibration_tensors, write_int8
 from .tensorrt_build import BuildProfile, build_engine
+
+# The INT8 exports' name suffixes: the CPU flavour is the plain one, TensorRT's is marked.
+INT8_SUFFIXES = {"onnxruntime": ".int8", "tensorrt": ".int8-trt"}
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,21 @@ class ExportOptions:
         return _key("onnx", **settings, postprocess=None if postprocess is None else asdict(postprocess))
 
 
+@dataclass(frozen=True)
+class Int8Setup:
+    """What the chain's INT8 exports are calibrated on and which layers they keep in higher precision."""
+
+    data: CalibrationData
+    settings: CalibrationSettings = CalibrationSettings()
+    exclude: tuple[str, ...] = ()  # module path globs or block names (onnx_int8.excluded_nodes)
+    # blocks a sensitivity search left unquantized, per flavour, besides ``exclude``
+    searched: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    description: str = ""  # where the images come from, for reports
+
+    def exclusions(self, flavour: str) -> tuple[str, ...]:
+        return self.exclude + dict(self.searched).get(flavour, ())
+
+
 def _key(step: str, **settings: Any) -> str:
     return json.dumps({"step": step, **settings}, sort_keys=True, default=str)
 
@@ -53,8 +75,8 @@ class Artifact:
     """One file of the chain."""
 
     path: Path
-    kind: str  # "checkpoint", "onnx" or "engine"
-    precision: str  # "fp32" or "fp16"
+    kind: str  # "checkpoint", "onnx", "engine" or "calibration" (the INT8 calibration cache)
+    precision: str  # "fp32", "fp16" or "int8"
     postprocess: str = "none"  # "graph": the post-processing is inside the ONNX
     reused: bool = False
     note: str = ""  # e.g. why an ONNX is not simplified, how long an engine took to build
@@ -67,9 +89,11 @@ class Artifact:
 class ArtifactChain:
     """Makes or reuses the artifacts of one checkpoint in ``folder`` (engines in ``engine_folder``).
 
-    Files are named ``STEM[.postprocess][.fp16].onnx`` and ``STEM.fp16.engine``; ``STEM`` is ``stem`` when
-    given, else the model's name with ``.fused`` when the exports are made from a fused checkpoint. In a
-    cache (:meth:`cached`) the engine's name also carries its batch profile (``.b1-4-8``).
+    Files are named ``STEM[.postprocess][.fp16].onnx``, ``STEM.int8.onnx`` (ONNX Runtime flavour),
+    ``STEM.int8-trt.onnx`` (TensorRT flavour) and ``STEM.fp16.engine`` / ``STEM.int8-trt.engine``; ``STEM`` is
+    ``stem`` when given, else the model's name with ``.fused`` when the exports are made from a fused
+    checkpoint. In a cache (:meth:`cached`) the engine's name also carries its batch profile (``.b1-4-8``).
+    INT8 needs ``int8``: the calibration images and settings.
     """
 
     def __init__(
@@ -79,21 +103,29 @@ class ArtifactChain:
         engine_folder: str | Path | None = None,
         stem: str | None = None,
         options: ExportOptions = ExportOptions(),
+        int8: Int8Setup | None = None,
     ):
-        self.source, self.options = source, options
+        self.source, self.options, self.int8 = source, options, int8
         self.folder = Path(folder)
         self.engine_folder = Path(engine_folder) if engine_folder is not None else self.folder
         self.stem = stem or f"{source.name}{'.fused' if options.fuse or source.fused else ''}"
         self.profile_in_engine_name = False  # a cache keeps one engine per batch profile side by side
         self._hashes: dict[Path, str] = {}
+        self._ranges: dict[str, Range] | None = None
 
     @classmethod
-    def cached(cls, source: ModelSource, folder: str | Path, options: ExportOptions = ExportOptions()) -> ArtifactChain:
+    def cached(
+        cls,
+        source: ModelSource,
+        folder: str | Path,
+        options: ExportOptions = ExportOptions(),
+        int8: Int8Setup | None = None,
+    ) -> ArtifactChain:
         """A chain in a cache folder shared by many checkpoints: the stem carries the checkpoint's digest, so
         two checkpoints of the same name never replace each other's artifacts."""
         digest = sha256_file(source.path)
         fused = ".fused" if options.fuse or source.fused else ""
-        chain = cls(source, folder, stem=f"{source.name}-{digest[:12]}{fused}", options=options)
+        chain = cls(source, folder, stem=f"{source.name}-{digest[:12]}{fused}", options=options, int8=int8)
         chain.profile_in_engine_name = True
         chain._hashes[source.path] = digest
         return chain
@@ -117,12 +149,19 @@ class ArtifactChain:
         self._hashes.pop(path, None)
         return Artifact(path, "checkpoint", "fp32")
 
-    def onnx(self, precision: str = "fp32", postprocess: PostprocessConfig | None = None) -> Artifact:
-        """The ONNX export in ``precision``; ``postprocess`` puts that post-processing inside the graph."""
+    def onnx(
+        self, precision: str = "fp32", postprocess: PostprocessConfig | None = None, flavour: str = "onnxruntime"
+    ) -> Artifact:
+        """The ONNX export in ``precision``; ``postprocess`` puts that post-processing inside the graph;
+        ``flavour``: which INT8 graph (``onnxruntime`` or ``tensorrt``)."""
         if precision not in PRECISIONS:
             raise PrecisionError(f"ONNX exports are one of {', '.join(PRECISIONS)}, not {precision!r}")
         if precision == "fp16":
             return self._fp16_onnx(postprocess)
+        if precision == "int8":
+            if postprocess is not None:
+                raise PrecisionError("INT8 exports hold the network only: use --postprocess graph with fp32")
+            return self.int8_onnx(flavour)
         parent = self.checkpoint().path
         suffix = ".postprocess" if postprocess is not None else ""
         path = self.folder / f"{self.stem}{suffix}.onnx"
@@ -159,9 +198,61 @@ class ArtifactChain:
         self._hashes.pop(path, None)
         return Artifact(path, "onnx", "fp16", parent.postprocess)
 
+    @property
+    def calibration_cache(self) -> Path:
+        return self.folder / f"{self.stem}.calib.json"
+
+    def calibration_ranges(self) -> dict[str, Range]:
+        """The activation ranges of the FP32 export on the INT8 calibration images (from the cache when it
+        was made from the same export, settings and images)."""
+        if self.int8 is None:
+            raise CalibrationError("INT8 needs calibration images (--calib DIR or ANN.json:IMAGES)")
+        if self._ranges is None:
+            parent = self.onnx("fp32").path
+            tensors = calibration_tensors(load_onnx(parent))
+            self._ranges, _ = load_or_calibrate(
+                self.calibration_cache, parent, self._sha256(parent), tensors, self.int8.data, self.int8.settings
+            )
+        return self._ranges
+
+    def int8_onnx(self, flavour: str = "onnxruntime", exclude: tuple[str, ...] | None = None) -> Artifact:
+        """The INT8 export of ``flavour``, with the layers matching ``exclude`` (default: the setup's) kept in
+        the precision of its parent (FP32 for ONNX Runtime's, FP16 for TensorRT's)."""
+        if flavour not in INT8_FLAVOURS:
+            raise PrecisionError(f"INT8 flavours are {', '.join(INT8_FLAVOURS)}, not {flavour!r}")
+        if self.int8 is None:
+            raise CalibrationError("INT8 needs calibration images (--calib DIR or ANN.json:IMAGES)")
+        exclude = self.int8.exclusions(flavour) if exclude is None else tuple(exclude)
+        fp32 = self.onnx("fp32")
+        parent = self._fp16_onnx(None) if flavour == "tensorrt" else fp32
+        path = self.folder / f"{self.stem}{INT8_SUFFIXES[flavour]}.onnx"
+        calibration = cache_settings(self.int8.settings, self.int8.data)
+        key = _key("int8", flavour=flavour, calibration=calibration, exclude=sorted(exclude))
+        if _recorded_in_onnx(path) == (self._sha256(parent.path), key, __version__):
+            return Artifact(path, "onnx", "int8", reused=True, note=f"{flavour} flavour")
+        record = {"parent_sha256": self._sha256(parent.path), "artifact_options": key}
+        summary = self.write_int8_variant(flavour, exclude, path, record)
+        self._hashes.pop(path, None)
+        return Artifact(path, "onnx", "int8", note=f"{flavour} flavour, {summary}")
+
+    def write_int8_variant(
+        self, flavour: str, exclude: tuple[str, ...], path: Path, record: dict[str, str] | None = None
+    ) -> str:
+        """Quantize the chain's export for ``flavour`` with ``exclude`` into ``path`` (the sensitivity
+        search's trial models, outside the chain's folder); returns a summary."""
+        if self.int8 is None:
+            raise CalibrationError("INT8 needs calibration images (--calib DIR or ANN.json:IMAGES)")
+        fp32 = self.onnx("fp32")
+        parent = self._fp16_onnx(None) if flavour == "tensorrt" else fp32
+        calibration = cache_settings(self.int8.settings, self.int8.data)
+        return write_int8(
+            flavour, parent.path, fp32.path, path, self.calibration_ranges(), exclude, calibration, record
+        )
+
     def engine(self, precision: str = "fp16", profile: BuildProfile | str = BuildProfile()) -> Artifact:
-        """The TensorRT engine in ``precision``, built strongly typed from the ONNX of that precision."""
-        parent, profile = self.onnx(precision), BuildProfile.parse(profile)
+        """The TensorRT engine in ``precision``, built strongly typed from the ONNX of that precision (for
+        INT8, the TensorRT flavour's Q/DQ ONNX)."""
+        parent, profile = self.onnx(precision, flavour="tensorrt"), BuildProfile.parse(profile)
         batches = (
             f".b{profile.min_batch}-{profile.opt_batch}-{profile.max_batch}" if self.profile_in_engine_name else ""
         )
@@ -200,17 +291,26 @@ def export_artifacts(
     options: ExportOptions = ExportOptions(fuse=False),
     fp16: bool = False,
     postprocess: PostprocessConfig | None = None,
+    int8: Int8Setup | None = None,
 ) -> list[Artifact]:
     """The FP32 ONNX export of ``source`` (with ``fp16`` its FP16 version, with ``postprocess`` the exports
-    with the post-processing in the graph too) as ``out_dir/NAME*.onnx``. The set appears complete or not at
-    all: it is made in a private folder and moved into place at the end."""
+    with the post-processing in the graph too, with ``int8`` both INT8 flavours and their calibration cache)
+    as ``out_dir/NAME*``. The set appears complete or not at all: it is made in a private folder and moved
+    into place at the end."""
     if not name or any(sep in name for sep in ("/", "\\")) or name.startswith("."):
         raise UsageError(f"--name must be a plain file name stem, got {name!r}")
     made: list[Artifact] = []
     with staged_folder(out_dir, ExportError) as staging:
-        chain = ArtifactChain(source, staging, stem=name, options=options)
+        chain = ArtifactChain(source, staging, stem=name, options=options, int8=int8)
         for post in (None, postprocess) if postprocess is not None else (None,):
             made.append(chain.onnx("fp32", post))
             if fp16:
                 made.append(chain.onnx("fp16", post))
+        if int8 is not None:
+            made += [chain.int8_onnx(flavour) for flavour in INT8_FLAVOURS]
+            made.append(Artifact(chain.calibration_cache, "calibration", "int8"))
+        wanted = {artifact.path for artifact in made}
+        for path in Path(staging).iterdir():  # the FP16 export the TensorRT flavour is made from, unasked
+            if path not in wanted:
+                path.unlink()
     return [replace(artifact, path=Path(out_dir) / artifact.path.name) for artifact in made]

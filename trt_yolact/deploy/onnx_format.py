@@ -34,7 +34,9 @@ __all__ = [
     "deployed_parameter_count",
     "load_onnx",
     "onnx_input_size",
+    "check_tensorrt_qdq",
     "onnx_is_fp16",
+    "onnx_precision",
     "parse_metadata",
     "read_onnx_metadata",
 ]
@@ -134,6 +136,41 @@ def onnx_is_fp16(onnx_path: str | os.PathLike) -> bool:
     return counts[f16] > counts[onnx.TensorProto.FLOAT]
 
 
+def onnx_precision(onnx_path: str | os.PathLike) -> str:
+    """``int8`` for a graph with QuantizeLinear/DequantizeLinear nodes, else ``fp16`` or ``fp32``
+    (:func:`onnx_is_fp16`)."""
+    model = load_onnx(onnx_path)
+    if any(node.op_type in _QDQ_OPS for node in model.graph.node):
+        return "int8"
+    return "fp16" if onnx_is_fp16(onnx_path) else "fp32"
+
+
+_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def check_tensorrt_qdq(onnx_path: str | os.PathLike) -> None:
+    """Raise :class:`EngineBuildError` unless every Q/DQ node of the graph is int8 with a zero point of 0 (what
+    TensorRT's explicit quantization accepts; ONNX Runtime's CPU flavour uses uint8 activations)."""
+    import numpy as np
+    import onnx
+
+    model = load_onnx(onnx_path)
+    constants = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type not in _QDQ_OPS:
+            continue
+        zero = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if zero is None and len(node.input) > 2 and node.input[2]:
+            raise EngineBuildError(f"{node.name}: the zero point must be a constant for TensorRT")
+        if zero is not None and (
+            zero.data_type != onnx.TensorProto.INT8 or np.any(onnx.numpy_helper.to_array(zero) != 0)
+        ):
+            raise EngineBuildError(
+                f"{Path(onnx_path).name} is not a TensorRT INT8 graph: {node.name} has a non-zero or uint8 zero "
+                "point (the ONNX Runtime flavour); build from the TensorRT flavour (model.int8-trt.onnx)"
+            )
+
+
 def onnx_input_size(onnx_path: str | os.PathLike) -> int:
     """S of the ``images`` input [B, 3, S, S]; an engine needs it static (:class:`EngineBuildError`)."""
     model = load_onnx(onnx_path)
@@ -154,16 +191,21 @@ def onnx_input_size(onnx_path: str | os.PathLike) -> int:
 
 
 def deployed_parameter_count(path: str | os.PathLike) -> int:
-    """The weights an ``.onnx`` file holds (elements of its floating-point initializers); 0 for a file whose
-    weights cannot be counted (an engine)."""
+    """The weights an ``.onnx`` file holds (elements of its floating-point initializers and of the quantized
+    ones a DequantizeLinear reads, not counting scales and zero points); 0 for a file whose weights cannot be
+    counted (an engine)."""
     if Path(path).suffix.lower() != ".onnx":
         return 0
     import onnx
 
+    model = load_onnx(path)
     floating = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    qdq = [node for node in model.graph.node if node.op_type in _QDQ_OPS]
+    quantized = {node.input[0] for node in qdq if node.op_type == "DequantizeLinear"}
+    parameters = {name for node in qdq for name in node.input[1:]}
     count = 0
-    for init in load_onnx(path).graph.initializer:
-        if init.data_type in floating:
+    for init in model.graph.initializer:
+        if init.name not in parameters and (init.data_type in floating or init.name in quantized):
             elements = 1
             for d in init.dims:
                 elements *= int(d)

@@ -23,7 +23,7 @@ from .onnx_format import NETWORK_SCOPE, load_onnx
 DEFAULT_KEEP_FP32_OPS: tuple[str, ...] = ("Softmax", "Exp", "Sigmoid", "Resize", "ReduceMax", "ReduceSum", "TopK")
 
 
-def _verify_in_onnxruntime(data: bytes, what: str) -> None:
+def verify_in_onnxruntime(data: bytes, what: str) -> None:
     """Load and run the model once on zeros in ONNX Runtime (CPU): a converted model must be usable."""
     try:
         import numpy as np
@@ -161,5 +161,5 @@ def convert_fp16(
     props.update(extra_metadata or {})
     finalize(half, props)
     data = half.SerializeToString()
-    _verify_in_onnxruntime(data, f"the FP16 model converted from {Path(fp32_path).name}")
+    verify_in_onnxruntime(data, f"the FP16 model converted from {Path(fp32_path).name}")
     return atomic_write_bytes(out_path, data)

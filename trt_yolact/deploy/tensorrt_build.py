@@ -11,6 +11,9 @@ can be tested without TensorRT or a GPU. TensorRT is imported lazily
 * 11.x: networks are always strongly typed (the creation flag is deprecated and ignored,
   ``BuilderFlag.FP16`` no longer exists). FP16 therefore means building from the FP16 ONNX; requesting FP16
   with an FP32 ONNX is an error, never a silent FP32 build.
+* INT8, on both: explicit quantization only. The TensorRT-flavour INT8 ONNX carries Q/DQ nodes (symmetric,
+  zero points 0) around FP16 compute and is built strongly typed; there is no INT8 builder flag and no
+  calibrator (11.x removed both).
 
 Naming conventions for TensorRT objects: :mod:`trt_yolact.deploy.engine_format`.
 """
@@ -38,7 +41,7 @@ from .engine_format import (
     sidecar_path,
     trt_major,
 )
-from .onnx_format import INPUT_NAME, onnx_input_size, onnx_is_fp16
+from .onnx_format import INPUT_NAME, check_tensorrt_qdq, onnx_input_size, onnx_precision
 
 
 @dataclass(frozen=True)
@@ -108,12 +111,14 @@ class PrecisionPlan(NamedTuple):
         return "weakly typed"
 
 
-def precision_plan(trt_version: str, onnx_is_fp16: bool, requested: str, trt: Any = None) -> PrecisionPlan:
-    """Choose network creation flags and builder flags for ``requested`` ("fp16" / "fp32").
+def precision_plan(trt_version: str, onnx_precision: str, requested: str, trt: Any = None) -> PrecisionPlan:
+    """Choose network creation flags and builder flags for ``requested`` ("fp32" / "fp16" / "int8") from an
+    ONNX of ``onnx_precision`` (:func:`~trt_yolact.deploy.onnx_format.onnx_precision`).
 
-    ``trt``: the TensorRT module (or a stand-in) to check which flags exist; ``None`` assumes
-    the flags every 10.x release has. Raises :class:`PrecisionError` for combinations that
-    cannot produce the requested precision (never falls back to another precision).
+    ``trt``: the TensorRT module (or a stand-in) to check which flags exist; ``None`` assumes the flags every
+    10.x release has. INT8 is always explicit (the Q/DQ nodes of the TensorRT-flavour INT8 ONNX) and built
+    strongly typed; no INT8 builder flag or calibrator is ever used. Raises :class:`PrecisionError` for
+    combinations that cannot produce the requested precision (never falls back to another precision).
     """
     requested = str(requested).lower()
     if requested not in PRECISIONS:
@@ -125,35 +130,44 @@ def precision_plan(trt_version: str, onnx_is_fp16: bool, requested: str, trt: An
             + ", ".join(f"{m}.x" for m in SUPPORTED_TRT_MAJORS)
             + ")"
         )
-    if requested == "fp32" and onnx_is_fp16:
+    _check_onnx_precision(onnx_precision, requested)
+    has_strongly_typed = trt is None or hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+    if major != "10":  # 11.x and later: always strongly typed, the ONNX decides the precision
+        if requested == "fp16" and onnx_precision != "fp16":
+            raise PrecisionError(
+                f"fp16 requested but the ONNX model is FP32, and TensorRT {trt_version} builds every network "
+                "strongly typed (no BuilderFlag.FP16): pass the FP16 ONNX export (e.g. model.fp16.onnx) "
+                "to build an FP16 engine"
+            )
+        return PrecisionPlan((), ())
+    if requested == "int8" and not has_strongly_typed:
+        raise PrecisionError(f"TensorRT {trt_version} cannot build strongly typed networks, which INT8 Q/DQ needs")
+    if requested == onnx_precision and has_strongly_typed:
+        return PrecisionPlan(("STRONGLY_TYPED",), ())  # the precision of the ONNX is that of the engine
+    if requested == "fp32":
+        return PrecisionPlan((), ())
+    # fp16 from an FP32 ONNX, or from an FP16 ONNX without strong typing: the builder picks FP16 kernels.
+    if trt is not None and not hasattr(trt.BuilderFlag, "FP16"):
+        raise PrecisionError(
+            f"TensorRT {trt_version} has no BuilderFlag.FP16: pass the FP16 ONNX export to build an FP16 engine"
+        )
+    return PrecisionPlan((), ("FP16",))
+
+
+def _check_onnx_precision(onnx_precision: str, requested: str) -> None:
+    if onnx_precision not in PRECISIONS:
+        raise PrecisionError(f"unknown ONNX precision {onnx_precision!r}")
+    if requested == "int8" and onnx_precision != "int8":
+        raise PrecisionError(
+            f"int8 requested but the ONNX model is {onnx_precision.upper()}: INT8 engines are built from the "
+            "TensorRT-flavour INT8 ONNX (Q/DQ nodes, e.g. model.int8-trt.onnx from export --int8)"
+        )
+    if onnx_precision == "int8" and requested != "int8":
+        raise PrecisionError(f"{requested} requested but the ONNX model is INT8 (Q/DQ): pass the {requested} export")
+    if requested == "fp32" and onnx_precision == "fp16":
         raise PrecisionError(
             "fp32 requested but the ONNX model is FP16: pass the FP32 ONNX export to build an FP32 engine"
         )
-
-    if major == "10":
-        has_strongly_typed = trt is None or hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
-        if requested == "fp32" or onnx_is_fp16:
-            # Precision of the ONNX is the precision of the engine.
-            if has_strongly_typed:
-                return PrecisionPlan(("STRONGLY_TYPED",), ())
-            if requested == "fp32":
-                return PrecisionPlan((), ())
-        # fp16 from an FP32 ONNX, or from an FP16 ONNX without strong typing: let the
-        # builder choose FP16 kernels.
-        if trt is not None and not hasattr(trt.BuilderFlag, "FP16"):
-            raise PrecisionError(
-                f"TensorRT {trt_version} has no BuilderFlag.FP16: pass the FP16 ONNX export to build an FP16 engine"
-            )
-        return PrecisionPlan((), ("FP16",))
-
-    # 11.x and later: always strongly typed, the ONNX decides the precision.
-    if requested == "fp16" and not onnx_is_fp16:
-        raise PrecisionError(
-            f"fp16 requested but the ONNX model is FP32, and TensorRT {trt_version} builds every network "
-            "strongly typed (no BuilderFlag.FP16): pass the FP16 ONNX export (e.g. model.fp16.onnx) "
-            "to build an FP16 engine"
-        )
-    return PrecisionPlan((), ())
 
 
 # --------------------------------------------------------------------------- reuse
@@ -425,6 +439,13 @@ def _build(
     return metadata, seconds
 
 
+def _plan_for(trt: Any, onnx_path: Path, precision: str) -> PrecisionPlan:
+    plan = precision_plan(trt.__version__, onnx_precision(onnx_path), precision, trt)
+    if precision == "int8":
+        check_tensorrt_qdq(onnx_path)  # the ONNX Runtime flavour's uint8 zero points are not TensorRT's
+    return plan
+
+
 def build_engine(
     onnx_path: str | os.PathLike,
     engine_path: str | os.PathLike,
@@ -454,7 +475,7 @@ def build_engine(
     cache_path = _timing_cache_path(engine_path, timing_cache)
     trt = import_tensorrt()
     size = int(input_size) if input_size else onnx_input_size(onnx_path)
-    plan = precision_plan(trt.__version__, onnx_is_fp16(onnx_path), precision, trt)
+    plan = _plan_for(trt, onnx_path, precision)
     expected = expected_metadata(
         tensorrt_version=trt.__version__,
         gpu=gpu_info(),

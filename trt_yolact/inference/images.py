@@ -27,6 +27,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
     data = path.read_bytes()
+    if not data:
+        raise ImageError(f"{path}: an empty file")
     problem = damage(data)
     if problem is not None:
         raise ImageError(f"{path}: {problem}")

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import torch
 
-from ..config import BACKENDS, RuntimeOptions, YolactConfig, get_config
+from ..config import BACKENDS, INT8_BACKENDS, RuntimeOptions, YolactConfig, get_config
 from ..deploy.artifacts import ArtifactChain
 from ..deploy.engine_format import tensorrt_unavailable_reason
 from ..deploy.tensorrt_build import BuildProfile
@@ -24,6 +24,7 @@ from ..model.checkpoint import ModelSource
 from ..runtime.base import Runner
 from ..runtime.open import artifact_backend, open_artifact
 from ..runtime.torch_runner import TorchRunner
+from .calibration_images import int8_setup
 
 
 def open_runner(
@@ -67,9 +68,12 @@ def runner_for(source: ModelSource, options: RuntimeOptions = RuntimeOptions()) 
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     device = options.device_for(backend)
+    if precision == "int8" and backend not in INT8_BACKENDS:
+        raise UsageError(f"INT8 runs on the {' and '.join(INT8_BACKENDS)} backends, not {backend}")
     if backend == "torch":
         return TorchRunner(source.model(), device, precision)
-    chain = ArtifactChain.cached(source, options.cache_dir)
+    int8 = int8_setup(options.int8, source) if precision == "int8" else None
+    chain = ArtifactChain.cached(source, options.cache_dir, int8=int8)
     if backend == "onnxruntime":
         return _onnxruntime_runner(chain, precision, device)
     reason = tensorrt_unavailable_reason()
@@ -90,6 +94,23 @@ def _onnxruntime_runner(chain: ArtifactChain, precision: str, device: str) -> Ru
     if torch.device(device).type == "cuda" and not cuda_provider_available():
         raise BackendUnavailable("ONNX Runtime on CUDA needs the onnxruntime-gpu package and a GPU torch sees")
     return open_artifact(chain.onnx(precision).path, device)
+
+
+def backend_precisions(
+    backends: tuple[str, ...], precisions: tuple[str, ...]
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """(the backend x precision pairs of a comparison that can exist, a line for each one left out). INT8
+    exists on ONNX Runtime and TensorRT only: asked with no such backend it is a :class:`UsageError`."""
+    if "int8" in precisions and not set(backends) & set(INT8_BACKENDS):
+        raise UsageError(f"INT8 runs on the {' and '.join(INT8_BACKENDS)} backends: add one to --backends")
+    pairs, left_out = [], []
+    for backend in backends:
+        for precision in precisions:
+            if precision == "int8" and backend not in INT8_BACKENDS:
+                left_out.append(f"{backend} int8: INT8 runs on {' and '.join(INT8_BACKENDS)} only")
+            else:
+                pairs.append((backend, precision))
+    return pairs, left_out
 
 
 def with_backend(options: RuntimeOptions, backend: str, precision: str) -> RuntimeOptions:

@@ -23,7 +23,7 @@ from ..files import atomic_write_bytes
 from ..inference.coco_results import detections_to_coco
 from ..inference.images import read_image
 from ..inference.predictor import Predictor
-from ..inference.sources import open_runner, runner_for, with_backend
+from ..inference.sources import backend_precisions, open_runner, runner_for, with_backend
 from ..model.checkpoint import ModelSource, model_name
 from ..runtime.base import Runner
 from ..runtime.open import artifact_backend
@@ -217,12 +217,13 @@ class Comparison:
     first_results: list[dict] | None = None  # the COCO results of the first row
 
 
-def _plan(source: ModelSource | None, options: EvalOptions) -> list[tuple[str | None, str | None]]:
+def _plan(source: ModelSource | None, options: EvalOptions, skipped: list[str]) -> list[tuple[str | None, str | None]]:
     """(backend, precision) pairs to evaluate: torch FP32 first for a checkpoint (the reference of its other
-    rows); a deployed file runs as it is."""
+    rows); a deployed file runs as it is. Pairs that cannot exist (torch INT8) are listed in ``skipped``."""
     if source is None:
         return [(None, None)]
-    pairs = [(b, p) for b in options.backends for p in options.precisions]
+    pairs, left_out = backend_precisions(options.backends, options.precisions)
+    skipped.extend(f"{source.name} {line}" for line in left_out)
     return [("torch", "fp32")] + [pair for pair in pairs if pair != ("torch", "fp32")]
 
 
@@ -246,7 +247,7 @@ def compare(weights_list: Sequence[str | None], options: EvalOptions, progress: 
     for weights in weights_list:
         source = None if artifact_backend(weights) else ModelSource.load(weights, options.runtime.config)
         name = model_name(weights)
-        for backend, precision in _plan(source, options):
+        for backend, precision in _plan(source, options, comparison.skipped):
             try:
                 runner, config = _open(weights, source, backend, precision, options)
             except BackendUnavailable as exc:

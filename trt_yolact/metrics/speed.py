@@ -27,12 +27,14 @@ from ..errors import BackendUnavailable
 from ..files import atomic_write_bytes
 from ..inference.images import synthetic_frames
 from ..inference.predictor import Predictor
-from ..inference.sources import open_runner, runner_for, with_backend
+from ..inference.sources import backend_precisions, open_runner, runner_for, with_backend
 from ..model.checkpoint import ModelSource, model_name
 from ..model.stats import count_conv_macs, count_params
 from ..runtime.allocator import release_freed_memory
 from ..runtime.base import Runner
 from ..tables import format_markdown_table
+
+WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 
 
 @dataclass
@@ -186,12 +188,13 @@ class _Model:
             yield open_runner(self.path, replace(options.runtime, max_batch=max(options.batches)))
             return
         runtime = replace(options.runtime, max_batch=max(options.batches))
-        for backend in options.backends:
-            for precision in options.precisions:
-                try:
-                    yield runner_for(self.source, with_backend(runtime, backend, precision)), self.source.config
-                except BackendUnavailable as exc:
-                    skipped.append(f"{self.name} {backend} {precision}: {exc}")
+        pairs, left_out = backend_precisions(options.backends, options.precisions)
+        skipped.extend(f"{self.name} {line}" for line in left_out)
+        for backend, precision in pairs:
+            try:
+                yield runner_for(self.source, with_backend(runtime, backend, precision)), self.source.config
+            except BackendUnavailable as exc:
+                skipped.append(f"{self.name} {backend} {precision}: {exc}")
 
 
 def _configurations(
@@ -214,7 +217,7 @@ def _configurations(
                     macs=model.macs,
                 )
                 m = Measurement(Predictor(runner, config), synthetic_frames(batch))
-                weight_bytes = model.params * (2 if runner.precision == "fp16" else 4)
+                weight_bytes = model.params * WEIGHT_BYTES[runner.precision]
                 row.peak_memory_bytes, row.memory_kind = m.warm_up(options.warmup, weight_bytes)
                 measurements.append((row, m))
     return measurements

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..config import PostprocessConfig, YolactConfig
+from ..config import Int8Options, PostprocessConfig, YolactConfig
 from ..deploy.artifacts import Artifact, ArtifactChain, ExportOptions
 from ..deploy.engine_format import tensorrt_unavailable_reason
+from ..deploy.onnx_int8 import INT8_FLAVOURS
 from ..deploy.tensorrt_build import BuildProfile
+from ..inference.calibration_images import int8_setup
 from ..inference.images import sample_images
 from ..inference.postprocess import postprocess, select_detections
 from ..inference.predictor import Prediction, Predictor, StageTimes
@@ -28,6 +30,7 @@ from ..runtime.open import open_artifact
 from ..runtime.torch_runner import TorchRunner
 from ..structures import OUTPUT_NAMES, UNBATCHED_OUTPUTS, Detections, RawOutputs
 from ..tables import format_table
+from .int8_sensitivity import SensitivityReport, analyse, sensitivity_set
 
 RAW_FIELDS = tuple(name for name in OUTPUT_NAMES if name not in UNBATCHED_OUTPUTS)
 AGREEMENT_SCORE = 0.3  # detections that matter for agreement: the ones a user would display
@@ -60,6 +63,8 @@ class BuildReport:
     artifacts: list[ArtifactCheck]
     skipped: list[str]
     seconds: float
+    int8: dict[str, Any] | None = None  # calibration and exclusions of an INT8 build
+    sensitivity: list[SensitivityReport] = field(default_factory=list)  # of each INT8 flavour, when asked
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,6 +181,32 @@ class BuildOptions:
     profile: BuildProfile = BuildProfile()
     graph_postprocess: bool = False  # also export the ONNX with the post-processing in the graph
     repeats: int = 5  # timed runs per artifact
+    int8: Int8Options = Int8Options()  # with precision int8
+    int8_sensitivity: bool = False  # report each block's AP change (implied by int8.max_ap_drop)
+
+
+# The ONNX exports a build checks besides the engine's: the FP16 one is the TensorRT INT8 flavour's parent.
+CHECKED_ONNX = {"fp32": ("fp32",), "fp16": ("fp32", "fp16"), "int8": ("fp32", "fp16")}
+
+
+@dataclass(frozen=True)
+class _Checker:
+    """Checks runners against the reference outputs on the sample images."""
+
+    config: YolactConfig
+    images: list[np.ndarray]
+    reference: Prediction
+    repeats: int
+
+    def __call__(self, name: str, runner: Runner, artifact: Artifact | None) -> ArtifactCheck:
+        with runner:
+            result = check_runner(name, runner, self.config, self.images, self.reference, self.repeats)
+        if artifact is not None:
+            result.path, result.size_bytes, result.note = str(artifact.path), artifact.size_bytes, artifact.note
+        return result
+
+    def artifact(self, artifact: Artifact) -> ArtifactCheck:
+        return self(artifact.path.name, open_artifact(artifact.path), artifact)
 
 
 def build_and_verify(weights: str | None, options: BuildOptions = BuildOptions()) -> BuildReport:
@@ -184,17 +215,11 @@ def build_and_verify(weights: str | None, options: BuildOptions = BuildOptions()
     start = time.perf_counter()
     source = ModelSource.load(weights, options.config)
     chain = ArtifactChain(source, options.out_dir, options.engine_dir, options=ExportOptions(fuse=options.fuse))
-    images = sample_images()
+    if options.precision == "int8":  # a bad calibration set fails before anything is made
+        chain.int8 = int8_setup(options.int8, source)
     reference_model = source.model()
-    reference = _eager_reference(reference_model, source.config, images)
-
-    def check(name: str, runner: Runner, artifact: Artifact | None) -> ArtifactCheck:
-        with runner:
-            result = check_runner(name, runner, source.config, images, reference, options.repeats)
-        if artifact is not None:
-            result.path, result.size_bytes, result.note = str(artifact.path), artifact.size_bytes, artifact.note
-        return result
-
+    images = sample_images()
+    check = _Checker(source.config, images, _eager_reference(reference_model, source.config, images), options.repeats)
     checks = [
         check(f"{source.name} (torch)", TorchRunner(reference_model), Artifact(source.path, "checkpoint", "fp32"))
     ]
@@ -202,19 +227,19 @@ def build_and_verify(weights: str | None, options: BuildOptions = BuildOptions()
     deployed = ModelSource.load(fused.path, source.config).model()
     if fused.path != source.path:
         checks.append(check(f"{source.name} fused (torch)", TorchRunner(deployed), fused))
-    for precision in ("fp32", "fp16") if options.precision == "fp16" else ("fp32",):
-        onnx = chain.onnx(precision)
-        checks.append(check(onnx.path.name, open_artifact(onnx.path), onnx))
+    checks += [check.artifact(chain.onnx(precision)) for precision in CHECKED_ONNX[options.precision]]
+    sensitivity = _search_exclusions(chain, options) if options.precision == "int8" else []
+    if options.precision == "int8":
+        checks += [check.artifact(chain.int8_onnx(flavour)) for flavour in INT8_FLAVOURS]
     if options.graph_postprocess:
         graph = chain.onnx("fp32", PostprocessConfig())
-        checks.append(_check_graph(graph, reference.raw, source.config, images, options.repeats))
+        checks.append(_check_graph(graph, check.reference.raw, source.config, images, options.repeats))
     skipped = []
     reason = tensorrt_unavailable_reason()
     if reason is not None:
         skipped.append(f"TensorRT engine skipped: {reason}")
     else:
-        engine = chain.engine(options.precision, options.profile)
-        checks.append(check(engine.path.name, open_artifact(engine.path), engine))
+        checks.append(check.artifact(chain.engine(options.precision, options.profile)))
     return BuildReport(
         model=source.name,
         source=str(source.path),
@@ -225,7 +250,33 @@ def build_and_verify(weights: str | None, options: BuildOptions = BuildOptions()
         artifacts=checks,
         skipped=skipped,
         seconds=time.perf_counter() - start,
+        int8=_int8_summary(chain),
+        sensitivity=sensitivity,
     )
+
+
+def _search_exclusions(chain: ArtifactChain, options: BuildOptions) -> list[SensitivityReport]:
+    """The sensitivity of both INT8 flavours when asked for; with ``--int8-max-ap-drop`` the chain's INT8
+    exports then leave the blocks each search chose unquantized."""
+    if not options.int8_sensitivity and options.int8.max_ap_drop is None:
+        return []
+    eval_set = sensitivity_set(options.int8, chain, options.out_dir)
+    reports = [analyse(chain, flavour, eval_set, options.int8) for flavour in INT8_FLAVOURS]
+    searched = tuple((r.flavour, tuple(r.left_unquantized)) for r in reports)
+    chain.int8 = replace(chain.int8, searched=searched)
+    return reports
+
+
+def _int8_summary(chain: ArtifactChain) -> dict[str, Any] | None:
+    if chain.int8 is None:
+        return None
+    return {
+        "calibration": chain.int8.description,
+        "settings": asdict(chain.int8.settings),
+        "cache": str(chain.calibration_cache),
+        "exclude": list(chain.int8.exclude),
+        "left_unquantized": dict(chain.int8.searched),
+    }
 
 
 def _eager_reference(model: torch.nn.Module, config: YolactConfig, images: list[np.ndarray]) -> Prediction:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import PRECISIONS
-from ..errors import BackendUnavailable, RunnerError
+from ..config import INT8_BACKENDS, PRECISIONS
+from ..errors import BackendUnavailable, RunnerError, UsageError
 from .allocator import keep_freed_memory
 from .base import Runner, resolve_device
 
@@ -33,6 +33,10 @@ class TorchRunner(Runner):
         super().__init__()
         if precision not in PRECISIONS:
             raise RunnerError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision == "int8":
+            raise UsageError(
+                f"INT8 runs on the {' and '.join(INT8_BACKENDS)} backends, not torch: pass --backend onnxruntime"
+            )
         self._device = resolve_device(device)
         if precision == "fp16" and self._device.type != "cuda":
             raise BackendUnavailable("torch fp16 needs a CUDA GPU; use --precision fp32 on the CPU")
