@@ -77,16 +77,16 @@ def block_of(module: str) -> str:
     return _BLOCK_NAMES.get(re.sub(r"\.\d+$", "", top), top)
 
 
-def quantizable_layers(model: Any) -> list[Layer]:
-    """The convolutions and the adds of two activations inside the network, in graph order."""
-    constants = _constant_names(model)
+def quantizable_layers(model: Any, op_types: Sequence[str] = ("Conv", "Add")) -> list[Layer]:
+    """The nodes of ``op_types`` inside the network's modules, in graph order; an add only when it adds two
+    activations. Nodes that produce a graph output are never quantized: the outputs stay exact."""
+    constants, outputs = _constant_names(model), {o.name for o in model.graph.output}
     layers = []
     for node in model.graph.node:
-        if not node.name.startswith(NETWORK_SCOPE):
+        module = module_path(node.name)
+        if not module or node.op_type not in op_types or set(node.output) & outputs:
             continue
-        is_add = node.op_type == "Add" and len(node.input) == 2 and not set(node.input) & constants
-        if node.op_type == "Conv" or is_add:
-            module = module_path(node.name)
+        if node.op_type != "Add" or (len(node.input) == 2 and not set(node.input) & constants):
             layers.append(Layer(node.name, node.op_type, module, block_of(module)))
     return layers
 
@@ -118,7 +118,7 @@ def calibration_tensors(model: Any) -> list[str]:
     float_tensors = _float_tensors(model)
     names: dict[str, None] = {}
     for node in model.graph.node:
-        if module_path(node.name) and node.op_type in ONNXRUNTIME_OP_TYPES:
+        if module_path(node.name) and node.op_type in ONNXRUNTIME_OP_TYPES:  # the Adds' inputs included
             for name in (*node.input, *node.output):
                 if name and name not in constants and name in float_tensors:
                     names[name] = None
@@ -311,12 +311,11 @@ def _to_opset(model: Any, opset: int) -> Any:
 # --------------------------------------------------------------------------- ONNX Runtime flavour
 
 
-def quantize_for_onnxruntime(
-    fp32_model: Any, ranges: Mapping[str, tuple[float, float]], excluded: set[str], reduce_range: bool = False
-) -> Any:
+def quantize_for_onnxruntime(fp32_model: Any, ranges: Mapping[str, tuple[float, float]], excluded: set[str]) -> Any:
     """The ONNX Runtime flavour of ``fp32_model``: ONNX Runtime's QDQ quantizer with these ranges (uint8
-    activations, int8 per-channel weights); the nodes in ``excluded`` stay FP32. ``reduce_range``: 7-bit
-    weights, for x86 CPUs without VNNI whose 8-bit dot products can saturate."""
+    activations, full 8-bit int8 per-channel weights); the nodes in ``excluded`` (any of its op types) stay
+    FP32. The weights are not range-reduced to 7 bits: the saturation that guards against on x86 CPUs without
+    VNNI did not cost accuracy on the demo models (benchmarks/RESULTS.md)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantType
     from onnxruntime.quantization.calibrate import TensorsData
@@ -326,16 +325,11 @@ def quantize_for_onnxruntime(
     tensors = TensorsData(
         CalibrationMethod.MinMax, {name: (np.float32(lo), np.float32(hi)) for name, (lo, hi) in ranges.items()}
     )
-    outputs = {o.name for o in fp32_model.graph.output}
-    network = [
-        node.name
-        for node in fp32_model.graph.node
-        if module_path(node.name) and node.op_type in ONNXRUNTIME_OP_TYPES and not set(node.output) & outputs
-    ]
+    network = [layer.node for layer in quantizable_layers(fp32_model, ONNXRUNTIME_OP_TYPES)]
     quantizer = QDQQuantizer(
         inferred,
         True,  # per-channel weights
-        reduce_range,
+        False,  # no 7-bit weights
         QuantType.QInt8,
         QuantType.QUInt8,
         tensors,
@@ -380,8 +374,9 @@ def write_int8(
     props = {p.key: p.value for p in parent.metadata_props}
     if flavour == "tensorrt":
         model = quantize_for_tensorrt(parent, fp32_model, ranges, excluded)
-    else:
-        model = quantize_for_onnxruntime(parent, ranges, excluded)
+    else:  # the ReLUs, pools and resizes of an excluded module stay FP32 with its convolutions
+        around = excluded_nodes(quantizable_layers(fp32_model, ONNXRUNTIME_OP_TYPES), exclude) if exclude else set()
+        model = quantize_for_onnxruntime(parent, ranges, excluded | around)
     kept = sorted({layer.module for layer in layers if layer.node in excluded})
     props.update(
         precision="int8",
