@@ -378,3 +378,22 @@ def test_int8_on_torch_names_the_backends_that_run_it(tmp_path, command):
     line = _error_line(run(*command, cwd=tmp_path))
     assert "onnxruntime" in line and "tensorrt" in line and "INT8" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "img.png"]  # no cache, no output
+
+
+def test_build_int8_makes_checks_and_reports_both_flavours(tmp_path):
+    from trt_yolact.metrics.verify import BuildOptions, build_and_verify
+
+    checkpoint = _tiny_shapes_checkpoint(tmp_path)
+    int8 = Int8Options(calib_images=8, sensitivity_images=6, max_ap_drop=0.0)
+    options = BuildOptions(out_dir=tmp_path / "export", precision="int8", repeats=1, int8=int8)
+    report = build_and_verify(str(checkpoint), options)
+    checked = {check.name: check for check in report.artifacts}
+    for name in ("tiny_shapes.fused.onnx", "tiny_shapes.fused.fp16.onnx"):
+        assert checked[name].precision != "int8"
+    for name in ("tiny_shapes.fused.int8.onnx", "tiny_shapes.fused.int8-trt.onnx"):
+        assert checked[name].precision == "int8" and checked[name].detection_agreement is not None
+        assert checked[name].max_abs_error  # raw outputs compared with torch FP32
+    assert [r.flavour for r in report.sensitivity] == ["onnxruntime", "tensorrt"]
+    assert {b.block for b in report.sensitivity[0].blocks} >= {"stem", "stage1", "fpn", "protonet", "head"}
+    assert report.int8["calibration"].startswith("8 generated shapes images")
+    assert json.loads(json.dumps(report.to_dict()))["sensitivity"][1]["flavour"] == "tensorrt"
