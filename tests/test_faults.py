@@ -231,7 +231,7 @@ def test_predict_checks_its_inputs_and_outputs_before_any_inference(tiny, tmp_pa
 def test_an_overlay_that_cannot_be_written_is_an_error(tiny, tmp_path, monkeypatch, capsys):
     from trt_yolact import predict
 
-    monkeypatch.setattr(predict.cv2, "imwrite", lambda *args: False)  # as a full disk or a read-only folder does
+    monkeypatch.setattr(predict.cv2, "imencode", lambda *args: (False, None))  # overlays are encoded, then written
     code = predict.main(
         [
             "--weights",

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,19 +22,23 @@ import torch
 from .command_line import (
     add_runtime_arguments,
     add_weights_argument,
+    check_outputs_apart,
     int8_options,
     non_negative_int,
     positive_int,
-    positive_int_list,
+    positive_int_list_up_to,
     run_command,
 )
 from .config import EMBEDDED_MODELS, RuntimeOptions
-from .errors import BackendUnavailable
-from .files import atomic_write_text
+from .errors import BackendUnavailable, UsageError
+from .files import atomic_write_bytes, check_writable
 from .metrics.speed import BenchOptions, BenchRow, markdown_table, plot_rows, run_benchmark, table_rows
 from .model.checkpoint import ModelSource
 from .runtime.open import artifact_backend
 from .tables import format_table
+
+# The largest --batch: the synthetic frames and activations of larger batches exhaust an ordinary machine's memory.
+MAX_BATCH = 64
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -43,11 +48,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         parser, several=True, default=",".join(EMBEDDED_MODELS), default_text=",".join(EMBEDDED_MODELS)
     )
     add_runtime_arguments(parser, several=True, backends=d.backends)
+    parser.set_defaults(backends=None)  # None: not given, so that a deployed file runs on its own backend
     parser.add_argument(
         "--batch",
-        type=positive_int_list,
+        type=positive_int_list_up_to(MAX_BATCH),
         default=d.batches,
-        help=f"comma-separated batch sizes (default: {','.join(map(str, d.batches))})",
+        help=f"comma-separated batch sizes, each 1 to {MAX_BATCH} (default: {','.join(map(str, d.batches))})",
     )
     parser.add_argument("--iters", type=positive_int, default=d.iters, help=f"measured rounds (default: {d.iters})")
     parser.add_argument(
@@ -66,6 +72,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def write_outputs(rows: list[BenchRow], skipped: list[str], args: argparse.Namespace) -> None:
+    """Every output rendered first, then written one right after another (their paths were checked before
+    the measurements)."""
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "torch": torch.__version__,
@@ -74,18 +82,40 @@ def write_outputs(rows: list[BenchRow], skipped: list[str], args: argparse.Names
         "rows": [{k: v for k, v in asdict(r).items() if k != "samples"} for r in rows],
         "skipped": skipped,
     }
+    files: list[tuple[str, bytes]] = []
     if args.json:
-        atomic_write_text(args.json, json.dumps(report, indent=2, allow_nan=False))
+        files.append((args.json, json.dumps(report, indent=2, allow_nan=False).encode()))
     if args.md:
-        atomic_write_text(args.md, markdown_table(rows) + "\n")
+        files.append((args.md, (markdown_table(rows) + "\n").encode()))
     if args.plot and rows:
-        plot_rows(rows, args.plot)
+        files.append((args.plot, plot_rows(rows)))
+    for path, data in files:
+        atomic_write_bytes(path, data)
+
+
+def check_inputs_and_outputs(args: argparse.Namespace) -> None:
+    """Before any model work: every deployed file can run on the backends asked for, and no output
+    overwrites an input or another output, or cannot be written."""
+    for weights in args.weights:
+        implied = artifact_backend(weights)
+        if implied is not None and args.backends is not None and implied not in args.backends:
+            raise UsageError(
+                f"{weights} runs on {implied}, not on {','.join(args.backends)}: add {implied} to --backends "
+                "or leave --backends out"
+            )
+    outputs = {f"--{flag} {path}": path for flag, path in (("json", args.json), ("md", args.md), ("plot", args.plot))}
+    check_outputs_apart(outputs, {f"--weights {w}": w for w in args.weights if Path(w).is_file()})
+    for path in outputs.values():
+        if path:
+            check_writable(path)
 
 
 def _run(args: argparse.Namespace) -> int:
+    check_inputs_and_outputs(args)
     runtime = RuntimeOptions(device=args.device, config=args.config, cache_dir=args.cache, int8=int8_options(args))
-    models = [w if artifact_backend(w) else ModelSource.load(w, args.config) for w in args.weights.split(",") if w]
-    options = BenchOptions(args.backends, args.precision, args.batch, args.iters, args.warmup, args.settle, runtime)
+    models = [w if artifact_backend(w) else ModelSource.load(w, args.config) for w in args.weights]
+    backends = args.backends or BenchOptions().backends
+    options = BenchOptions(backends, args.precision, args.batch, args.iters, args.warmup, args.settle, runtime)
     with torch.inference_mode():
         rows, skipped = run_benchmark(models, options)
     if not rows:

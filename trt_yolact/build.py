@@ -19,21 +19,30 @@ from pathlib import Path
 
 import torch
 
-from .command_line import add_int8_arguments, add_weights_argument, int8_options, parsed_by, positive_int, run_command
+from .command_line import (
+    add_int8_arguments,
+    add_weights_argument,
+    int8_options,
+    non_empty,
+    parsed_by,
+    positive_int,
+    run_command,
+)
 from .config import PRECISIONS
 from .deploy.tensorrt_build import BuildProfile
 from .errors import CheckpointError
-from .files import atomic_write_text
+from .files import atomic_write_text, check_writable
 from .metrics.int8_sensitivity import SensitivityReport, write_report
 from .metrics.verify import BuildOptions, BuildReport, build_and_verify
-from .model.checkpoint import EMBEDDED_MODELS, embedded_model_path
+from .model.checkpoint import EMBEDDED_MODELS, embedded_model_path, model_name
 from .runtime.open import artifact_backend
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     d = BuildOptions()
     parser = argparse.ArgumentParser(prog=prog or "python -m trt_yolact.build", description=__doc__.splitlines()[0])
-    add_weights_argument(parser, checkpoint_only=True, default_text="every embedded demo model")
+    # An empty --weights is a mistake, not a request for the default (every embedded model).
+    add_weights_argument(parser, checkpoint_only=True, default_text="every embedded demo model", value_type=non_empty)
     parser.add_argument(
         "--fuse", action=argparse.BooleanOptionalAction, default=d.fuse, help="fold BN into convs (default: on)"
     )
@@ -93,6 +102,19 @@ def print_sensitivity(reports: list[SensitivityReport], out_dir: Path) -> None:
         print(f"sensitivity: {json_path}, {png_path}")
 
 
+def report_file(options: BuildOptions, weights: str) -> Path:
+    return options.out_dir / f"{model_name(weights)}.build.json"
+
+
+def check_outputs(options: BuildOptions, todo: list[str]) -> None:
+    """Before any build: the folders and every report can be written (the reason and the real path, not a
+    temporary file's, when not)."""
+    check_writable(options.out_dir, folder=True)
+    check_writable(options.engine_dir, folder=True)
+    for weights in todo:
+        check_writable(report_file(options, weights))
+
+
 @torch.no_grad()
 def _run(args: argparse.Namespace) -> int:
     if artifact_backend(args.weights):
@@ -109,10 +131,12 @@ def _run(args: argparse.Namespace) -> int:
         int8=int8_options(args),
         int8_sensitivity=args.int8_sensitivity,
     )
-    for weights in [args.weights] if args.weights else default_weights():
+    todo = default_weights() if args.weights is None else [args.weights]
+    check_outputs(options, todo)
+    for weights in todo:
         report = build_and_verify(weights, options)
         report_path = atomic_write_text(
-            options.out_dir / f"{report.model}.build.json", json.dumps(report.to_dict(), indent=2, allow_nan=False)
+            report_file(options, weights), json.dumps(report.to_dict(), indent=2, allow_nan=False)
         )
         print_report(report, report_path)
         print_sensitivity(report.sensitivity, options.out_dir)

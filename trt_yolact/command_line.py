@@ -8,7 +8,9 @@ stderr and exit code 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +26,7 @@ from .config import (
     RuntimeOptions,
 )
 from .deploy.calibration import CALIBRATION_METHODS, MIN_CALIBRATION_IMAGES
-from .errors import TrtYolactError
+from .errors import TrtYolactError, UsageError
 
 
 def run_command(work: Callable[[], int], interrupted: str = "interrupted") -> int:
@@ -142,14 +144,16 @@ def add_weights_argument(
     default: str | None = None,
     default_text: str | None = DEFAULT_MODEL,
     with_config: bool = True,
+    value_type: Callable[[str], Any] | None = None,
 ) -> None:
-    """``--weights`` (``several``: comma-separated, the first is the baseline) and, ``with_config``,
+    """``--weights`` (``several``: comma-separated, the first is the baseline, parsed to a tuple) and, ``with_config``,
     ``--config``, which names the model config where the file does not. ``checkpoint_only``: the command
-    needs a checkpoint."""
+    needs a checkpoint. ``value_type``: the argument type of the single form."""
     text = weights_help(checkpoint_only, None if required else default_text)
     if several:
         text = f"comma-separated, the first is the baseline; each {text}"
-    parser.add_argument("--weights", required=required, default=default, help=text)
+    kind = weights_list if several else value_type
+    parser.add_argument("--weights", required=required, default=default, type=kind, help=text)
     if with_config:
         add_config_argument(parser)
 
@@ -312,3 +316,61 @@ def add_postprocess_arguments(
         help=f"drop detections scoring below this (default: {score_threshold})",
     )
     parser.add_argument("--top-k", type=positive_int, default=100, help="at most this many detections per image")
+
+
+# ---- more argument types, and outputs that must not overwrite inputs
+def non_empty(text: str) -> str:
+    """A value that names something: an empty one would silently mean the default."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty: name a file or leave the option out")
+    return text
+
+
+def weights_list(text: str) -> tuple[str, ...]:
+    """``"a,b.onnx"`` -> ``("a", "b.onnx")``; an empty item is a mistake, not a model to skip."""
+    parts = tuple(p.strip() for p in text.split(","))
+    if not any(parts):
+        raise argparse.ArgumentTypeError("empty: name at least one model")
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"an empty item in {text!r}: separate the models by single commas")
+    return parts
+
+
+def positive_int_list_up_to(limit: int) -> Callable[[str], tuple[int, ...]]:
+    """``"1,8"`` -> ``(1, 8)``, each from 1 to ``limit``."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        values = positive_int_list(text)
+        too_big = [v for v in values if v > limit]
+        if too_big:
+            raise argparse.ArgumentTypeError(f"must be from 1 to {limit}, got {too_big[0]}")
+        return values
+
+    return parse
+
+
+def check_outputs_apart(
+    outputs: dict[str, str | os.PathLike | None], inputs: dict[str, str | os.PathLike | None]
+) -> None:
+    """A :class:`UsageError` when an output would overwrite an input or another output: the same file
+    however it is spelled (relative, through a link). ``None`` entries are options not given."""
+    taken: dict[object, str] = {}
+    for name, path in inputs.items():
+        if path:
+            taken.update(dict.fromkeys(_identities(path), name))
+    for name, path in outputs.items():
+        if not path:
+            continue
+        clash = next((taken[key] for key in _identities(path) if key in taken), None)
+        if clash is not None:
+            raise UsageError(f"{name} would overwrite {clash}; choose another path")
+        taken.update(dict.fromkeys(_identities(path), name))
+
+
+def _identities(path: str | os.PathLike) -> list[object]:
+    """The resolved path and, for an existing file, its device and inode (a hard link is the same file)."""
+    keys: list[object] = [os.path.realpath(path)]
+    with contextlib.suppress(OSError):
+        status = os.stat(path)
+        keys.append((status.st_dev, status.st_ino))
+    return keys

@@ -11,13 +11,16 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
+from pycocotools.coco import COCO
 
 from .command_line import (
     add_postprocess_arguments,
     add_runtime_arguments,
     add_weights_argument,
+    check_outputs_apart,
     int8_options,
     non_negative_float,
     positive_int,
@@ -25,8 +28,16 @@ from .command_line import (
 )
 from .config import PostprocessConfig, RuntimeOptions
 from .errors import UsageError
-from .files import atomic_write_text
-from .metrics.coco_eval import Comparison, EvalOptions, compare, comparison_table, load_annotations, plot_comparison
+from .files import atomic_write_bytes, check_writable
+from .metrics.coco_eval import (
+    Comparison,
+    EvalOptions,
+    check_image_dir,
+    compare,
+    comparison_table,
+    load_annotations,
+    plot_comparison,
+)
 from .runtime.open import artifact_backend
 
 
@@ -58,17 +69,38 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def write_outputs(comparison: Comparison, args: argparse.Namespace) -> None:
+    """Every output rendered first, then written one right after another (their paths were checked before
+    the evaluation)."""
+    files: list[tuple[str, bytes]] = []
     if args.json:
         report = {
             "rows": [asdict(r) for r in comparison.rows],
             "skipped": comparison.skipped,
             "missing_images": comparison.missing_images,
         }
-        atomic_write_text(args.json, json.dumps(report, indent=2, allow_nan=False))
+        files.append((args.json, json.dumps(report, indent=2, allow_nan=False).encode()))
     if args.plot and comparison.rows:
-        plot_comparison(comparison.rows, args.plot)
+        files.append((args.plot, plot_comparison(comparison.rows)))
     if args.results and comparison.first_results is not None:
-        atomic_write_text(args.results, json.dumps(comparison.first_results))
+        files.append((args.results, json.dumps(comparison.first_results).encode()))
+    for path, data in files:
+        atomic_write_bytes(path, data)
+
+
+def check_outputs(args: argparse.Namespace, ground_truth: COCO, weights: list[str | None]) -> None:
+    """Before any model work: no output overwrites an input or another output, and each can be written."""
+    outputs = {f"--{flag} {path}": path for flag, path in (("json", args.json), ("plot", args.plot)) if path}
+    if args.results:
+        outputs[f"--results {args.results}"] = args.results
+    images = (Path(args.images) / image["file_name"] for image in ground_truth.dataset["images"])
+    inputs = {
+        f"--ann {args.ann}": args.ann,
+        **{f"--weights {w}": w for w in weights if w and Path(w).is_file()},
+        **{f"the image {path}": path for path in images},
+    }
+    check_outputs_apart(outputs, inputs)
+    for path in outputs.values():
+        check_writable(path)
 
 
 def _options(args: argparse.Namespace) -> EvalOptions:
@@ -87,7 +119,8 @@ def _options(args: argparse.Namespace) -> EvalOptions:
 
 
 def _gate(comparison: Comparison, max_ap_drop: float) -> int:
-    """1 when a row loses more mask AP than allowed against its reference, else 0."""
+    """1 when a row loses more mask AP than allowed against its reference, or a requested configuration could
+    not run here (a gate that checks fewer rows than asked passes nothing), else 0."""
     failing = [r for r in comparison.rows if r.mask_ap_change is not None and -r.mask_ap_change > max_ap_drop]
     for r in failing:
         print(
@@ -95,18 +128,26 @@ def _gate(comparison: Comparison, max_ap_drop: float) -> int:
             f"(allowed {max_ap_drop})",
             file=sys.stderr,
         )
-    return 1 if failing else 0
+    if comparison.unavailable:
+        print(
+            f"error: --max-ap-drop cannot check {len(comparison.unavailable)} requested configuration(s) that "
+            f"cannot run here (first: {comparison.unavailable[0]})",
+            file=sys.stderr,
+        )
+    return 1 if failing or comparison.unavailable else 0
 
 
 @torch.no_grad()
 def _run(args: argparse.Namespace) -> int:
-    weights = args.weights.split(",") if args.weights else [None]
+    weights: list[str | None] = list(args.weights) if args.weights else [None]
     if args.max_ap_drop is not None and artifact_backend(weights[0]):
         raise UsageError(
             f"--max-ap-drop compares with torch FP32, and {weights[0]} has none: list the checkpoint it was "
             f"made from first (--weights CHECKPOINT,{weights[0]})"
         )
-    load_annotations(args.ann)  # bad annotations fail before any model work
+    # Bad annotations, images or outputs fail before any model work.
+    check_outputs(args, load_annotations(args.ann), weights)
+    check_image_dir(args.images)
     comparison = compare(weights, _options(args))
     print(comparison_table(comparison.rows))
     if comparison.missing_images:

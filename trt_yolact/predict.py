@@ -6,9 +6,11 @@ python -m trt_yolact.predict [--weights yolact_shapes] [--save-vis DIR] IMAGE_OR
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -19,14 +21,15 @@ from .command_line import (
     add_postprocess_arguments,
     add_runtime_arguments,
     add_weights_argument,
+    check_outputs_apart,
     fraction,
     run_command,
     runtime_options,
 )
 from .config import PostprocessConfig
-from .errors import UsageError
-from .files import atomic_write_text, check_writable
-from .inference.coco_results import detections_to_coco, image_id_for
+from .errors import ImageError, UsageError
+from .files import atomic_write_text, check_writable, staged_folder
+from .inference.coco_results import detections_to_coco, image_ids
 from .inference.images import expand_image_paths
 from .inference.predictor import ImageResult, Predictor, confident, predict_paths
 from .inference.sources import open_runner
@@ -47,10 +50,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def shown(path: str | os.PathLike) -> str:
+    """A path as it can be printed: bytes that are not UTF-8 (kept by the OS in a file name) as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _paths(args: argparse.Namespace) -> list[Path]:
     """The images to predict; every input and output checked before any model work."""
     paths = expand_image_paths(args.inputs)
-    missing = [str(p) for p in paths if not p.exists()]
+    missing = [shown(p) for p in paths if not p.exists()]
     if missing:
         raise UsageError(f"{len(missing)} input(s) do not exist: {', '.join(missing[:5])}")
     if not paths:
@@ -61,49 +69,102 @@ def _paths(args: argparse.Namespace) -> list[Path]:
     return paths
 
 
+def _ids_by_name(ann: str) -> dict[str, int | None]:
+    """File name -> image id of the annotations; None for a name several images share."""
+    ids: dict[str, int | None] = {}
+    for image in load_annotations(ann, evaluation=False).dataset["images"]:
+        name = Path(image["file_name"]).name
+        ids[name] = image["id"] if name not in ids else None
+    return ids
+
+
+def _overlay_targets(paths: list[Path], folder: str | None) -> list[Path]:
+    """Where each image's overlay ends up; two images may not share one (the second would replace the first)."""
+    if not folder:
+        return []
+    targets = [Path(folder) / f"{path.stem}.png" for path in paths]
+    first_for: dict[Path, Path] = {}
+    for path, target in zip(paths, targets):
+        if target in first_for:
+            raise UsageError(
+                f"{shown(first_for[target])} and {shown(path)} would both write the overlay {shown(target)}: "
+                "predict them in separate runs with their own --save-vis"
+            )
+        if target.is_dir():
+            raise UsageError(f"cannot write {shown(target)}: a folder of that name is in the way")
+        first_for[target] = path
+    return targets
+
+
+def _check_apart(args: argparse.Namespace, paths: list[Path], targets: list[Path]) -> None:
+    outputs = {f"--out {shown(args.out)}": args.out}
+    outputs.update({f"--save-vis overlay {shown(t)}": t for t in targets})
+    inputs = {f"the input {shown(p)}": p for p in paths}
+    if args.ann:
+        inputs[f"--ann {shown(args.ann)}"] = args.ann
+    check_outputs_apart(outputs, inputs)
+
+
 def _write_overlay(folder: Path, item: ImageResult, threshold: float, class_names: tuple[str, ...]) -> None:
     canvas = draw_detections(item.image, confident(item.detections, threshold), class_names)
+    # Encoded here and written by Python: OpenCV's own file functions cannot take every path the OS can.
+    encoded, data = cv2.imencode(".png", canvas)
     target = folder / f"{item.path.stem}.png"
-    if not cv2.imwrite(str(target), canvas):
-        raise OSError(5, "cannot write the overlay", str(target))
+    if not encoded:
+        raise OSError(5, "cannot write the overlay", shown(target))
+    target.write_bytes(data.tobytes())
+
+
+@contextlib.contextmanager
+def _overlay_folder(save_vis: str | None) -> Iterator[Path | None]:
+    """A private folder for the overlays, moved into ``save_vis`` when the work succeeds: an interrupted or
+    failed run leaves none (and no ``save_vis`` it created)."""
+    if not save_vis:
+        yield None
+        return
+    with staged_folder(save_vis, UsageError) as staging:
+        yield staging
 
 
 @torch.no_grad()
 def _run(args: argparse.Namespace) -> int:
     paths = _paths(args)
-    ids_by_name = None
-    if args.ann:
-        ids_by_name = {img["file_name"]: img["id"] for img in load_annotations(args.ann).dataset["images"]}
+    ids = image_ids(paths, _ids_by_name(args.ann) if args.ann else None)
+    _check_apart(args, paths, _overlay_targets(paths, args.save_vis))
     runner, config = open_runner(args.weights, runtime_options(args))
-    if args.save_vis:
-        Path(args.save_vis).mkdir(parents=True, exist_ok=True)
     post = PostprocessConfig(score_threshold=args.score_threshold, max_detections=args.top_k)
     predictor = Predictor(runner, config, post)
     results: list[dict] = []
     skipped: list[str] = []
-    with runner, tqdm(total=len(paths), desc="predict", unit="img") as progress:
-        for item in predict_paths(predictor, paths, args.batch_size):
-            progress.update(1)
-            if item.error is not None:
-                skipped.append(item.error)
-                continue
-            image_id = image_id_for(item.path, item.index, ids_by_name)
-            results.extend(detections_to_coco(item.detections, image_id, config.category_ids, item.path.name))
-            if args.save_vis:
-                _write_overlay(Path(args.save_vis), item, args.vis_threshold, config.class_names)
+    with runner, _overlay_folder(args.save_vis) as staging:
+        with tqdm(total=len(paths), desc="predict", unit="img") as progress:
+            for item in predict_paths(predictor, paths, args.batch_size):
+                progress.update(1)
+                if item.error is not None:
+                    skipped.append(item.error)
+                    continue
+                entries = detections_to_coco(item.detections, ids[item.index], config.category_ids, item.path.name)
+                results.extend(entries)
+                if staging is not None:
+                    _write_overlay(staging, item, args.vis_threshold, config.class_names)
+        if len(skipped) == len(paths):
+            raise ImageError(f"none of the {len(paths)} image(s) could be read (first: {skipped[0]})")
+        atomic_write_text(args.out, json.dumps(results))  # before the overlays move: both or neither
+    _report(args, predictor, results, skipped)
+    return 1 if skipped else 0
+
+
+def _report(args: argparse.Namespace, predictor: Predictor, results: list[dict], skipped: list[str]) -> None:
     for message in skipped:
         tqdm.write(f"skipped: {message}", file=sys.stderr)
-    atomic_write_text(args.out, json.dumps(results))
     ms = predictor.times.per_image_ms()
     print(
-        f"{predictor.times.images} images, {len(results)} detections -> {args.out}"
-        + (f", overlays in {args.save_vis}/" if args.save_vis else "")
+        f"{predictor.times.images} images, {len(results)} detections -> {shown(args.out)}"
+        + (f", overlays in {shown(args.save_vis)}/" if args.save_vis else "")
         + f" ({ms['total']:.1f} ms/img: pre {ms['pre']:.1f}, infer {ms['infer']:.1f}, post {ms['post']:.1f})"
     )
     if skipped:
         print(f"error: {len(skipped)} image(s) could not be read", file=sys.stderr)
-        return 1
-    return 0
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import random
 import warnings
@@ -30,6 +31,8 @@ _REQUIRED_TOP_KEYS = ("images", "annotations", "categories")
 _REQUIRED_IMAGE_KEYS = ("id", "file_name", "height", "width")
 _REQUIRED_ANN_KEYS = ("id", "image_id", "category_id", "bbox")
 _REQUIRED_CAT_KEYS = ("id", "name")
+_EVALUATION_ANN_KEYS = ("area", "iscrowd", "segmentation")  # COCOeval reads these from every annotation
+_NUMBER_TYPES = (int, float)
 
 
 @dataclass
@@ -75,45 +78,170 @@ class Batch:
         )
 
 
-def _load_coco_json(ann_file: Path) -> dict[str, Any]:
-    if not ann_file.is_file():
-        raise FileNotFoundError(
-            f"annotation file {ann_file} does not exist; pass the path of a COCO instances_*.json file"
-        )
+def load_coco_json(ann_file: str | os.PathLike, evaluation: bool = False) -> dict[str, Any]:
+    """A COCO instances file, parsed and checked entry by entry before any work uses it: every problem is
+    one :class:`DatasetError` naming the entry. Training, evaluation and ``predict --ann`` share these rules.
+
+    ``evaluation``: the file is ground truth for COCOeval, which also reads every annotation's ``area``,
+    ``iscrowd`` and ``segmentation`` (polygons of 3 points or more) and has no AP without annotations.
+    """
+    path = Path(ann_file)
+    where = f"annotation file {path}"
+    data = _read_json(path, where)
+    _check_top_level(data, where, evaluation)
+    required_anns = _REQUIRED_ANN_KEYS + (_EVALUATION_ANN_KEYS if evaluation else ())
+    for key, required in (
+        ("images", _REQUIRED_IMAGE_KEYS),
+        ("annotations", required_anns),
+        ("categories", _REQUIRED_CAT_KEYS),
+    ):
+        _check_fields(data[key], key, required, where)
+    category_ids = set(_unique_ids(data["categories"], "categories", where))
+    _unique_ids(data["annotations"], "annotations", where)
+    sizes = _image_sizes(data["images"], where)
+    for i, ann in enumerate(data["annotations"]):
+        problem = _annotation_problem(ann, sizes, category_ids, evaluation)
+        if problem is not None:
+            raise DatasetError(f"{where}: annotations[{i}] (id {ann['id']}) {problem}")
+    return data
+
+
+def _read_json(path: Path, where: str) -> Any:
+    if path.is_dir():
+        raise DatasetError(f"{where} is a folder; pass the path of a COCO instances_*.json file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{where} does not exist; pass the path of a COCO instances_*.json file")
     try:
-        with ann_file.open("r", encoding="utf-8") as f:
-            data = json.load(f)
+        with path.open("r", encoding="utf-8") as f:
+            return json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DatasetError(
-            f"annotation file {ann_file} is not valid JSON ({err}); pass a COCO instances_*.json file"
-        ) from err
+        raise DatasetError(f"{where} is not valid JSON ({err}); pass a COCO instances_*.json file") from None
+
+
+def _check_top_level(data: Any, where: str, evaluation: bool) -> None:
     missing = [k for k in _REQUIRED_TOP_KEYS if not isinstance(data, dict) or k not in data]
     if missing:
         raise DatasetError(
-            f"annotation file {ann_file} is not COCO instance JSON: missing top-level key(s) "
-            f"{', '.join(missing)}; expected 'images', 'annotations' and 'categories' lists"
+            f"{where} is not a COCO annotation file: missing top-level key(s) {', '.join(missing)}; "
+            "expected 'images', 'annotations' and 'categories' lists"
         )
     for key in _REQUIRED_TOP_KEYS:
         if not isinstance(data[key], list):
-            raise DatasetError(f"annotation file {ann_file}: '{key}' must be a list, got {type(data[key]).__name__}")
+            raise DatasetError(f"{where}: '{key}' must be a list, got {type(data[key]).__name__}")
     if not data["categories"]:
         raise DatasetError(
-            f"annotation file {ann_file} has an empty 'categories' list; add at least one "
-            "category ({'id': 1, 'name': ...})"
+            f"{where} has an empty 'categories' list; add at least one category ({{'id': 1, 'name': ...}})"
         )
-    for key, required in (
-        ("images", _REQUIRED_IMAGE_KEYS),
-        ("annotations", _REQUIRED_ANN_KEYS),
-        ("categories", _REQUIRED_CAT_KEYS),
-    ):
-        for i, entry in enumerate(data[key]):
-            lacking = [k for k in required if not isinstance(entry, dict) or k not in entry]
-            if lacking:
-                raise DatasetError(
-                    f"annotation file {ann_file}: {key}[{i}] lacks field(s) {', '.join(lacking)}; "
-                    f"every entry of '{key}' needs {', '.join(required)}"
-                )
-    return data
+    if evaluation and not data["annotations"]:
+        raise DatasetError(f"{where} has no annotations: COCO AP is undefined without ground truth")
+
+
+def _check_fields(entries: list[Any], key: str, required: tuple[str, ...], where: str) -> None:
+    for i, entry in enumerate(entries):
+        lacking = [k for k in required if not isinstance(entry, dict) or k not in entry]
+        if lacking:
+            raise DatasetError(
+                f"{where}: {key}[{i}] lacks field(s) {', '.join(lacking)}; "
+                f"every entry of '{key}' needs {', '.join(required)}"
+            )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _are_numbers(values: Any) -> bool:
+    """A list of finite numbers (NaN and inf propagate through the sum; bools are not numbers here)."""
+    return (
+        isinstance(values, list) and all(type(v) in _NUMBER_TYPES for v in values) and math.isfinite(sum(values, 0.0))
+    )
+
+
+def _unique_ids(entries: list[dict[str, Any]], key: str, where: str) -> list[int]:
+    ids: list[int] = []
+    seen: set[int] = set()
+    for i, entry in enumerate(entries):
+        value = entry["id"]
+        if not _is_int(value):
+            raise DatasetError(f"{where}: {key}[{i}] has id {value!r}; ids must be integers")
+        if value in seen:
+            raise DatasetError(f"{where}: {key}[{i}] repeats id {value}; the ids of '{key}' must be unique")
+        seen.add(value)
+        ids.append(value)
+    return ids
+
+
+def _image_sizes(images: list[dict[str, Any]], where: str) -> dict[int, tuple[int, int]]:
+    """Image id -> (height, width), each image's fields checked."""
+    ids = _unique_ids(images, "images", where)
+    for i, image in enumerate(images):
+        name = image["file_name"]
+        if not isinstance(name, str) or not name:
+            raise DatasetError(f"{where}: images[{i}] has file_name {name!r}; it must be a non-empty string")
+        if not all(_is_int(image[k]) and image[k] > 0 for k in ("height", "width")):
+            raise DatasetError(
+                f"{where}: images[{i}] ({name}) is {image['width']!r} x {image['height']!r}; "
+                "width and height must be positive integers"
+            )
+    return {image_id: (image["height"], image["width"]) for image_id, image in zip(ids, images)}
+
+
+def _annotation_problem(
+    ann: dict[str, Any], sizes: dict[int, tuple[int, int]], category_ids: set[int], evaluation: bool
+) -> str | None:
+    """What is wrong with one annotation, or None."""
+    if not _is_int(ann["image_id"]) or ann["image_id"] not in sizes:
+        return f"refers to image_id {ann['image_id']!r}, which is not in 'images'"
+    if not _is_int(ann["category_id"]) or ann["category_id"] not in category_ids:
+        return f"uses category_id {ann['category_id']!r}, which is not in 'categories' {sorted(category_ids)}"
+    box = ann["bbox"]
+    if not _are_numbers(box) or len(box) != 4 or box[2] < 0 or box[3] < 0:
+        return f"has bbox {box!r}; a bbox is [x, y, width, height]: 4 finite numbers, width and height >= 0"
+    if "area" in ann and not (_are_numbers([ann["area"]]) and ann["area"] >= 0):
+        return f"has area {ann['area']!r}; it must be a finite number >= 0"
+    if "iscrowd" in ann and ann["iscrowd"] not in (0, 1):
+        return f"has iscrowd {ann['iscrowd']!r}; it must be 0 or 1"
+    segm = ann.get("segmentation")
+    if segm is None and not evaluation:
+        return None  # detection-only data: the box is the mask
+    problem = _segmentation_problem(segm, *sizes[ann["image_id"]], evaluation)
+    return None if problem is None else f"has a bad segmentation: {problem}"
+
+
+def _segmentation_problem(segm: Any, height: int, width: int, evaluation: bool) -> str | None:
+    if isinstance(segm, dict):
+        return _rle_problem(segm, height, width)
+    if not isinstance(segm, list):
+        return f"expected polygons (a list) or an RLE (a dict), got {type(segm).__name__}"
+    if evaluation and not segm:
+        return "an empty list of polygons; COCO evaluation needs a mask"
+    for polygon in segm:
+        if not _are_numbers(polygon) or len(polygon) % 2:
+            return "a polygon must be a flat list of x, y numbers"
+        if evaluation and len(polygon) < 6:
+            return f"a polygon of {len(polygon) // 2} point(s); COCO evaluation needs at least 3"
+    return None
+
+
+def _rle_problem(segm: dict[str, Any], height: int, width: int) -> str | None:
+    if "counts" not in segm or "size" not in segm:
+        return "an RLE needs both 'size' and 'counts'"
+    if segm["size"] != [height, width]:
+        return f"RLE size {segm['size']!r} does not match the image size [{height}, {width}]"
+    counts = segm["counts"]
+    if isinstance(counts, list):
+        if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != height * width:
+            return f"uncompressed RLE counts must be integers >= 0 that add up to height x width ({height * width})"
+        return None
+    if not isinstance(counts, str):
+        return f"RLE counts must be a string or a list of integers, got {type(counts).__name__}"
+    try:
+        with warnings.catch_warnings():  # the numpy-2 __array__ warning of decode_rles
+            warnings.simplefilter("ignore", DeprecationWarning)
+            mask_utils.decode({"size": [height, width], "counts": counts.encode("ascii")})
+    except ValueError:  # also a UnicodeEncodeError: non-ASCII counts
+        return "its compressed RLE counts do not decode to a height x width mask"
+    return None
 
 
 def ann_to_rle(ann: dict[str, Any], height: int, width: int) -> dict[str, Any]:
@@ -172,38 +300,25 @@ class CocoDetection(Dataset):
         self.image_dir = Path(image_dir)
         self.transform = transform
         self.keep_empty = keep_empty
-        data = _load_coco_json(self.ann_file)
+        # Images kept without annotations: a set scored with COCOeval (training's validation), so the file
+        # is checked for what COCOeval reads before any training starts.
+        data = load_coco_json(self.ann_file, evaluation=keep_empty)
         if not self.image_dir.is_dir():
+            state = "is a file, not a folder" if self.image_dir.exists() else "does not exist"
             raise FileNotFoundError(
-                f"image directory {self.image_dir} does not exist; pass the folder that holds "
+                f"image directory {self.image_dir} {state}; pass the folder that holds "
                 f"the images listed in {self.ann_file.name}"
             )
 
         categories = sorted(data["categories"], key=lambda c: c["id"])
         self.category_ids: tuple[int, ...] = tuple(int(c["id"]) for c in categories)
         self.class_names: tuple[str, ...] = tuple(str(c["name"]) for c in categories)
-        if len(set(self.category_ids)) != len(self.category_ids):
-            raise DatasetError(
-                f"annotation file {self.ann_file} lists a category id more than once; ids must be unique"
-            )
         self._label_of = {cat_id: label for label, cat_id in enumerate(self.category_ids)}
 
         self._coco = COCO()
         self._coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress chatter
             self._coco.createIndex()
-
-        for ann in data["annotations"]:
-            if ann["category_id"] not in self._label_of:
-                raise DatasetError(
-                    f"annotation {ann['id']} in {self.ann_file} uses category_id {ann['category_id']}, "
-                    f"which is not in 'categories' {list(self.category_ids)}"
-                )
-            if ann["image_id"] not in self._coco.imgs:
-                raise DatasetError(
-                    f"annotation {ann['id']} in {self.ann_file} refers to image_id {ann['image_id']}, "
-                    "which is not in 'images'"
-                )
         self._check_images_exist(data["images"])
 
         # Per image: non-crowd annotations in file order, then crowd ones. Degenerate boxes are skipped.
@@ -216,6 +331,10 @@ class CocoDetection(Dataset):
             if objects or keep_empty:
                 self.ids.append(int(img["id"]))
                 self._anns[int(img["id"])] = objects + crowds
+        if not self.ids:  # an empty epoch would have no length to divide the schedule by
+            raise DatasetError(
+                f"no image in {self.ann_file} has an annotation to train on (a non-crowd box of 1 px or more)"
+            )
 
     def _check_images_exist(self, images: list[dict[str, Any]]) -> None:
         missing = [img["file_name"] for img in images if not (self.image_dir / img["file_name"]).is_file()]

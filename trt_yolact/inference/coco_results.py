@@ -57,10 +57,32 @@ def detections_to_coco(
     return entries
 
 
-def image_id_for(path: Path, index: int, ids_by_name: Mapping[str, int] | None) -> int:
+def image_id_for(path: Path, index: int, ids_by_name: Mapping[str, int | None] | None) -> int:
     """The annotation's id when known, else a numeric file stem (COCO style), else the 1-based index."""
-    if ids_by_name is not None and path.name in ids_by_name:
+    if ids_by_name is not None and ids_by_name.get(path.name) is not None:
         return ids_by_name[path.name]
     if re.fullmatch(r"\d+", path.stem):
         return int(path.stem)
     return index + 1
+
+
+def image_ids(paths: Sequence[Path], ids_by_name: Mapping[str, int | None] | None = None) -> list[int]:
+    """The image id of each path in the results (:func:`image_id_for`). With annotations (``ids_by_name``:
+    file name -> id, None where several images share the name) every path must be one of their images, and
+    no two paths may share an id: their detections would be scored against another image's annotations."""
+    ids: list[int] = []
+    first_with: dict[int, Path] = {}
+    for index, path in enumerate(paths):
+        if ids_by_name is not None and path.name not in ids_by_name:
+            raise UsageError(f"{path} is not one of the images of the annotations (--ann): no image_id to give it")
+        if ids_by_name is not None and ids_by_name[path.name] is None:
+            raise UsageError(f"the annotations (--ann) list more than one image named {path.name}: which is {path}?")
+        image_id = image_id_for(path, index, ids_by_name)
+        if image_id in first_with:
+            raise UsageError(
+                f"{first_with[image_id]} and {path} would both be image_id {image_id} in the results: "
+                "predict them in separate runs" + ("" if ids_by_name is not None else ", or pass --ann")
+            )
+        first_with[image_id] = path
+        ids.append(image_id)
+    return ids

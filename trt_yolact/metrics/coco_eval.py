@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -18,8 +17,8 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from ..config import PostprocessConfig, RuntimeOptions, YolactConfig
+from ..data.coco import load_coco_json
 from ..errors import BackendUnavailable, DatasetError, ImageError
-from ..files import atomic_write_bytes
 from ..inference.coco_results import detections_to_coco
 from ..inference.images import read_image
 from ..inference.predictor import Predictor
@@ -49,21 +48,25 @@ class EvalResult:
         return {**asdict(self), "fps": self.fps}
 
 
-def load_annotations(ann_file: str | Path) -> COCO:
-    path = Path(ann_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path} is not JSON: {exc}") from None
-    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
-        raise DatasetError(f"{path} is not a COCO annotation file (needs images, annotations, categories)")
+def load_annotations(ann_file: str | Path, evaluation: bool = True) -> COCO:
+    """The pycocotools index of a COCO instances file, checked by the rules training shares
+    (:func:`~trt_yolact.data.coco.load_coco_json`); ``evaluation``: as ground truth to score against."""
+    data = load_coco_json(ann_file, evaluation=evaluation)
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
         coco.dataset = data
         coco.createIndex()
     return coco
+
+
+def check_image_dir(image_dir: str | Path) -> Path:
+    """The folder of the annotated images, or why it cannot be."""
+    image_dir = Path(image_dir)
+    if image_dir.is_file():
+        raise DatasetError(f"image folder {image_dir} is a file; pass the folder that holds the annotated images")
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"image folder {image_dir} does not exist")
+    return image_dir
 
 
 def coco_metrics(coco_gt: COCO, results: list[dict], iou_type: str, image_ids: list[int]) -> dict[str, float]:
@@ -110,14 +113,32 @@ def _image_batches(
     for first in range(0, len(image_ids), batch_size):
         batch_ids, images = [], []
         for image_id in image_ids[first : first + batch_size]:
+            info = coco_gt.imgs[image_id]
             try:
-                images.append(read_image(image_dir / coco_gt.imgs[image_id]["file_name"]))
-                batch_ids.append(image_id)
+                image = read_image(image_dir / info["file_name"])
             except ImageError as exc:
                 if missing is None:
                     raise DatasetError(f"{exc} (pass --allow-missing-images to evaluate the others)") from None
                 missing.append(str(exc))
+                continue
+            if image.shape[:2] != (info["height"], info["width"]):  # its masks would be scored at the wrong size
+                raise DatasetError(
+                    f"image {image_dir / info['file_name']} is {image.shape[1]}x{image.shape[0]} but its annotation "
+                    f"says {info['width']}x{info['height']}: the annotation file does not belong to these images"
+                )
+            images.append(image)
+            batch_ids.append(image_id)
         yield batch_ids, images
+
+
+def _require_ground_truth(coco_gt: COCO, image_ids: list[int], ann_file: str | Path) -> None:
+    """COCO AP is undefined (pycocotools: -1) over images without a non-crowd annotation: no score to gate on.
+    ``image_ids`` must not be empty (pycocotools reads no ids as all of them)."""
+    if not any(not ann["iscrowd"] for ann in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=image_ids))):
+        raise DatasetError(
+            f"the {len(image_ids)} image(s) to evaluate have no non-crowd annotation in {ann_file}: "
+            "COCO AP is undefined without ground truth"
+        )
 
 
 def evaluate(
@@ -137,9 +158,7 @@ def evaluate(
     coco_gt = load_annotations(ann_file)
     config = predictor.config
     check_categories(coco_gt, config.category_ids, config.class_names)
-    image_dir = Path(image_dir)
-    if not image_dir.is_dir():
-        raise FileNotFoundError(f"image folder {image_dir} does not exist")
+    image_dir = check_image_dir(image_dir)
     image_ids = sorted(coco_gt.getImgIds())[:max_images]
     present, missing = _present_images(coco_gt, image_ids, image_dir)
     if missing and not allow_missing:
@@ -147,6 +166,8 @@ def evaluate(
             f"{len(missing)} of {len(image_ids)} images listed in {ann_file} are missing (first: {missing[0]}); "
             "pass --allow-missing-images to evaluate the others on their own annotations"
         )
+    if present:  # (none: reported below, as unreadable)
+        _require_ground_truth(coco_gt, present, ann_file)
     results: list[dict] = []
     evaluated: list[int] = []
     start = time.perf_counter()
@@ -161,6 +182,7 @@ def evaluate(
             bar.update(min(batch_size, len(present) - bar.n))
     if not evaluated:
         raise DatasetError(f"none of the {len(image_ids)} images listed in {ann_file} could be read from {image_dir}")
+    _require_ground_truth(coco_gt, evaluated, ann_file)
     metrics = EvalResult(
         bbox=coco_metrics(coco_gt, results, "bbox", evaluated),
         segm=coco_metrics(coco_gt, results, "segm", evaluated),
@@ -212,7 +234,8 @@ class EvalOptions:
 @dataclass
 class Comparison:
     rows: list[ComparisonRow] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # configurations that cannot run here, with the reason
+    skipped: list[str] = field(default_factory=list)  # configurations left out, with the reason
+    unavailable: list[str] = field(default_factory=list)  # of those, the ones that exist but cannot run here
     missing_images: list[str] = field(default_factory=list)  # of the first row, when allowed
     first_results: list[dict] | None = None  # the COCO results of the first row
 
@@ -252,6 +275,7 @@ def compare(weights_list: Sequence[str | None], options: EvalOptions, progress: 
                 runner, config = _open(weights, source, backend, precision, options)
             except BackendUnavailable as exc:
                 comparison.skipped.append(f"{name} {backend} {precision}: {exc}")
+                comparison.unavailable.append(comparison.skipped[-1])
                 continue
             if progress:
                 print(f"{name}: {runner.backend} {runner.precision}")
@@ -318,8 +342,9 @@ def _signed(value: float | None) -> str:
     return "-" if value is None else f"{value:+.2f}"
 
 
-def plot_comparison(rows: list[ComparisonRow], out_png: str | Path) -> None:
-    """Box and mask AP per model x backend x precision, as grouped bars."""
+def plot_comparison(rows: list[ComparisonRow]) -> bytes:
+    """Box and mask AP per model x backend x precision, as grouped bars: the PNG's bytes (written with the
+    command's other outputs)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state
 
     figure = Figure(figsize=(max(6, 1.2 * len(rows) + 2), 4), layout="constrained")
@@ -332,4 +357,4 @@ def plot_comparison(rows: list[ComparisonRow], out_png: str | Path) -> None:
     ax.legend()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
-    atomic_write_bytes(out_png, buffer.getvalue())
+    return buffer.getvalue()

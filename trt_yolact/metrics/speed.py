@@ -24,7 +24,6 @@ from tqdm import tqdm
 from ..config import RuntimeOptions, YolactConfig
 from ..deploy.onnx_format import deployed_parameter_count
 from ..errors import BackendUnavailable
-from ..files import atomic_write_bytes
 from ..inference.images import synthetic_frames
 from ..inference.predictor import Predictor
 from ..inference.sources import backend_precisions, open_runner, runner_for, with_backend
@@ -314,8 +313,9 @@ def markdown_table(rows: list[BenchRow]) -> str:
     return format_markdown_table(body, header)
 
 
-def plot_rows(rows: list[BenchRow], out_png: str | Path) -> None:
-    """End-to-end and forward FPS per configuration, and the per-image stage split, side by side."""
+def plot_rows(rows: list[BenchRow]) -> bytes:
+    """End-to-end and forward FPS per configuration, and the per-image stage split, side by side: the PNG's
+    bytes (written with the command's other outputs)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state
 
     figure = Figure(figsize=(11, 4), layout="constrained")
@@ -338,4 +338,4 @@ def plot_rows(rows: list[BenchRow], out_png: str | Path) -> None:
     ax_split.legend()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
-    atomic_write_bytes(out_png, buffer.getvalue())
+    return buffer.getvalue()
