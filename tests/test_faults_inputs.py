@@ -342,7 +342,7 @@ def test_8_eval_predict_and_train_report_malformed_annotations_in_one_line(tiny,
 # ------------------------------------------------------------------- argument values and messages
 def test_21_bench_refuses_an_absurd_batch_at_the_parser(tmp_path):
     done = run("trt_yolact.bench", "--weights", str(tmp_path / "none.pth"), "--batch", "1,100000", cwd=tmp_path)
-    assert "must be from 1 to 64" in parser_error(done, "--batch")
+    assert "must be from 1 to 256" in parser_error(done, "--batch")
 
 
 @pytest.mark.parametrize(

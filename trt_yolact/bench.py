@@ -29,16 +29,13 @@ from .command_line import (
     positive_int_list_up_to,
     run_command,
 )
-from .config import EMBEDDED_MODELS, RuntimeOptions
+from .config import EMBEDDED_MODELS, MAX_BATCH, RuntimeOptions
 from .errors import BackendUnavailable, UsageError
 from .files import atomic_write_bytes, check_writable
 from .metrics.speed import BenchOptions, BenchRow, markdown_table, plot_rows, run_benchmark, table_rows
 from .model.checkpoint import ModelSource
 from .runtime.open import artifact_backend
 from .tables import format_table
-
-# The largest --batch: the synthetic frames and activations of larger batches exhaust an ordinary machine's memory.
-MAX_BATCH = 64
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:

@@ -27,6 +27,7 @@ from .config import (
 )
 from .deploy.calibration import CALIBRATION_METHODS, MIN_CALIBRATION_IMAGES
 from .errors import TrtYolactError, UsageError
+from .runtime.base import DEVICE_CHOICES, parse_device
 
 
 def run_command(work: Callable[[], int], interrupted: str = "interrupted") -> int:
@@ -107,6 +108,53 @@ def parsed_by(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
     argument.__name__ = parse.__name__
     return argument
+
+
+def int_in_range(low: int, high: int, off: int | None = None) -> Callable[[str], int]:
+    """An integer from ``low`` to ``high``, or ``off`` (a value meaning "skip", such as 0)."""
+
+    def parse(text: str) -> int:
+        value = _number(text, int)
+        if value != off and not low <= value <= high:
+            also = f" (or {off} to skip)" if off is not None else ""
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}{also}, got {text}")
+        return value
+
+    return parse
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def float_at_least(low: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = _number(text, float)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {low:g} or more, got {text}")
+        return value
+
+    return parse
+
+
+def open_fraction(text: str) -> float:
+    """A float strictly between 0 and 1 (a share of something to remove)."""
+    value = _number(text, float)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """``--device``: the runtime's rule, so that every command refuses the same values the same way."""
+    try:
+        parse_device(text)
+    except TrtYolactError:
+        raise argparse.ArgumentTypeError(f"must be {DEVICE_CHOICES}, got {text!r}") from None
+    return text
 
 
 def _number(text: str, kind: type) -> int | float:
@@ -194,7 +242,9 @@ def add_runtime_arguments(
             default=None,
             help="default: fp32 for a checkpoint, an .onnx/.engine file's own",
         )
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cpu; TensorRT always runs on cuda)")
+    parser.add_argument(
+        "--device", type=device_name, default=None, help=f"{DEVICE_CHOICES} (default: cpu; TensorRT runs on cuda)"
+    )
     parser.add_argument(
         "--cache", default=DEFAULT_CACHE, help=f"folder for the ONNX/engines a backend needs (default: {DEFAULT_CACHE})"
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -196,6 +197,12 @@ DEFAULT_CACHE = "export/cache"
 EMBEDDED_MODELS = ("yolact_shapes", "yolact_shapes_pruned")
 DEFAULT_MODEL = EMBEDDED_MODELS[0]  # where the ONNX files and engines a backend needs for a checkpoint are kept
 INPUT_NORMALIZATIONS = ("mean_std", "scale")
+# Input sides a model and the commands accept: below, the FPN's coarsest levels vanish; above, one image's
+# activations alone outgrow a machine's memory (the released models run at 550 and 700).
+MIN_IMAGE_SIZE = 32
+MAX_IMAGE_SIZE = 4096
+# The most images per call a command takes (a fixed export batch): beyond it the inputs alone need gigabytes.
+MAX_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -263,8 +270,11 @@ class YolactConfig:
                 f"pred_scales has {len(self.pred_scales)} levels, the FPN has {self.num_levels} "
                 f"({len(self.backbone.selected_layers)} backbone levels + {self.fpn_downsample} downsamples)"
             )
-        if self.max_size < 32:
-            raise ConfigError(f"max_size must be at least 32, got {self.max_size}")
+        if not MIN_IMAGE_SIZE <= self.max_size <= MAX_IMAGE_SIZE:
+            raise ConfigError(f"max_size must be from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}, got {self.max_size}")
+        problem = _value_problem(self)
+        if problem:
+            raise ConfigError(problem)
 
     @property
     def num_classes(self) -> int:
@@ -288,7 +298,7 @@ class YolactConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> YolactConfig:
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(map(str, set(data) - known))
         if unknown:
             raise ConfigError(f"unknown config fields {unknown}; known fields: {sorted(known)}")
         if "name" not in data:
@@ -297,7 +307,7 @@ class YolactConfig:
         backbone = values.pop("backbone", {})
         if isinstance(backbone, dict):
             bb_known = {f.name for f in dataclasses.fields(BackboneConfig)}
-            bb_unknown = sorted(set(backbone) - bb_known)
+            bb_unknown = sorted(map(str, set(backbone) - bb_known))
             if bb_unknown:
                 raise ConfigError(f"unknown backbone fields {bb_unknown}; known: {sorted(bb_known)}")
             backbone = {k: _tuplify(v) for k, v in backbone.items()}
@@ -307,6 +317,42 @@ class YolactConfig:
             raise ConfigError(f"config field 'backbone' must be a mapping of backbone fields, got {backbone!r}")
         _check_types(SHAPES_CONFIG, values)
         return cls(backbone=backbone, **values)
+
+
+def _value_problem(config: YolactConfig) -> str | None:
+    """A field whose value no model can have (a count below 1, a ratio or scale not above 0, a zero std,
+    a category id used twice), or None."""
+    counts = {
+        "backbone.layers": config.backbone.layers,
+        "backbone.widths": config.backbone.widths,
+        "backbone.stem_channels": (config.backbone.stem_channels,),
+        "fpn_channels": (config.fpn_channels,),
+        "proto_channels": (config.proto_channels,),
+        "head_channels": (config.head_channels,),
+        "mask_dim": (config.mask_dim,),
+        "class_names": (len(config.class_names),),
+    }
+    for name, values in counts.items():
+        if not values or min(values) < 1:
+            return f"config field '{name}' must be at least 1, got {values if len(values) > 1 else values[0]}"
+    if config.fpn_downsample < 0:
+        return f"config field 'fpn_downsample' must be 0 or more, got {config.fpn_downsample}"
+    positive = {
+        "pred_aspect_ratios": config.pred_aspect_ratios,
+        "pred_scales": tuple(s for level in config.pred_scales for s in level),
+        "std": config.std,
+    }
+    for name, values in positive.items():
+        if not values or not all(math.isfinite(v) and v > 0 for v in values):
+            return f"config field '{name}' must hold numbers above 0, got {list(values)}"
+    if len({len(level) for level in config.pred_scales}) > 1:
+        return "config field 'pred_scales' must have the same number of scales on every level"
+    if not all(math.isfinite(v) for v in config.mean):
+        return f"config field 'mean' must hold finite numbers, got {list(config.mean)}"
+    repeated = sorted({i for i in config.category_ids if config.category_ids.count(i) > 1})
+    if repeated:
+        return f"config field 'category_ids' must name each class once; repeated: {repeated}"
+    return None
 
 
 def _check_types(example: Any, values: dict[str, Any], prefix: str = "") -> None:
@@ -396,7 +442,10 @@ def load_config_file(path: str | Path) -> YolactConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml

@@ -7,6 +7,9 @@ catching ``ValueError`` or ``ImportError`` keeps working.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class TrtYolactError(Exception):
     """Base of every error a user can cause: bad input, a missing backend, an artifact that cannot be used."""
@@ -80,3 +83,24 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (its type name when empty), at most ``limit`` characters."""
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+class OutOfMemory(TrtYolactError, MemoryError):
+    """Work that needs more memory than this machine can give; the message says what to lower."""
+
+
+@contextmanager
+def memory_needed_for(what: str, advice: str) -> Iterator[None]:
+    """Inside, running out of memory (``MemoryError``, or torch's failed allocation, which is a
+    ``RuntimeError``) is an :class:`OutOfMemory` saying ``what`` needed it and ``advice``."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as exc:
+        if isinstance(exc, TrtYolactError) or not (isinstance(exc, MemoryError) or _allocation_failed(exc)):
+            raise
+        raise OutOfMemory(f"not enough memory for {what}: {advice}") from None
+
+
+def _allocation_failed(exc: RuntimeError) -> bool:
+    text = str(exc)
+    return "can't allocate memory" in text or "out of memory" in text.lower()

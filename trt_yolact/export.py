@@ -16,13 +16,22 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import onnx
 import torch
 
-from .command_line import add_int8_arguments, add_weights_argument, int8_options, positive_int, run_command
-from .config import PostprocessConfig
+from .command_line import (
+    add_int8_arguments,
+    add_weights_argument,
+    int8_options,
+    int_in_range,
+    positive_int,
+    run_command,
+)
+from .config import MAX_BATCH, PostprocessConfig
 from .deploy.artifacts import ExportOptions, export_artifacts
 from .deploy.onnx_export import DEFAULT_OPSET, MIN_OPSET
 from .deploy.onnx_format import POSTPROCESS_MODES
+from .errors import memory_needed_for
 from .inference.calibration_images import int8_setup
 from .model.checkpoint import ModelSource
 from .tables import format_table, human_size
@@ -36,10 +45,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--name", default="model", help="file name stem: NAME.onnx, NAME.fp16.onnx, ... (default: model)"
     )
     parser.add_argument(
-        "--batch", type=positive_int, default=None, metavar="N", help="fixed batch size N (default: dynamic)"
+        "--batch",
+        type=int_in_range(1, MAX_BATCH),
+        default=None,
+        metavar="N",
+        help=f"fixed batch size N, at most {MAX_BATCH} (default: dynamic)",
     )
+    max_opset = onnx.defs.onnx_opset_version()
     parser.add_argument(
-        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, at least {MIN_OPSET} (default: {DEFAULT_OPSET})"
+        "--opset",
+        type=int_in_range(MIN_OPSET, max_opset),
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset, {MIN_OPSET} to {max_opset} (default: {DEFAULT_OPSET})",
     )
     parser.add_argument("--fp16", action="store_true", help="also write FP16 versions (NAME.fp16.onnx)")
     parser.add_argument(
@@ -65,7 +82,8 @@ def _run(args: argparse.Namespace) -> int:
     options = ExportOptions(fuse=False, opset=args.opset, simplify=not args.no_simplify, batch=args.batch)
     post = PostprocessConfig(max_detections=args.max_detections) if args.postprocess == "graph" else None
     int8 = int8_setup(int8_options(args), source) if args.int8 else None
-    written = export_artifacts(source, args.out, args.name, options, fp16=args.fp16, postprocess=post, int8=int8)
+    with memory_needed_for(f"the export at batch {args.batch or 1}", "pass a smaller --batch"):
+        written = export_artifacts(source, args.out, args.name, options, fp16=args.fp16, postprocess=post, int8=int8)
     rows = [(str(a.path), human_size(a.size_bytes), a.precision, a.postprocess) for a in written]
     print(format_table(rows, ("file", "size", "precision", "postprocess"), first_column_left=True))
     for artifact in written:

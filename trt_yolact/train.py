@@ -19,12 +19,17 @@ import torch.distributed as dist
 from .command_line import (
     add_config_argument,
     add_weights_argument,
+    device_name,
+    float_at_least,
     fraction_list,
+    non_negative_float,
     non_negative_int,
+    positive_float,
     positive_int,
     run_command,
 )
 from .errors import TrainingError
+from .runtime.base import DEVICE_CHOICES
 from .training.trainer import FINAL_MODEL, TRAIN_STATE, TrainConfig, Trainer, TrainingRun, make_trainer
 
 
@@ -37,7 +42,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--data-val", default=None, metavar="ANN:IMAGES")
     parser.add_argument("--iters", type=positive_int, default=d.iters)
     parser.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="per process")
-    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--lr", type=positive_float, default=d.lr)
     parser.add_argument("--warmup-iters", type=non_negative_int, default=d.warmup_iters)
     parser.add_argument(
         "--lr-steps",
@@ -50,11 +55,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--val-every", type=non_negative_int, default=d.val_every)
     parser.add_argument("--val-images", type=positive_int, default=d.val_images)
     parser.add_argument("--checkpoint-every", type=positive_int, default=d.checkpoint_every)
-    parser.add_argument("--expand-max", type=float, default=d.expand_max_ratio, help="augmentation zoom-out limit")
-    parser.add_argument("--min-box-size", type=float, default=d.min_box_size, help="drop smaller objects (px)")
-    parser.add_argument("--clip-grad", type=float, default=0.0, help="max gradient norm (0: no clipping)")
-    parser.add_argument("--sparsity", type=float, default=0.0, metavar="LAMBDA", help="L1 penalty on BN scales")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument(
+        "--expand-max", type=float_at_least(1), default=d.expand_max_ratio, help="augmentation zoom-out limit (1: off)"
+    )
+    parser.add_argument("--min-box-size", type=non_negative_float, default=d.min_box_size, help="drop smaller (px)")
+    parser.add_argument("--clip-grad", type=non_negative_float, default=0.0, help="max gradient norm (0: no clipping)")
+    parser.add_argument(
+        "--sparsity", type=non_negative_float, default=0.0, metavar="LAMBDA", help="L1 penalty on BN scales"
+    )
+    parser.add_argument(
+        "--device", type=device_name, default=None, help=f"{DEVICE_CHOICES} (default: cuda when available)"
+    )
     parser.add_argument("--out", default="runs/train", help="output folder")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pth")
     parser.add_argument(
@@ -68,8 +79,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    if args.sparsity < 0:
-        raise TrainingError("--sparsity must be >= 0")
     if args.stop_at is not None and args.stop_at > args.iters:
         raise TrainingError(f"--stop-at must be from 1 to --iters ({args.iters}), got {args.stop_at}")
     return TrainConfig(
@@ -107,7 +116,7 @@ def _train(trainer: Trainer, stop_at: int | None) -> int:
     try:
         trainer.run(stop_at)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; the last complete checkpoint is {out_dir / TRAIN_STATE} (continue with --resume)")
+        print(f"\ninterrupted; {trainer.resume_hint()}")
         return 130
     if trainer.is_main:
         if trainer.state.iteration < iters:

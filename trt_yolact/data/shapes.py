@@ -12,8 +12,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ..command_line import run_command
-from .synthetic import BACKGROUND_SETS, MIN_IMAGE_SIZE, generate_dataset
+from ..command_line import int_in_range, non_negative_int, run_command
+from ..config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from .synthetic import BACKGROUND_SETS, generate_dataset
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -21,10 +22,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         prog=prog or "python -m trt_yolact.data.shapes", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--train", type=int, default=200, help="number of training images")
-    parser.add_argument("--val", type=int, default=50, help="number of validation images")
-    parser.add_argument("--size", type=int, default=256, help=f"max image side in pixels (>= {MIN_IMAGE_SIZE})")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (>= 0)")
+    parser.add_argument("--train", type=non_negative_int, default=200, help="number of training images")
+    parser.add_argument("--val", type=non_negative_int, default=50, help="number of validation images")
+    parser.add_argument(
+        "--size",
+        type=int_in_range(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
+        default=256,
+        help=f"max image side in pixels ({MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE})",
+    )
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed (>= 0)")
     parser.add_argument(
         "--backgrounds",
         choices=sorted(BACKGROUND_SETS),

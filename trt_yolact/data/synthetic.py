@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +19,12 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from ..errors import UsageError
-from ..files import atomic_write_bytes
+from ..config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from ..errors import UsageError, memory_needed_for
+from ..files import atomic_write_bytes, check_writable, replaced_entries
 
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "rectangle", "triangle", "star", "ring")
 
-MIN_IMAGE_SIZE = 32
 # Instances whose visible part is this small carry no useful signal (and look like noise).
 MIN_VISIBLE_PIXELS = 30
 MIN_VISIBLE_FRACTION = 0.2
@@ -333,16 +332,26 @@ def _check_args(out_dir: Path, n_train: int, n_val: int, size: int, seed: int, b
     for name, value in (("n_train (--train)", n_train), ("n_val (--val)", n_val)):
         if value < 0:
             raise UsageError(f"{name} must be >= 0, got {value}; pass a non-negative image count")
-    if size < MIN_IMAGE_SIZE:
-        raise UsageError(f"size (--size) must be >= {MIN_IMAGE_SIZE} px, got {size}; pass a larger size")
+    if not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+        raise UsageError(f"size (--size) must be >= {MIN_IMAGE_SIZE} px and at most {MAX_IMAGE_SIZE}, got {size}")
     if seed < 0:
         raise UsageError(f"seed (--seed) must be >= 0, got {seed}; pass a non-negative seed")
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
+        check_writable(out_dir, folder=True)
     except OSError as err:
-        raise UsageError(f"output directory {out_dir} is not writable ({err}); choose a writable directory") from err
+        reason = err.strerror or str(err)
+        raise UsageError(
+            f"output directory {out_dir} is not writable ({reason}); choose a writable directory"
+        ) from None
+
+
+def _annotation_file(split: str) -> str:
+    return f"annotations/instances_{split}.json"
+
+
+# What a dataset consists of, in the order it is moved into place: the annotations last, so that their
+# presence means the images are complete.
+DATASET_ENTRIES = ("train", "val", _annotation_file("train"), _annotation_file("val"))
 
 
 def _write_split(out_dir: Path, split: str, n: int, size: int, seed: int, backgrounds: str) -> tuple[Path, Path]:
@@ -383,7 +392,7 @@ def _write_split(out_dir: Path, split: str, n: int, size: int, seed: int, backgr
         "annotations": annotations,
         "categories": [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPE_CLASSES)],
     }
-    ann_path = out_dir / "annotations" / f"instances_{split}.json"
+    ann_path = out_dir / _annotation_file(split)
     atomic_write_bytes(ann_path, json.dumps(coco, separators=(",", ":")).encode("utf-8"))
     return image_dir, ann_path
 
@@ -393,6 +402,8 @@ def generate_dataset(
 ) -> dict[str, Path]:
     """Write the train/val splits under `out_dir`; returns the paths of image folders and JSON files.
 
+    The dataset is generated into a private folder and moved into place at the end, replacing an old one
+    entirely (its splits' folders and annotation files): a failure or Ctrl-C leaves `out_dir` as it was.
     `backgrounds="unseen"` draws the same kinds of objects over background families that the standard
     set (used for training) never contains.
 
@@ -400,8 +411,14 @@ def generate_dataset(
     """
     out = Path(out_dir)
     _check_args(out, n_train, n_val, size, seed, backgrounds)
-    (out / "annotations").mkdir(exist_ok=True)
+    with (
+        memory_needed_for(f"{size} px images", "pass a smaller --size"),
+        replaced_entries(out, DATASET_ENTRIES) as staging,
+    ):
+        (staging / "annotations").mkdir()
+        for split, n in (("train", n_train), ("val", n_val)):
+            _write_split(staging, split, n, size, seed, backgrounds)
     paths: dict[str, Path] = {"root": out}
-    for split, n in (("train", n_train), ("val", n_val)):
-        paths[f"{split}_images"], paths[f"{split}_annotations"] = _write_split(out, split, n, size, seed, backgrounds)
+    for split in ("train", "val"):
+        paths[f"{split}_images"], paths[f"{split}_annotations"] = out / split, out / _annotation_file(split)
     return paths

@@ -422,6 +422,15 @@ def _stage_breakdown(seconds: dict[str, float], times: StageTimes, before: Stage
     }
 
 
+def _stop_notice(signals: int, terminated: bool) -> str:
+    """What a stop signal does now. SIGTERM comes from a supervisor (timeout, docker stop), not a keyboard:
+    then there is no talk of Ctrl-C."""
+    cause, again = ("terminated", "send it again") if terminated else ("interrupted", "Ctrl-C again")
+    if signals == 1:
+        return f"{cause}: finishing the frames in flight ({again} to drop them)"
+    return f"{cause}: dropping the frames in flight"
+
+
 def _consume(
     pipeline: _Pipeline,
     output: VideoOutput | None,
@@ -437,12 +446,7 @@ def _consume(
     while True:
         if progress and sigints() > told:
             told = sigints()
-            what = (
-                "finishing the frames in flight (Ctrl-C again to drop them)"
-                if told == 1
-                else "dropping the frames in flight"
-            )
-            print(f"\nnotice: interrupted: {what}", file=sys.stderr)
+            print(f"\nnotice: {_stop_notice(told, stats.terminated)}", file=sys.stderr)
         if pipeline.failures or pipeline.abort.is_set():
             break
         if pipeline.stop.is_set() and drain_deadline is None:

@@ -40,6 +40,9 @@ class VideoSource:
     @classmethod
     def open(cls, source: str | int | os.PathLike) -> VideoSource:
         text = str(source)
+        if not text:
+            raise DemoError("the source is empty: give a video file, a camera index or a stream URL")
+        opencv_name(text, "source")
         if isinstance(source, int) or re.fullmatch(r"\d+", text):
             index = int(text)
             name = f"camera {index}"
@@ -82,11 +85,23 @@ class VideoSource:
         return cls(capture, frame, fps, live, name, Path(text) if kind == "file" else None)
 
 
+def opencv_name(path: str | os.PathLike, role: str) -> str:
+    """``path`` as OpenCV takes it. A name that is not valid UTF-8 (undecodable bytes, as Linux allows)
+    crashes OpenCV's video backends, so it is refused here, shown with those bytes escaped."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(text).decode("utf-8", "backslashreplace")
+        raise DemoError(f"{role} {shown} is not a UTF-8 name, which OpenCV cannot open: rename it") from None
+    return text
+
+
 class VideoOutput:
     """An mp4v video written to a temporary file beside ``path`` and renamed into place by :meth:`finish`."""
 
     def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int]):
-        self.path = Path(path)
+        self.path = Path(opencv_name(path, "output"))
         self.size = size  # (width, height) of the first frame; later frames are resized to it
         self.frames = 0
         if self.path.suffix.lower() not in VIDEO_SUFFIXES:

@@ -45,15 +45,19 @@ def model_name(weights: str | os.PathLike | None) -> str:
 
 def resolve_weights(weights: str | os.PathLike | None) -> Path:
     """A checkpoint path from a path or an embedded model name (``yolact_shapes``); None -> the default."""
-    name = DEFAULT_MODEL if weights is None else str(weights)
+    name = DEFAULT_MODEL if weights is None else os.fspath(weights)
+    hint = f" (embedded models: {', '.join(EMBEDDED_MODELS)})"
+    if not name:
+        raise CheckpointError(f"no checkpoint given (an empty name): name a checkpoint file or an embedded model{hint}")
     if name in EMBEDDED_MODELS:
         path = embedded_model_path(name)
         if not path.is_file():
             raise CheckpointError(f"embedded model {name!r} is not shipped in this installation ({path})")
         return path
     path = Path(name)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file")
     if not path.is_file():
-        hint = f" (embedded models: {', '.join(EMBEDDED_MODELS)})"
         raise CheckpointError(f"checkpoint {path} does not exist{hint}")
     return path
 
@@ -77,6 +81,9 @@ def read_checkpoint(weights: str | os.PathLike | None) -> Checkpoint:
     if isinstance(data, Mapping) and "model" in data and isinstance(data["model"], Mapping):
         extra = {k: v for k, v in data.items() if k not in ("model", "config")}
         if data.get("config") is not None:
+            if not isinstance(data["config"], Mapping):
+                kind = type(data["config"]).__name__
+                raise CheckpointError(f"{path} is damaged or was edited: its config is a {kind}, not a mapping")
             config = YolactConfig.from_dict(dict(data["config"]))
         data = data["model"]
     if (
@@ -113,8 +120,9 @@ def clean_state_dict(state_dict: Mapping[str, torch.Tensor], config: YolactConfi
     for key, value in state_dict.items():
         if key.startswith("backbone.layer") and not key.startswith("backbone.layers"):
             continue
-        if key.startswith("fpn.downsample_layers.") and int(key.split(".")[2]) >= config.fpn_downsample:
-            continue
+        index = key.split(".")[2] if key.startswith("fpn.downsample_layers.") else ""
+        if index.isascii() and index.isdigit() and int(index) >= config.fpn_downsample:
+            continue  # any other name is left for the key check to report
         cleaned[key] = value
     return cleaned
 
@@ -244,10 +252,17 @@ def save_checkpoint(path: str | os.PathLike, model: Yolact, half: bool = False, 
 CARRIED_EXTRAS = ("iteration", "pruning")
 
 
+def fused_checkpoint_payload(
+    fused: Yolact, source_extra: dict[str, Any], half: bool = False, **extra: Any
+) -> dict[str, Any]:
+    """What a fused checkpoint holds: the model marked ``fused``, with the run metadata of the checkpoint it
+    was made from."""
+    carried = {k: source_extra[k] for k in CARRIED_EXTRAS if k in source_extra}
+    return checkpoint_payload(fused, half, fused=True, **carried, **extra)
+
+
 def save_fused_checkpoint(
     path: str | os.PathLike, fused: Yolact, source_extra: dict[str, Any], half: bool = False, **extra: Any
 ) -> Path:
-    """Write a fused model as a checkpoint marked ``fused``, with the run metadata of the checkpoint it was
-    made from."""
-    carried = {k: source_extra[k] for k in CARRIED_EXTRAS if k in source_extra}
-    return save_checkpoint(path, fused, half=half, fused=True, **carried, **extra)
+    """Write :func:`fused_checkpoint_payload` atomically."""
+    return atomic_write_bytes(path, serialize(fused_checkpoint_payload(fused, source_extra, half, **extra)))

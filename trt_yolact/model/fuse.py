@@ -93,10 +93,30 @@ def is_fused_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
     )
 
 
-def max_output_difference(a: Yolact, b: Yolact, size: int, seed: int = 0) -> float:
-    """Largest absolute difference of the raw outputs of two models on one random image."""
+FP16_MAX = 65504.0  # the largest finite float16: a weight beyond it is stored as inf
+
+
+def fp16_overflows(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """The floating tensors holding a finite value that float16 cannot hold (it would become inf)."""
+    return [
+        name
+        for name, tensor in state_dict.items()
+        if tensor.is_floating_point() and bool((tensor.isfinite() & (tensor.abs() > FP16_MAX)).any())
+    ]
+
+
+def compare_outputs(a: Yolact, b: Yolact, size: int, seed: int = 0) -> tuple[float, list[str]]:
+    """(largest absolute difference of the raw outputs of two models on one random image, the names of the
+    outputs of ``b`` holding NaN or inf). A NaN anywhere makes the difference NaN: never skipped by max."""
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(1, 3, size, size, generator=generator)
     with torch.no_grad():
         out_a, out_b = a(images), b(images)
-    return max(float((x - y).abs().max()) for x, y in zip(out_a, out_b))
+    broken = [name for name, y in zip(out_b._fields, out_b) if not bool(y.isfinite().all())]
+    # torch's max propagates NaN (Python's max over floats would skip it).
+    return float(torch.stack([(x - y).abs().max() for x, y in zip(out_a, out_b)]).max()), broken
+
+
+def max_output_difference(a: Yolact, b: Yolact, size: int, seed: int = 0) -> float:
+    """Largest absolute difference of the raw outputs of two models on one random image (NaN if any is)."""
+    return compare_outputs(a, b, size, seed)[0]

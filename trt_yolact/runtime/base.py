@@ -12,13 +12,14 @@ deactivated; ``with runner:`` deactivates at the end, :meth:`Runner.activate` op
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
 
 from ..config import YolactConfig
-from ..errors import RunnerError
+from ..errors import RunnerError, UsageError
 from ..structures import OUTPUT_NAMES, UNBATCHED_OUTPUTS, RawOutputs
 
 
@@ -133,11 +134,23 @@ class Runner(ABC):
         return result
 
 
+# The devices runners run on, as --device spells them (torch knows more: mps, meta, ... run nothing here).
+DEVICE_CHOICES = "cpu, cuda or cuda:N"
+
+
+def parse_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device, or a :class:`UsageError` naming the devices every command accepts."""
+    text = str(device) if isinstance(device, torch.device) else device
+    if not isinstance(text, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise UsageError(f"device must be {DEVICE_CHOICES}, got {text!r}")
+    return torch.device(text)
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``device``, or the GPU when torch sees one and the CPU otherwise; an unusable CUDA request fails."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    device = parse_device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RunnerError("CUDA was requested but this torch sees no GPU: use --device cpu")
     return device

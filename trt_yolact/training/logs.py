@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,10 @@ from ..model.safe_load import load_tensors
 from .sparsity import gamma_statistics
 
 LOSS_TERMS = ("box", "conf", "mask", "segm", "total")
+LOSS_CSV, GAMMA_CSV, INITIAL_WEIGHTS, TENSORBOARD = "log.csv", "gamma.csv", "gamma_initial.pth", "tensorboard"
+CURVES, GAMMA_HISTOGRAMS = "curves.png", "gamma_hist.png"
+# Everything a run's log writes into its folder (besides the checkpoints).
+RUN_FILES = (LOSS_CSV, GAMMA_CSV, INITIAL_WEIGHTS, TENSORBOARD, CURVES, GAMMA_HISTOGRAMS)
 
 
 class TrainingLog:
@@ -31,15 +37,20 @@ class TrainingLog:
 
     def __init__(self, out_dir: Path, iteration: int, model: nn.Module, sparsity: bool):
         self.out_dir, self.sparsity = out_dir, sparsity
-        self.loss_csv, self.gamma_csv = out_dir / "log.csv", out_dir / "gamma.csv"
-        self.initial_weights = out_dir / "gamma_initial.pth"
-        self.writer = _tensorboard(out_dir, iteration)
-        _start_csv(self.loss_csv, ["iteration", "lr", *LOSS_TERMS, "seconds"], iteration)
-        if sparsity:
-            if not self.initial_weights.exists():
-                state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-                atomic_write_bytes(self.initial_weights, serialize(state))
-            _start_csv(self.gamma_csv, ["iteration", *gamma_statistics(model)], iteration)
+        self.loss_csv, self.gamma_csv = out_dir / LOSS_CSV, out_dir / GAMMA_CSV
+        self.initial_weights = out_dir / INITIAL_WEIGHTS
+        self.writer, self._quiet = None, _QuietWriterThreads()
+        try:
+            self.writer = _tensorboard(out_dir, iteration)
+            _start_csv(self.loss_csv, ["iteration", "lr", *LOSS_TERMS, "seconds"], iteration)
+            if sparsity:
+                if not self.initial_weights.exists():
+                    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+                    atomic_write_bytes(self.initial_weights, serialize(state))
+                _start_csv(self.gamma_csv, ["iteration", *gamma_statistics(model)], iteration)
+        except BaseException:
+            self.close()
+            raise
 
     def losses(self, iteration: int, lr: float, losses: Mapping[str, float], seconds: float, model: nn.Module) -> None:
         _append_row(self.loss_csv, [iteration, lr, *(f"{losses[k]:.5f}" for k in LOSS_TERMS), f"{seconds:.1f}"])
@@ -57,14 +68,21 @@ class TrainingLog:
 
     def finish(self, history: list[dict[str, float]], model: nn.Module) -> None:
         """The curves PNG, and with sparsity the |gamma| histograms before and after."""
-        plot_curves(self.loss_csv, history, self.out_dir / "curves.png")
+        plot_curves(self.loss_csv, history, self.out_dir / CURVES)
         if self.sparsity:
             before = load_tensors(self.initial_weights)
-            plot_gamma_histograms([before, model], ["before", "after"], self.out_dir / "gamma_hist.png")
+            plot_gamma_histograms([before, model], ["before", "after"], self.out_dir / GAMMA_HISTOGRAMS)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        """Close the TensorBoard writer (once). A write it failed is raised here unless one is on its way."""
+        writer, self.writer = self.writer, None
+        try:
+            if writer is not None:
+                writer.close()
+        finally:
+            failure = self._quiet.restore()
+        if failure is not None and sys.exc_info()[1] is None:
+            raise failure
 
     def _scalars(self, group: str, values: Mapping[str, float], iteration: int) -> None:
         if self.writer is not None:
@@ -78,7 +96,29 @@ def _tensorboard(out_dir: Path, iteration: int) -> Any:
     except ImportError:
         tqdm.write("tensorboard is not installed: logging to CSV only")
         return None
-    return SummaryWriter(str(out_dir / "tensorboard"), purge_step=iteration)
+    return SummaryWriter(str(out_dir / TENSORBOARD), purge_step=iteration)
+
+
+class _QuietWriterThreads:
+    """While a log is open, a failure in TensorBoard's writer thread (a full disk) is kept for :meth:`restore`
+    instead of printed as a thread traceback: the main thread reports the same error as one line. Other
+    threads' failures still reach the hook that was installed before."""
+
+    def __init__(self) -> None:
+        self.failure: BaseException | None = None
+        self._previous = threading.excepthook
+        threading.excepthook = self._hook
+
+    def _hook(self, args: threading.ExceptHookArgs) -> None:
+        if type(args.thread).__module__.startswith("tensorboard."):
+            self.failure = self.failure or args.exc_value
+        else:
+            self._previous(args)
+
+    def restore(self) -> BaseException | None:
+        if threading.excepthook == self._hook:
+            threading.excepthook = self._previous
+        return self.failure
 
 
 def _start_csv(path: Path, header: list[str], iteration: int) -> None:

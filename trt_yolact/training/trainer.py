@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -25,8 +26,8 @@ from tqdm import tqdm
 from ..config import YolactConfig, get_config
 from ..data.augment import TrainTransform, ValTransform
 from ..data.coco import CocoDetection, collate_samples
-from ..errors import CheckpointError, TrainingError
-from ..files import atomic_write_bytes
+from ..errors import CheckpointError, ConfigError, TrainingError, first_line
+from ..files import atomic_write_bytes, check_writable
 from ..inference.predictor import Predictor
 from ..metrics.coco_eval import evaluate
 from ..model.checkpoint import checkpoint_payload, clean_state_dict, read_checkpoint, save_checkpoint, serialize
@@ -34,7 +35,7 @@ from ..model.safe_load import load_tensors
 from ..model.yolact import Yolact
 from ..runtime.base import resolve_device
 from ..runtime.torch_runner import TorchRunner
-from .logs import TrainingLog
+from .logs import RUN_FILES, TrainingLog
 from .loss import LossConfig, YolactLoss
 from .sparsity import apply_sparsity_penalty
 
@@ -230,6 +231,70 @@ def distributed_context(device: torch.device) -> tuple[int, int, torch.device]:
     return dist.get_rank(), world, device
 
 
+STATE_KEYS = ("model", "config", "optimizer", "scaler", "iteration", "rng")
+
+
+def check_state_file(path: Path) -> None:
+    if path.exists() and not path.is_file():
+        raise TrainingError(f"--resume: {path} is a folder, not a checkpoint file")
+    if not path.is_file():
+        raise TrainingError(f"--resume: no checkpoint {path}; train without --resume first")
+
+
+def read_train_state(path: Path, config: YolactConfig) -> dict[str, Any]:
+    """The training state in ``path``, checked field by field (a damaged or edited file is one clear line)."""
+    check_state_file(path)
+    data = load_tensors(path)
+    lacking = [k for k in STATE_KEYS if k not in data] if isinstance(data, dict) else list(STATE_KEYS)
+    if lacking:
+        raise TrainingError(f"--resume: {path} is not a training state of this trainer (lacks {lacking})")
+    problem = _state_problem(data)
+    if problem:
+        raise TrainingError(f"--resume: {path} is damaged or was edited: {problem}")
+    if data["config"] != config.to_dict():
+        try:
+            stored = repr(YolactConfig.from_dict(data["config"]).name)
+        except (ConfigError, TypeError):
+            stored = "that cannot be read"
+        raise TrainingError(
+            f"--resume: {path} was trained with config {stored} (and its dataset's classes), which differ from "
+            f"this run's {config.name!r}: resume with the same --config and data, or train into another --out"
+        )
+    return data
+
+
+def _keys_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
+    """The keys missing from ``given``, unexpected in it, or of another shape ("" when it fits)."""
+    kinds = {
+        "missing": sorted(set(expected) - set(given)),
+        "unexpected": sorted(set(given) - set(expected)),
+        "misshaped": sorted(k for k in set(expected) & set(given) if expected[k].shape != given[k].shape),
+    }
+    return "; ".join(f"{len(keys)} {kind}: {', '.join(keys[:3])}" for kind, keys in kinds.items() if keys)
+
+
+def _state_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with the fields of a training state, or None."""
+    iteration, rng, model = data["iteration"], data["rng"], data["model"]
+    if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
+        return f"its iteration is {iteration!r}, not a count of iterations"
+    if not isinstance(rng, dict) or not isinstance(rng.get("torch"), torch.Tensor):
+        return "its random state ('rng') is not the one this trainer saves"
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        return "its 'model' is not a state dict (a mapping of names to tensors)"
+    if not all(bool(torch.isfinite(v).all()) for v in model.values() if v.is_floating_point()):
+        return "its weights hold NaN or inf values"
+    for key in ("config", "optimizer", "scaler"):
+        if not isinstance(data[key], dict):
+            return f"its {key!r} is a {type(data[key]).__name__}, not a mapping"
+    if not isinstance(data["optimizer"].get("param_groups"), list) or "state" not in data["optimizer"]:
+        return "its optimizer state lacks 'param_groups' or 'state'"
+    history = data.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
+        return "its validation history is not a list of rows"
+    return None
+
+
 class Trainer:
     def __init__(
         self,
@@ -262,6 +327,7 @@ class Trainer:
         self.use_amp = train_config.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.state = TrainState()
+        self.saved_iteration: int | None = None  # of the last checkpoint this run wrote or resumed from
 
     @property
     def is_main(self) -> bool:
@@ -269,6 +335,8 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def save(self) -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise self._diverged("the weights became non-finite (NaN or inf)")  # never checkpointed
         if not self.is_main:
             return
         payload = checkpoint_payload(
@@ -281,26 +349,45 @@ class Trainer:
             rng=rng_state(),
         )
         atomic_write_bytes(self.out_dir / TRAIN_STATE, serialize(payload))
+        self.saved_iteration = self.state.iteration
 
     def resume(self) -> None:
         path = self.out_dir / TRAIN_STATE
-        if not path.is_file():
-            raise TrainingError(f"--resume: no checkpoint {path}; train without --resume first")
-        data = load_tensors(path)
-        lacking = [k for k in ("model", "config", "optimizer", "scaler", "iteration", "rng") if k not in data]
-        if not isinstance(data, dict) or lacking:
-            raise TrainingError(f"--resume: {path} is not a training state of this trainer (lacks {lacking})")
-        if data["config"] != self.config.to_dict():
-            stored = YolactConfig.from_dict(data["config"]).name
+        data = read_train_state(path, self.config)
+        if data["iteration"] > self.tc.iters:
             raise TrainingError(
-                f"--resume: {path} was trained with config {stored!r} (and its dataset's classes), which differ from "
-                f"this run's {self.config.name!r}: resume with the same --config and data, or train into another --out"
+                f"--resume: {path} is at iteration {data['iteration']}, beyond --iters {self.tc.iters}: "
+                f"pass --iters {data['iteration']} or more"
             )
-        self.model.load_state_dict(data["model"])
-        self.optimizer.load_state_dict(data["optimizer"])
-        self.scaler.load_state_dict(data["scaler"])
-        self.state = TrainState(int(data["iteration"]), list(data.get("history", [])))
-        torch.set_rng_state(data["rng"]["torch"])
+        mismatch = _keys_mismatch(self.model.state_dict(), data["model"])
+        if mismatch:
+            raise TrainingError(f"--resume: {path} holds another model than this run's ({mismatch})")
+        try:
+            self.model.load_state_dict(data["model"])
+            self.optimizer.load_state_dict(data["optimizer"])
+            self.scaler.load_state_dict(data["scaler"])
+            torch.set_rng_state(data["rng"]["torch"])
+        except Exception as exc:  # noqa: BLE001 - torch's loaders raise several kinds; each is one line here
+            raise TrainingError(
+                f"--resume: {path} does not fit this run ({first_line(exc, 200)}): resume with the same --config, "
+                "data and --weights, or train into another --out"
+            ) from None
+        self.state = TrainState(data["iteration"], list(data.get("history", [])))
+        self.saved_iteration = self.state.iteration
+
+    def resume_hint(self) -> str:
+        """What an ended run leaves to continue from: a checkpoint of this run, or nothing."""
+        if self.saved_iteration is None:
+            every = self.tc.checkpoint_every
+            return f"no checkpoint was written yet (one every {every} iterations): nothing of this run was kept"
+        path = self.out_dir / TRAIN_STATE
+        return f"the last complete checkpoint is {path} (iteration {self.saved_iteration}; continue with --resume)"
+
+    def _diverged(self, what: str) -> TrainingError:
+        return TrainingError(
+            f"training diverged at iteration {self.state.iteration + 1}: {what}; lower --lr, raise --warmup-iters "
+            f"or set --clip-grad; {self.resume_hint()}"
+        )
 
     # -- loop ----------------------------------------------------------------------------------------
     def _loader(self):
@@ -333,16 +420,19 @@ class Trainer:
         with torch.autocast(self.device.type, enabled=self.use_amp):
             outputs = self.forward(images)
         outputs = type(outputs)(*(t.float() for t in outputs))
+        if not all(bool(torch.isfinite(t).all()) for t in outputs):
+            raise self._diverged("the model's outputs became non-finite (NaN or inf)")
         losses = self.loss(outputs, targets, generator=generator)
+        if not torch.isfinite(losses["total"]):
+            raise self._diverged("the loss became non-finite (NaN or inf)")
         self.optimizer.zero_grad(set_to_none=True)
-        if torch.isfinite(losses["total"]):
-            self.scaler.scale(losses["total"]).backward()
-            self.scaler.unscale_(self.optimizer)
-            apply_sparsity_penalty(self.model, tc.sparsity)
-            if tc.clip_grad > 0:
-                nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+        self.scaler.scale(losses["total"]).backward()
+        self.scaler.unscale_(self.optimizer)
+        apply_sparsity_penalty(self.model, tc.sparsity)
+        if tc.clip_grad > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.state.iteration += 1
         return {k: float(v.detach()) for k, v in losses.items()}
 
@@ -364,12 +454,32 @@ class Trainer:
 
     def run(self, stop_at: int | None = None) -> TrainState:
         """Train to ``tc.iters``; with ``stop_at``, end after that iteration with a checkpoint (a long schedule
-        split into periods of work, continued with --resume) and no final model."""
+        split into periods of work, continued with --resume) and no final model. A run that ends by an error
+        or Ctrl-C before its first checkpoint leaves nothing (its logs are removed)."""
         tc = self.tc
         end = tc.iters if stop_at is None else min(stop_at, tc.iters)
+        created = not self.out_dir.is_dir()
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        log = TrainingLog(self.out_dir, self.state.iteration, self.model, tc.sparsity > 0) if self.is_main else None
-        bar = tqdm(total=tc.iters, initial=self.state.iteration, desc="train", unit="it", disable=not self.is_main)
+        log = None
+        try:
+            if self.is_main:
+                log = TrainingLog(self.out_dir, self.state.iteration, self.model, tc.sparsity > 0)
+            self._loop(log, end)
+            if log is not None and self.state.iteration == tc.iters:
+                save_checkpoint(self.out_dir / FINAL_MODEL, self.model, iteration=self.state.iteration)
+                log.finish(self.state.history, self.model)
+        except BaseException:
+            if log is not None:
+                log.close()
+            if self.is_main and self.saved_iteration is None:
+                discard_run(self.out_dir, created)
+            raise
+        if log is not None:
+            log.close()
+        return self.state
+
+    def _loop(self, log: TrainingLog | None, end: int) -> None:
+        bar = tqdm(total=self.tc.iters, initial=self.state.iteration, desc="train", unit="it", disable=not self.is_main)
         running: dict[str, float] = {}
         start = time.perf_counter()
         loader = iter(self._loader())
@@ -382,12 +492,6 @@ class Trainer:
                 self._after_step(log, losses, time.perf_counter() - start, end)
         finally:
             bar.close()
-            if log is not None:
-                log.close()
-        if log is not None and self.state.iteration == tc.iters:
-            save_checkpoint(self.out_dir / FINAL_MODEL, self.model, iteration=self.state.iteration)
-            log.finish(self.state.history, self.model)
-        return self.state
 
     def _after_step(self, log: TrainingLog | None, losses: dict[str, float], seconds: float, end: int) -> None:
         """Log, validate and checkpoint when the iteration just finished calls for it."""
@@ -415,10 +519,35 @@ class TrainingRun:
     resume: bool = False  # continue from out_dir/last.pth
 
 
+def discard_run(out_dir: Path, created: bool) -> None:
+    """Remove what a run that wrote no checkpoint left in ``out_dir`` (and the folder, when it made it)."""
+    for name in RUN_FILES:
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if created:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def check_out_dir(run: TrainingRun) -> None:
+    """``run.out_dir`` can hold this run: a folder (or one to make) without another run's files, unless resumed."""
+    check_writable(run.out_dir, folder=True)
+    state = run.out_dir / TRAIN_STATE
+    if run.resume:
+        return check_state_file(state)
+    found = [name for name in (TRAIN_STATE, FINAL_MODEL, *RUN_FILES) if (run.out_dir / name).exists()]
+    if found:
+        raise TrainingError(
+            f"{run.out_dir} already holds a training run ({', '.join(found)}): continue it with --resume, "
+            "or train into another --out (a new run would mix its files with the old one's)"
+        )
+
+
 def make_trainer(run: TrainingRun, train_config: TrainConfig) -> tuple[Trainer, list[str]]:
     """The trainer for ``run``, resumed when asked, and the layers re-initialised for the dataset's classes."""
-    if run.resume and not (run.out_dir / TRAIN_STATE).is_file():
-        raise TrainingError(f"--resume: no checkpoint {run.out_dir / TRAIN_STATE}; train without --resume first")
+    check_out_dir(run)
     config = get_config(run.config)
     train_set, val_set = build_datasets(run.data_train, run.data_val, config, train_config)
     config = config.replace(class_names=train_set.class_names, category_ids=train_set.category_ids)
