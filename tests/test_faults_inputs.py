@@ -276,7 +276,7 @@ def test_15_write_errors_name_the_real_path_and_reason(tiny, shapes, tmp_path):
     assert one_line(done).endswith(f"is a folder, not a file: {out / 'tiny.build.json'}") and done.stdout == ""
     (tmp_path / "afile").write_text("a file where a folder should be")
     done = run("trt_yolact.build", *weights, "--out", str(tmp_path / "afile" / "x"), "--engines", str(out))
-    assert one_line(done).endswith(f"not a folder: {tmp_path / 'afile'}")
+    assert one_line(done).endswith(f"{tmp_path / 'afile'} is a file, not a folder")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["afile", "export", "folder", "tiny.build.json"]
 
 
