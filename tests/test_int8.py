@@ -374,7 +374,11 @@ def test_unreadable_calibration_images_are_skipped_and_counted(tmp_path):
 )
 def test_int8_on_torch_names_the_backends_that_run_it(tmp_path, command):
     cv2.imwrite(str(tmp_path / "img.png"), np.zeros((32, 32, 3), np.uint8))
-    (tmp_path / "a.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    image = {"id": 1, "file_name": "img.png", "height": 32, "width": 32}
+    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 8, 8], "area": 64, "iscrowd": 0}
+    box["segmentation"] = [[4, 4, 12, 4, 12, 12, 4, 12]]
+    annotations = {"images": [image], "annotations": [box], "categories": [{"id": 1, "name": "square"}]}
+    (tmp_path / "a.json").write_text(json.dumps(annotations))
     line = _error_line(run(*command, cwd=tmp_path))
     assert "onnxruntime" in line and "tensorrt" in line and "INT8" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "img.png"]  # no cache, no output

@@ -504,7 +504,7 @@ class Int8Options:
 
     calib: str | None = None  # an image folder or ANN.json:IMAGES; None: the embedded demo models' own set
     calib_images: int = 256  # sampled with a fixed seed when the source has more
-    calib_method: str = "entropy"  # minmax, entropy or percentile
+    calib_method: str = "minmax"  # or entropy, percentile; clipping nothing cost the least AP (benchmarks/RESULTS.md)
     calib_percentile: float = 99.99
     calib_batch: int = 4  # images per calibration run: what bounds its memory
     exclude: tuple[str, ...] = ()  # module path globs or block names kept in higher precision

@@ -38,7 +38,7 @@ Range = tuple[float, float]
 class CalibrationSettings:
     """How activation ranges are found."""
 
-    method: str = "entropy"
+    method: str = "minmax"  # the default of Int8Options.calib_method, which says why
     percentile: float = 99.99  # of |x|, for method "percentile"
     batch_size: int = 4  # images per calibration run: what bounds its memory
 
