@@ -228,8 +228,9 @@ def _upsample_group(
     low = masks.detach().numpy()
     out = {}
     for b in members:
-        out[b] = torch.zeros((counts[b], height, width), dtype=torch.bool)
-        full = out[b].numpy()  # the same memory: NumPy writes the windows into the returned tensor
+        # NumPy's zeros come from calloc, whose fresh pages are zero already: only the windows get written.
+        full = np.zeros((counts[b], height, width), dtype=np.bool_)
+        out[b] = torch.from_numpy(full)  # the same memory: NumPy writes the windows into the returned tensor
         for d, (ya, yb, xa, xb) in enumerate(windows[b]):
             if ya >= yb or xa >= xb:
                 continue

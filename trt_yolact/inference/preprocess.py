@@ -40,14 +40,23 @@ def to_bgr_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def normalize_resized(resized: torch.Tensor, config: YolactConfig) -> torch.Tensor:
-    """Float BGR ``[B,3,S,S]`` (already resized) -> normalised RGB network input."""
+    """Float BGR ``[B,3,S,S]`` (already resized) -> normalised RGB network input.
+
+    The channels are swapped first, into a new tensor that the steps after it change in place; each element
+    still sees the original's subtraction and division, so the result is the same to the bit."""
+    rgb = resized[:, [2, 1, 0]]
     if config.normalization == "mean_std":
-        mean = torch.tensor(config.mean, dtype=resized.dtype, device=resized.device).view(1, 3, 1, 1)
-        std = torch.tensor(config.std, dtype=resized.dtype, device=resized.device).view(1, 3, 1, 1)
-        resized = (resized - mean) / std
-    else:
-        resized = resized / 255
-    return resized[:, [2, 1, 0]].contiguous()
+        mean = torch.tensor(config.mean[::-1], dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+        std = torch.tensor(config.std[::-1], dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+        return rgb.sub_(mean).div_(std)
+    return rgb.div_(255)
+
+
+def _resized(arrays: Sequence[np.ndarray], size: int, device: str | torch.device) -> torch.Tensor:
+    """Same-sized BGR uint8 images -> float ``[N,3,size,size]``, resized on ``device``."""
+    stacked = torch.from_numpy(np.stack(arrays)).to(device)
+    stacked = stacked.permute(0, 3, 1, 2).contiguous().float()
+    return F.interpolate(stacked, (size, size), mode="bilinear", align_corners=False)
 
 
 def preprocess(
@@ -66,13 +75,12 @@ def preprocess(
         raise ImageError("no images to preprocess")
     arrays = [to_bgr_uint8(image) for image in images]
     sizes = [(int(a.shape[0]), int(a.shape[1])) for a in arrays]
-    size = config.max_size
-    batch = torch.empty((len(arrays), 3, size, size), dtype=torch.float32, device=device)
     groups: dict[tuple[int, int], list[int]] = {}
     for index, hw in enumerate(sizes):
         groups.setdefault(hw, []).append(index)
+    if len(groups) == 1:  # one size (a video, a camera): the resized stack is the batch, in order
+        return normalize_resized(_resized(arrays, config.max_size, device), config), sizes
+    batch = torch.empty((len(arrays), 3, config.max_size, config.max_size), dtype=torch.float32, device=device)
     for indices in groups.values():
-        stacked = torch.from_numpy(np.stack([arrays[i] for i in indices])).to(device)
-        stacked = stacked.permute(0, 3, 1, 2).contiguous().float()
-        batch[indices] = F.interpolate(stacked, (size, size), mode="bilinear", align_corners=False)
+        batch[indices] = _resized([arrays[i] for i in indices], config.max_size, device)
     return normalize_resized(batch, config), sizes
