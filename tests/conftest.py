@@ -8,9 +8,24 @@ import numpy as np
 import pytest
 import torch
 
+from trt_yolact.config import BackboneConfig, YolactConfig
+
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "reference"
 FIXTURE_CONFIG = Path(__file__).parent / "data" / "fixture_config.json"
+# A model of a few thousand parameters for the tests that run commands on bad input: fast to build and save.
+TINY = YolactConfig(
+    name="tiny",
+    backbone=BackboneConfig(layers=(1, 1, 1, 1), widths=(4, 4, 8, 8), stem_channels=8),
+    max_size=64,
+    class_names=("circle", "rectangle", "triangle", "star", "ring"),
+    category_ids=(1, 2, 3, 4, 5),
+    fpn_channels=8,
+    proto_channels=8,
+    head_channels=8,
+    mask_dim=4,
+    pred_scales=((8,), (16,), (32,), (48,), (64,)),
+)
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 

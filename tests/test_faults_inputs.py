@@ -17,26 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY
 
-from trt_yolact.config import BackboneConfig, YolactConfig
 from trt_yolact.data.synthetic import generate_dataset
 from trt_yolact.errors import DatasetError
 from trt_yolact.model.checkpoint import save_checkpoint
 from trt_yolact.model.yolact import Yolact
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = YolactConfig(
-    name="tiny",
-    backbone=BackboneConfig(layers=(1, 1, 1, 1), widths=(4, 4, 8, 8), stem_channels=8),
-    max_size=64,
-    class_names=("circle", "rectangle", "triangle", "star", "ring"),
-    category_ids=(1, 2, 3, 4, 5),
-    fpn_channels=8,
-    proto_channels=8,
-    head_channels=8,
-    mask_dim=4,
-    pred_scales=((8,), (16,), (32,), (48,), (64,)),
-)
 PROGRESS = re.compile(r"[\w ]+: +\d+%\|")  # a tqdm bar (text mode reads its carriage returns as newlines)
 NOT_UTF8 = os.fsdecode(b"\xff")  # a byte no UTF-8 text has, as Python keeps it in a str path
 

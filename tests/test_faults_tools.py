@@ -16,9 +16,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 
 from trt_yolact.bench import main as bench_main
-from trt_yolact.config import BackboneConfig, PostprocessConfig, YolactConfig
+from trt_yolact.config import PostprocessConfig
 from trt_yolact.data.shapes import main as shapes_main
 from trt_yolact.data.synthetic import generate_dataset
 from trt_yolact.demo import main as demo_main
@@ -39,18 +40,6 @@ from trt_yolact.runtime.torch_runner import TorchRunner
 from trt_yolact.train import main as train_main
 from trt_yolact.training import trainer as trainer_module
 
-TINY = YolactConfig(
-    name="tiny",
-    backbone=BackboneConfig(layers=(1, 1, 1, 1), widths=(4, 4, 8, 8), stem_channels=8),
-    max_size=64,
-    class_names=("circle", "rectangle", "triangle", "star", "ring"),
-    category_ids=(1, 2, 3, 4, 5),
-    fpn_channels=8,
-    proto_channels=8,
-    head_channels=8,
-    mask_dim=4,
-    pred_scales=((8,), (16,), (32,), (48,), (64,)),
-)
 PROGRESS = re.compile(r"\w+: +\d+%\|")
 NON_UTF8 = os.fsdecode(b"v\xff")  # a name Linux allows and OpenCV crashes on
 
@@ -228,6 +217,23 @@ def test_train_divergence_is_one_line_and_leaves_nothing(tmp_path, capsys, tiny_
     line = error_line(capsys, code)
     assert "training diverged" in line and "non-finite" in line and "no checkpoint was written" in line
     assert not out.exists()
+
+
+def test_train_skips_a_lone_non_finite_batch_as_the_original_does(tmp_path, monkeypatch, tiny_config, shapes):
+    """One NaN loss (an AMP overflow, an odd batch) is skipped, not taken for divergence: the run finishes."""
+    from trt_yolact.training.loss import YolactLoss
+
+    forward, calls = YolactLoss.forward, []
+
+    def nan_on_the_second_call(self, *args, **kwargs):
+        losses = forward(self, *args, **kwargs)
+        calls.append(1)
+        return {k: v * float("nan") for k, v in losses.items()} if len(calls) == 2 else losses
+
+    monkeypatch.setattr(YolactLoss, "forward", nan_on_the_second_call)
+    out = tmp_path / "run"
+    assert train_main(train_args(tiny_config, shapes, out, "--iters", "4")) == 0
+    assert (out / "model_final.pth").is_file() and len(calls) == 4  # iteration 2 skipped, 3 and 4 trained
 
 
 # ------------------------------------------------------------------ 11: bad --device

@@ -35,7 +35,7 @@ from ..model.safe_load import load_tensors
 from ..model.yolact import Yolact
 from ..runtime.base import resolve_device
 from ..runtime.torch_runner import TorchRunner
-from .logs import RUN_FILES, TrainingLog
+from .logs import LOSS_TERMS, RUN_FILES, TrainingLog
 from .loss import LossConfig, YolactLoss
 from .sparsity import apply_sparsity_penalty
 
@@ -232,6 +232,7 @@ def distributed_context(device: torch.device) -> tuple[int, int, torch.device]:
 
 
 STATE_KEYS = ("model", "config", "optimizer", "scaler", "iteration", "rng")
+MAX_NONFINITE_STEPS = 3  # non-finite batches in a row (with finite weights) that count as divergence
 
 
 def check_state_file(path: Path) -> None:
@@ -328,6 +329,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.state = TrainState()
         self.saved_iteration: int | None = None  # of the last checkpoint this run wrote or resumed from
+        self.nonfinite_steps = 0  # skipped in a row
 
     @property
     def is_main(self) -> bool:
@@ -421,10 +423,11 @@ class Trainer:
             outputs = self.forward(images)
         outputs = type(outputs)(*(t.float() for t in outputs))
         if not all(bool(torch.isfinite(t).all()) for t in outputs):
-            raise self._diverged("the model's outputs became non-finite (NaN or inf)")
+            return self._skip_step("the model's outputs", dict.fromkeys(LOSS_TERMS, math.nan))
         losses = self.loss(outputs, targets, generator=generator)
         if not torch.isfinite(losses["total"]):
-            raise self._diverged("the loss became non-finite (NaN or inf)")
+            return self._skip_step("the loss", {k: float(v.detach()) for k, v in losses.items()})
+        self.nonfinite_steps = 0
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["total"]).backward()
         self.scaler.unscale_(self.optimizer)
@@ -435,6 +438,18 @@ class Trainer:
         self.scaler.update()
         self.state.iteration += 1
         return {k: float(v.detach()) for k, v in losses.items()}
+
+    def _skip_step(self, what: str, losses: dict[str, float]) -> dict[str, float]:
+        """A batch whose outputs or loss are not finite (an AMP overflow, an odd batch) is skipped, as the
+        original does; training has diverged when the weights themselves are no longer finite or when it
+        happens ``MAX_NONFINITE_STEPS`` times in a row."""
+        self.nonfinite_steps += 1
+        weights_finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        if not weights_finite or self.nonfinite_steps >= MAX_NONFINITE_STEPS:
+            also = "" if weights_finite else ", and so did the weights"
+            raise self._diverged(f"{what} became non-finite (NaN or inf){also}")
+        self.state.iteration += 1
+        return losses
 
     def validate(self) -> dict[str, float]:
         self.model.eval()
@@ -486,7 +501,7 @@ class Trainer:
         try:
             while self.state.iteration < end:
                 losses = self.step(next(loader))
-                running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in losses.items()}
+                running.update({k: 0.9 * running.get(k, v) + 0.1 * v for k, v in losses.items() if math.isfinite(v)})
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()})
                 self._after_step(log, losses, time.perf_counter() - start, end)
