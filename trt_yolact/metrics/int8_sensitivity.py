@@ -142,7 +142,9 @@ def analyse(
             count = sum(layer.block == name for layer in layers)
             report.blocks.append(BlockSensitivity(name, count, alone, left_out))
         if options.max_ap_drop is not None:
+            bar.total += len(names)  # at most one trial per block; the total shrinks to what was run
             _search(report, options.max_ap_drop, ap)
+            bar.total = bar.n
         bar.close()
     return report
 
