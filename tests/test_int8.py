@@ -23,7 +23,7 @@ from trt_yolact.deploy.artifacts import ArtifactChain
 from trt_yolact.deploy.calibration import CalibrationCache, CalibrationSettings, abs_histogram, calibrate, threshold
 from trt_yolact.deploy.onnx_format import check_tensorrt_qdq, load_onnx, onnx_precision, read_onnx_metadata
 from trt_yolact.deploy.onnx_int8 import block_of, module_path, quantizable_layers, symmetric_scale
-from trt_yolact.errors import EngineBuildError, UsageError
+from trt_yolact.errors import CalibrationError, EngineBuildError, UsageError
 from trt_yolact.files import sha256_file
 from trt_yolact.inference.calibration_images import SHAPES_SENSITIVITY_SEED, int8_setup
 from trt_yolact.inference.images import sample_images
@@ -163,12 +163,12 @@ class Arrays:
         yield from self._batches
 
 
-def identity_model(path):
+def identity_model(path, batch="B"):
     graph = onnx.helper.make_graph(
         [onnx.helper.make_node("Relu", ["images"], ["out"], name="/model/relu/Relu")],
         "g",
-        [onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, ["B", 1, 10, 10])],
-        [onnx.helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, ["B", 1, 10, 10])],
+        [onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [batch, 1, 10, 10])],
+        [onnx.helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [batch, 1, 10, 10])],
     )
     onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), path)
     return path
@@ -184,6 +184,37 @@ def test_minmax_is_the_observed_range_and_always_holds_zero(tmp_path):
     assert ranges["out"] == pytest.approx((0.0, data.max()))  # a ReLU's range starts at 0
     positive = [b - b.min() + 1 for b in batches]  # all > 0: the range is stretched to hold 0
     assert calibrate(tmp_path / "m.onnx", ["images"], Arrays(positive), minmax, False)["images"][0] == 0
+
+
+class Images(Arrays):
+    """Arrays re-batched to the size asked for, as the real calibration images are."""
+
+    def batches(self, batch_size):
+        data = np.concatenate(self._batches)
+        yield from (data[i : i + batch_size] for i in range(0, len(data), batch_size))
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy"])
+def test_an_export_of_a_fixed_batch_is_calibrated_in_batches_of_that_size(tmp_path, method):
+    """10 images through an export fixed at batch 3: the last batch is padded, its copies dropped."""
+    data = np.random.default_rng(1).uniform(-2, 3, (10, 1, 10, 10)).astype(np.float32)
+    model = identity_model(tmp_path / "b3.onnx", batch=3)
+    ranges = calibrate(model, ["images", "out"], Images([data]), CalibrationSettings(method, batch_size=4), False)
+    reference = calibrate(
+        identity_model(tmp_path / "any.onnx"), ["images", "out"], Images([data]), CalibrationSettings(method), False
+    )
+    assert ranges.keys() == reference.keys()
+    for name in ranges:
+        assert ranges[name] == pytest.approx(reference[name])
+
+
+def test_non_finite_activations_are_one_calibration_error(tmp_path):
+    batch = np.ones((4, 1, 10, 10), np.float32)
+    batch[2, 0, 5, 5] = np.nan
+    with pytest.raises(CalibrationError, match="of m.onnx holds NaN or inf"):
+        calibrate(
+            identity_model(tmp_path / "m.onnx"), ["images", "out"], Arrays([batch] * 2), CalibrationSettings(), False
+        )
 
 
 def test_percentile_and_entropy_clip_outliers_but_not_the_bulk():
@@ -300,6 +331,22 @@ def test_sensitivity_and_the_search_for_the_blocks_to_leave_out(pruned, tmp_path
     assert png_path.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_drop_bound_no_int8_model_meets_is_an_error(pruned, tmp_path, monkeypatch):
+    """When only leaving every block unquantized (no INT8 at all) would do, the search says so instead of
+    writing an "INT8" file with nothing quantized."""
+    chain, _ = pruned
+
+    def fake_ap(path, ann, images):  # FP32 60 points, every INT8 trial 50, whatever it leaves out
+        return 50.0 if read_onnx_metadata(path).get("precision") == "int8" else 60.0
+
+    monkeypatch.setattr(int8_sensitivity, "_mask_ap", fake_ap)
+    (tmp_path / "ann.json").write_text(json.dumps({"images": [{}] * 5}))
+    with pytest.raises(CalibrationError, match="no INT8 model is within 0.5 mask AP points"):
+        int8_sensitivity.analyse(
+            chain, "onnxruntime", (tmp_path / "ann.json", tmp_path), Int8Options(max_ap_drop=0.5), progress=False
+        )
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -364,6 +411,16 @@ def test_unreadable_calibration_images_are_skipped_and_counted(tmp_path):
     ]
 
 
+def _one_image_set(folder):
+    """``img.png`` and ``a.json``, its COCO annotations with one square."""
+    cv2.imwrite(str(folder / "img.png"), np.zeros((32, 32, 3), np.uint8))
+    image = {"id": 1, "file_name": "img.png", "height": 32, "width": 32}
+    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 8, 8], "area": 64, "iscrowd": 0}
+    box["segmentation"] = [[4, 4, 12, 4, 12, 12, 4, 12]]
+    annotations = {"images": [image], "annotations": [box], "categories": [{"id": 1, "name": "square"}]}
+    (folder / "a.json").write_text(json.dumps(annotations))
+
+
 @pytest.mark.parametrize(
     "command",
     [
@@ -373,15 +430,26 @@ def test_unreadable_calibration_images_are_skipped_and_counted(tmp_path):
     ],
 )
 def test_int8_on_torch_names_the_backends_that_run_it(tmp_path, command):
-    cv2.imwrite(str(tmp_path / "img.png"), np.zeros((32, 32, 3), np.uint8))
-    image = {"id": 1, "file_name": "img.png", "height": 32, "width": 32}
-    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 8, 8], "area": 64, "iscrowd": 0}
-    box["segmentation"] = [[4, 4, 12, 4, 12, 12, 4, 12]]
-    annotations = {"images": [image], "annotations": [box], "categories": [{"id": 1, "name": "square"}]}
-    (tmp_path / "a.json").write_text(json.dumps(annotations))
+    _one_image_set(tmp_path)
     line = _error_line(run(*command, cwd=tmp_path))
     assert "onnxruntime" in line and "tensorrt" in line and "INT8" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "img.png"]  # no cache, no output
+
+
+@pytest.mark.parametrize(
+    "command, ask_with",
+    [
+        (("trt_yolact.build", "--weights", "yolact_shapes_pruned", "--calib", "."), "--precision int8"),
+        (("trt_yolact.build", "--weights", "yolact_shapes_pruned", "--int8-sensitivity"), "--precision int8"),
+        (("trt_yolact.export", "--weights", "yolact_shapes_pruned", "--int8-exclude", "head"), "--int8"),
+        (("trt_yolact.eval", "--ann", "a.json", "--images", ".", "--calib-method", "entropy"), "--precision int8"),
+    ],
+)
+def test_int8_options_without_int8_are_refused_not_ignored(tmp_path, command, ask_with):
+    _one_image_set(tmp_path)
+    line = _error_line(run(*command, cwd=tmp_path))
+    assert "apply to INT8 only" in line and line.endswith(f"add {ask_with}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "img.png"]  # nothing written
 
 
 def test_build_int8_makes_checks_and_reports_both_flavours(tmp_path):

@@ -109,7 +109,9 @@ def check_inputs_and_outputs(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     check_inputs_and_outputs(args)
-    runtime = RuntimeOptions(device=args.device, config=args.config, cache_dir=args.cache, int8=int8_options(args))
+    runtime = RuntimeOptions(
+        device=args.device, config=args.config, cache_dir=args.cache, int8=int8_options(args, "int8" in args.precision)
+    )
     models = [w if artifact_backend(w) else ModelSource.load(w, args.config) for w in args.weights]
     backends = args.backends or BenchOptions().backends
     options = BenchOptions(backends, args.precision, args.batch, args.iters, args.warmup, args.settle, runtime)

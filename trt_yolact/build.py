@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         profile=args.batch,
         graph_postprocess=args.postprocess == "graph",
         repeats=args.repeats,
-        int8=int8_options(args),
+        int8=int8_options(args, args.precision == "int8"),
         int8_sensitivity=args.int8_sensitivity,
     )
     todo = default_weights() if args.weights is None else [args.weights]

@@ -254,7 +254,13 @@ def add_runtime_arguments(
 def runtime_options(args: argparse.Namespace, max_batch: int = 8) -> RuntimeOptions:
     """The options of :func:`add_runtime_arguments` (single backend form) and ``--config``."""
     return RuntimeOptions(
-        args.backend, args.precision, args.device, args.config, args.cache, max_batch, int8_options(args)
+        args.backend,
+        args.precision,
+        args.device,
+        args.config,
+        args.cache,
+        max_batch,
+        int8_options(args, None if args.precision is None else args.precision == "int8"),
     )
 
 
@@ -339,9 +345,12 @@ def _add_int8_search_arguments(group: Any) -> None:
     )
 
 
-def int8_options(args: argparse.Namespace) -> Int8Options:
-    """The options of :func:`add_int8_arguments`."""
-    return Int8Options(
+def int8_options(
+    args: argparse.Namespace, asked: bool | None = None, ask_with: str = "--precision int8"
+) -> Int8Options:
+    """The options of :func:`add_int8_arguments`. ``asked`` False (no INT8 was asked for) with any of them set
+    is a user's mistake: they would be ignored without a word; ``ask_with`` says how to ask for INT8."""
+    options = Int8Options(
         calib=args.calib,
         calib_images=args.calib_images,
         calib_method=args.calib_method,
@@ -351,6 +360,9 @@ def int8_options(args: argparse.Namespace) -> Int8Options:
         max_ap_drop=getattr(args, "int8_max_ap_drop", None),
         sensitivity_set=getattr(args, "int8_eval", None),
     )
+    if asked is False and (options != Int8Options() or getattr(args, "int8_sensitivity", False)):
+        raise UsageError(f"--calib, --calib-* and --int8-* apply to INT8 only, which was not asked for: add {ask_with}")
+    return options
 
 
 def add_postprocess_arguments(

@@ -104,7 +104,9 @@ def check_outputs(args: argparse.Namespace, ground_truth: COCO, weights: list[st
 
 
 def _options(args: argparse.Namespace) -> EvalOptions:
-    runtime = RuntimeOptions(device=args.device, config=args.config, cache_dir=args.cache, int8=int8_options(args))
+    runtime = RuntimeOptions(
+        device=args.device, config=args.config, cache_dir=args.cache, int8=int8_options(args, "int8" in args.precision)
+    )
     return EvalOptions(
         ann_file=args.ann,
         image_dir=args.images,

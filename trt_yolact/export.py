@@ -81,7 +81,8 @@ def _run(args: argparse.Namespace) -> int:
     source = ModelSource.load(args.weights, args.config)  # a bad checkpoint fails before any folder is made
     options = ExportOptions(fuse=False, opset=args.opset, simplify=not args.no_simplify, batch=args.batch)
     post = PostprocessConfig(max_detections=args.max_detections) if args.postprocess == "graph" else None
-    int8 = int8_setup(int8_options(args), source) if args.int8 else None
+    int8_settings = int8_options(args, args.int8, "--int8")  # refused without --int8: they would be ignored
+    int8 = int8_setup(int8_settings, source) if args.int8 else None
     with memory_needed_for(f"the export at batch {args.batch or 1}", "pass a smaller --batch"):
         written = export_artifacts(source, args.out, args.name, options, fp16=args.fp16, postprocess=post, int8=int8)
     rows = [(str(a.path), human_size(a.size_bytes), a.precision, a.postprocess) for a in written]

@@ -27,6 +27,7 @@ from .onnx_format import INPUT_NAME, load_onnx
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 CACHE_FORMAT = 1
+RANGES_VERSION = 1  # of the statistics below: raise it when they change, so that old caches are not reused
 HISTOGRAM_BINS = 2048  # of |x| over [0, max |x|]
 ENTROPY_LEVELS = 128  # int8's positive levels: the quantized histogram the entropy method compares against
 MIN_CALIBRATION_IMAGES = 8
@@ -96,7 +97,7 @@ class CalibrationCache:
 
 
 def cache_settings(settings: CalibrationSettings, data: CalibrationData) -> dict[str, Any]:
-    return {**settings.key(), "images": len(data), "data": data.fingerprint}
+    return {**settings.key(), "images": len(data), "data": data.fingerprint, "ranges_version": RANGES_VERSION}
 
 
 def load_or_calibrate(
@@ -144,8 +145,13 @@ def calibrate(
     highs = dict.fromkeys(tensors, -math.inf)
     for outputs in _run(session, tensors, data, settings.batch_size, progress, f"calibrate 1/{passes}"):
         for name, value in outputs.items():
-            lows[name] = min(lows[name], float(value.min()))
-            highs[name] = max(highs[name], float(value.max()))
+            low, high = float(value.min()), float(value.max())  # NaN propagates into both
+            if not (math.isfinite(low) and math.isfinite(high)):
+                raise CalibrationError(
+                    f"tensor {name!r} of {Path(onnx_path).name} holds NaN or inf on the calibration images: "
+                    "the FP32 model is not finite on them, so no INT8 range can be found (check the checkpoint)"
+                )
+            lows[name], highs[name] = min(lows[name], low), max(highs[name], high)
     ranges = {name: (min(lows[name], 0.0), max(highs[name], 0.0)) for name in tensors}
     if settings.method == "minmax":
         return ranges
@@ -254,10 +260,16 @@ def _run(
     session: Any, tensors: Sequence[str], data: CalibrationData, batch_size: int, progress: bool, desc: str
 ) -> Iterator[dict[str, np.ndarray]]:
     fetched = [name for name in tensors if name != INPUT_NAME]  # the input is fed, not computed
+    fixed = session.get_inputs()[0].shape[0]
+    fixed = fixed if isinstance(fixed, int) else None  # an export with --batch N takes exactly N images
     with tqdm(total=len(data), desc=desc, unit="img", disable=not progress, leave=False) as bar:
-        for batch in data.batches(batch_size):
-            values = dict(zip(fetched, session.run(fetched, {INPUT_NAME: batch})))
+        for batch in data.batches(fixed or batch_size):
+            count = len(batch)
+            if fixed and count < fixed:  # the last batch: padded with its first image, whose copies are dropped
+                batch = np.concatenate([batch, np.repeat(batch[:1], fixed - count, axis=0)])
+            outputs = session.run(fetched, {INPUT_NAME: batch})
+            values = {name: value[:count] for name, value in zip(fetched, outputs)}
             if INPUT_NAME in tensors:
-                values[INPUT_NAME] = batch
+                values[INPUT_NAME] = batch[:count]
             yield values
-            bar.update(len(batch))
+            bar.update(count)

@@ -159,6 +159,13 @@ def _search(report: SensitivityReport, max_drop: float, ap: Callable[[Sequence[s
         kept.append(block.block)
         current = ap(kept)
     report.left_unquantized, report.final_ap = kept, current
+    if report.fp32_ap - current > max_drop or len(kept) == len(order):  # no INT8 model within the bound
+        raise CalibrationError(
+            f"{report.model}, {report.flavour} flavour: no INT8 model is within {max_drop:g} mask AP points of FP32 "
+            f"({report.fp32_ap:.2f}) on the sensitivity set; every block quantized: {report.quantized_ap:.2f}, "
+            f"every block left out: {current:.2f}. Raise --int8-max-ap-drop, or try another --calib-method or "
+            "more --calib-images"
+        )
 
 
 def _count(ann: Path) -> int:
