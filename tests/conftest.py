@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from trt_yolact.config import BackboneConfig, YolactConfig
+from trt_yolact.model.checkpoint import save_checkpoint
+from trt_yolact.model.yolact import Yolact
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "reference"
@@ -37,6 +39,13 @@ def reference_available() -> bool:
 requires_reference = pytest.mark.skipif(
     not reference_available(), reason="the original YOLACT's reference data (../shared/reference) is absent"
 )
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    """A checkpoint of the :data:`TINY` model (random weights, seed 0)."""
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pth", Yolact(TINY).eval())
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,6 @@ from conftest import TINY
 
 from trt_yolact.data.synthetic import generate_dataset
 from trt_yolact.model.checkpoint import save_checkpoint
-from trt_yolact.model.yolact import Yolact
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_ADVICE = re.compile(r"weights_only`? set to `?False|weights_only=False")
@@ -40,12 +39,6 @@ def one_line(done: subprocess.CompletedProcess, code: int = 2) -> str:
     assert "Traceback" not in done.stderr and "Detected pickle protocol" not in done.stderr, done.stderr
     assert len(lines) == 1 and lines[0].startswith(("error:", "python -m trt_yolact")), done.stderr
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pth", Yolact(TINY).eval())
 
 
 @pytest.fixture(scope="module")

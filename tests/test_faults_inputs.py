@@ -17,12 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
 
 from trt_yolact.data.synthetic import generate_dataset
 from trt_yolact.errors import DatasetError
-from trt_yolact.model.checkpoint import save_checkpoint
-from trt_yolact.model.yolact import Yolact
 
 REPO = Path(__file__).resolve().parents[1]
 PROGRESS = re.compile(r"[\w ]+: +\d+%\|")  # a tqdm bar (text mode reads its carriage returns as newlines)
@@ -67,12 +64,6 @@ def parser_error(done: subprocess.CompletedProcess, flag: str) -> str:
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pth", Yolact(TINY).eval())
 
 
 @pytest.fixture(scope="module")
