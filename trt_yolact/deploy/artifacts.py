@@ -205,28 +205,34 @@ class ArtifactChain:
     def calibration_ranges(self) -> dict[str, Range]:
         """The activation ranges of the FP32 export on the INT8 calibration images (from the cache when it
         was made from the same export, settings and images)."""
-        if self.int8 is None:
-            raise CalibrationError("INT8 needs calibration images (--calib DIR or ANN.json:IMAGES)")
+        setup = self._int8_setup()
         if self._ranges is None:
             parent = self.onnx("fp32").path
             tensors = calibration_tensors(load_onnx(parent))
             self._ranges, _ = load_or_calibrate(
-                self.calibration_cache, parent, self._sha256(parent), tensors, self.int8.data, self.int8.settings
+                self.calibration_cache, parent, self._sha256(parent), tensors, setup.data, setup.settings
             )
         return self._ranges
+
+    def _int8_setup(self) -> Int8Setup:
+        if self.int8 is None:
+            raise CalibrationError("INT8 needs calibration images (--calib DIR or ANN.json:IMAGES)")
+        return self.int8
+
+    def _int8_parent(self, flavour: str) -> Artifact:
+        """The export a flavour quantizes: FP16 for TensorRT's (whose compute stays FP16), FP32 for ONNX Runtime's."""
+        return self._fp16_onnx(None) if flavour == "tensorrt" else self.onnx("fp32")
 
     def int8_onnx(self, flavour: str = "onnxruntime", exclude: tuple[str, ...] | None = None) -> Artifact:
         """The INT8 export of ``flavour``, with the layers matching ``exclude`` (default: the setup's) kept in
         the precision of its parent (FP32 for ONNX Runtime's, FP16 for TensorRT's)."""
         if flavour not in INT8_FLAVOURS:
             raise PrecisionError(f"INT8 flavours are {', '.join(INT8_FLAVOURS)}, not {flavour!r}")
-        if self.int8 is None:
-            raise CalibrationError("INT8 needs calibration images (--calib DIR or ANN.json:IMAGES)")
-        exclude = self.int8.exclusions(flavour) if exclude is None else tuple(exclude)
-        fp32 = self.onnx("fp32")
-        parent = self._fp16_onnx(None) if flavour == "tensorrt" else fp32
+        setup = self._int8_setup()
+        exclude = setup.exclusions(flavour) if exclude is None else tuple(exclude)
+        parent = self._int8_parent(flavour)
         path = self.folder / f"{self.stem}{INT8_SUFFIXES[flavour]}.onnx"
-        calibration = cache_settings(self.int8.settings, self.int8.data)
+        calibration = cache_settings(setup.settings, setup.data)
         key = _key("int8", flavour=flavour, calibration=calibration, exclude=sorted(exclude))
         if _recorded_in_onnx(path) == (self._sha256(parent.path), key, __version__):
             return Artifact(path, "onnx", "int8", reused=True, note=f"{flavour} flavour")
@@ -240,14 +246,10 @@ class ArtifactChain:
     ) -> str:
         """Quantize the chain's export for ``flavour`` with ``exclude`` into ``path`` (the sensitivity
         search's trial models, outside the chain's folder); returns a summary."""
-        if self.int8 is None:
-            raise CalibrationError("INT8 needs calibration images (--calib DIR or ANN.json:IMAGES)")
-        fp32 = self.onnx("fp32")
-        parent = self._fp16_onnx(None) if flavour == "tensorrt" else fp32
-        calibration = cache_settings(self.int8.settings, self.int8.data)
-        return write_int8(
-            flavour, parent.path, fp32.path, path, self.calibration_ranges(), exclude, calibration, record
-        )
+        setup = self._int8_setup()
+        calibration = cache_settings(setup.settings, setup.data)
+        parent, fp32 = self._int8_parent(flavour).path, self.onnx("fp32").path
+        return write_int8(flavour, parent, fp32, path, self.calibration_ranges(), exclude, calibration, record)
 
     def engine(self, precision: str = "fp16", profile: BuildProfile | str = BuildProfile()) -> Artifact:
         """The TensorRT engine in ``precision``, built strongly typed from the ONNX of that precision (for
