@@ -13,6 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def shown(path: str | os.PathLike) -> str:
+    """A path as it can be printed: bytes that are not UTF-8 (kept by the OS in a file name) as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes | bytearray | memoryview) -> Path:
     """Write to a temporary file beside ``path`` and rename, so a reader never sees half a file. A failure
     names ``path`` (not the temporary file) and leaves nothing behind."""

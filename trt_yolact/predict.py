@@ -8,9 +8,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -28,7 +27,7 @@ from .command_line import (
 )
 from .config import PostprocessConfig
 from .errors import ImageError, UsageError
-from .files import atomic_write_text, check_writable, staged_folder
+from .files import atomic_write_text, check_writable, shown, staged_folder
 from .inference.coco_results import detections_to_coco, image_ids
 from .inference.images import expand_image_paths
 from .inference.predictor import ImageResult, Predictor, confident, predict_paths
@@ -48,11 +47,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--ann", default=None, help="COCO annotations whose image ids to use for matching file names")
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     return parser
-
-
-def shown(path: str | os.PathLike) -> str:
-    """A path as it can be printed: bytes that are not UTF-8 (kept by the OS in a file name) as \\xNN."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _paths(args: argparse.Namespace) -> list[Path]:
@@ -78,11 +72,15 @@ def _ids_by_name(ann: str) -> dict[str, int | None]:
     return ids
 
 
+def overlay_name(image: Path) -> str:
+    return f"{image.stem}.png"
+
+
 def _overlay_targets(paths: list[Path], folder: str | None) -> list[Path]:
     """Where each image's overlay ends up; two images may not share one (the second would replace the first)."""
     if not folder:
         return []
-    targets = [Path(folder) / f"{path.stem}.png" for path in paths]
+    targets = [Path(folder) / overlay_name(path) for path in paths]
     first_for: dict[Path, Path] = {}
     for path, target in zip(paths, targets):
         if target in first_for:
@@ -109,21 +107,10 @@ def _write_overlay(folder: Path, item: ImageResult, threshold: float, class_name
     canvas = draw_detections(item.image, confident(item.detections, threshold), class_names)
     # Encoded here and written by Python: OpenCV's own file functions cannot take every path the OS can.
     encoded, data = cv2.imencode(".png", canvas)
-    target = folder / f"{item.path.stem}.png"
+    target = folder / overlay_name(item.path)
     if not encoded:
         raise OSError(5, "cannot write the overlay", shown(target))
     target.write_bytes(data.tobytes())
-
-
-@contextlib.contextmanager
-def _overlay_folder(save_vis: str | None) -> Iterator[Path | None]:
-    """A private folder for the overlays, moved into ``save_vis`` when the work succeeds: an interrupted or
-    failed run leaves none (and no ``save_vis`` it created)."""
-    if not save_vis:
-        yield None
-        return
-    with staged_folder(save_vis, UsageError) as staging:
-        yield staging
 
 
 @torch.no_grad()
@@ -136,7 +123,9 @@ def _run(args: argparse.Namespace) -> int:
     predictor = Predictor(runner, config, post)
     results: list[dict] = []
     skipped: list[str] = []
-    with runner, _overlay_folder(args.save_vis) as staging:
+    # Overlays go to a private folder moved into --save-vis on success: a failed or interrupted run leaves none.
+    overlays = staged_folder(args.save_vis, UsageError) if args.save_vis else contextlib.nullcontext()
+    with runner, overlays as staging:
         with tqdm(total=len(paths), desc="predict", unit="img") as progress:
             for item in predict_paths(predictor, paths, args.batch_size):
                 progress.update(1)

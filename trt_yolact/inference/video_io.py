@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from ..errors import DemoError, first_line
+from ..files import shown
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv")
 DEFAULT_FPS = 30.0
@@ -92,8 +93,7 @@ def opencv_name(path: str | os.PathLike, role: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        shown = os.fsencode(text).decode("utf-8", "backslashreplace")
-        raise DemoError(f"{role} {shown} is not a UTF-8 name, which OpenCV cannot open: rename it") from None
+        raise DemoError(f"{role} {shown(text)} is not a UTF-8 name, which OpenCV cannot open: rename it") from None
     return text
 
 
