@@ -22,7 +22,7 @@ import torch
 from .command_line import (
     add_runtime_arguments,
     add_weights_argument,
-    check_outputs_apart,
+    check_outputs_first,
     int8_options,
     non_negative_int,
     positive_int,
@@ -31,7 +31,7 @@ from .command_line import (
 )
 from .config import EMBEDDED_MODELS, MAX_BATCH, RuntimeOptions
 from .errors import BackendUnavailable, UsageError
-from .files import atomic_write_bytes, check_writable
+from .files import atomic_write_bytes
 from .metrics.speed import BenchOptions, BenchRow, markdown_table, plot_rows, run_benchmark, table_rows
 from .model.checkpoint import ModelSource
 from .runtime.open import artifact_backend
@@ -101,10 +101,7 @@ def check_inputs_and_outputs(args: argparse.Namespace) -> None:
                 "or leave --backends out"
             )
     outputs = {f"--{flag} {path}": path for flag, path in (("json", args.json), ("md", args.md), ("plot", args.plot))}
-    check_outputs_apart(outputs, {f"--weights {w}": w for w in args.weights if Path(w).is_file()})
-    for path in outputs.values():
-        if path:
-            check_writable(path)
+    check_outputs_first(outputs, {f"--weights {w}": w for w in args.weights if Path(w).is_file()})
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from .config import (
 )
 from .deploy.calibration import CALIBRATION_METHODS, MIN_CALIBRATION_IMAGES
 from .errors import TrtYolactError, UsageError
+from .files import check_writable
 from .runtime.base import DEVICE_CHOICES, parse_device
 
 
@@ -54,13 +55,6 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = _number(text, float)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
@@ -138,6 +132,9 @@ def float_at_least(low: float) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+non_negative_float = float_at_least(0)
 
 
 def open_fraction(text: str) -> float:
@@ -427,6 +424,17 @@ def check_outputs_apart(
         if clash is not None:
             raise UsageError(f"{name} would overwrite {clash}; choose another path")
         taken.update(dict.fromkeys(_identities(path), name))
+
+
+def check_outputs_first(
+    outputs: dict[str, str | os.PathLike | None], inputs: dict[str, str | os.PathLike | None]
+) -> None:
+    """For a command that writes only after long work: before it, no output overwrites an input or another
+    output (:func:`check_outputs_apart`) and each can be written (``None``: an output not asked for)."""
+    check_outputs_apart(outputs, inputs)
+    for path in outputs.values():
+        if path:
+            check_writable(path)
 
 
 def _identities(path: str | os.PathLike) -> list[object]:

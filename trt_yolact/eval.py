@@ -20,7 +20,7 @@ from .command_line import (
     add_postprocess_arguments,
     add_runtime_arguments,
     add_weights_argument,
-    check_outputs_apart,
+    check_outputs_first,
     int8_options,
     non_negative_float,
     positive_int,
@@ -28,7 +28,7 @@ from .command_line import (
 )
 from .config import PostprocessConfig, RuntimeOptions
 from .errors import UsageError
-from .files import atomic_write_bytes, check_writable
+from .files import atomic_write_bytes
 from .metrics.coco_eval import (
     Comparison,
     EvalOptions,
@@ -89,18 +89,15 @@ def write_outputs(comparison: Comparison, args: argparse.Namespace) -> None:
 
 def check_outputs(args: argparse.Namespace, ground_truth: COCO, weights: list[str | None]) -> None:
     """Before any model work: no output overwrites an input or another output, and each can be written."""
-    outputs = {f"--{flag} {path}": path for flag, path in (("json", args.json), ("plot", args.plot)) if path}
-    if args.results:
-        outputs[f"--results {args.results}"] = args.results
+    flags = (("json", args.json), ("plot", args.plot), ("results", args.results))
+    outputs = {f"--{flag} {path}": path for flag, path in flags if path}
     images = (Path(args.images) / image["file_name"] for image in ground_truth.dataset["images"])
     inputs = {
         f"--ann {args.ann}": args.ann,
         **{f"--weights {w}": w for w in weights if w and Path(w).is_file()},
         **{f"the image {path}": path for path in images},
     }
-    check_outputs_apart(outputs, inputs)
-    for path in outputs.values():
-        check_writable(path)
+    check_outputs_first(outputs, inputs)
 
 
 def _options(args: argparse.Namespace) -> EvalOptions:
@@ -148,9 +145,10 @@ def _run(args: argparse.Namespace) -> int:
             f"made from first (--weights CHECKPOINT,{weights[0]})"
         )
     # Bad annotations, images or outputs fail before any model work.
-    check_outputs(args, load_annotations(args.ann), weights)
+    ground_truth = load_annotations(args.ann)
+    check_outputs(args, ground_truth, weights)
     check_image_dir(args.images)
-    comparison = compare(weights, _options(args))
+    comparison = compare(weights, _options(args), ground_truth=ground_truth)
     print(comparison_table(comparison.rows))
     if comparison.missing_images:
         print(

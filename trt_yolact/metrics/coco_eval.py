@@ -149,13 +149,15 @@ def evaluate(
     max_images: int | None = None,
     progress: bool = True,
     allow_missing: bool = False,
+    ground_truth: COCO | None = None,
 ) -> tuple[EvalResult, list[dict]]:
     """Predict every annotated image and score the results: (metrics, COCO results list).
 
     A listed image that is absent or unreadable is an error (an absent one before any inference); with
     ``allow_missing`` the others are scored on their own annotations only, and the result counts the rest.
+    ``ground_truth``: ``ann_file`` already loaded (:func:`load_annotations`), for a caller scoring many models.
     """
-    coco_gt = load_annotations(ann_file)
+    coco_gt = load_annotations(ann_file) if ground_truth is None else ground_truth
     config = predictor.config
     check_categories(coco_gt, config.category_ids, config.class_names)
     image_dir = check_image_dir(image_dir)
@@ -259,14 +261,22 @@ def _open(
     return runner_for(source, with_backend(runtime, backend, precision)), source.config
 
 
-def compare(weights_list: Sequence[str | None], options: EvalOptions, progress: bool = True) -> Comparison:
+def compare(
+    weights_list: Sequence[str | None],
+    options: EvalOptions,
+    progress: bool = True,
+    ground_truth: COCO | None = None,
+) -> Comparison:
     """Evaluate every model (``None``: the default one) on every backend x precision of ``options``.
 
     Each row's AP change is against the torch FP32 row of its checkpoint; a deployed file (``.onnx``,
     ``.engine``) is compared with the checkpoint listed before it, and has no reference when none was. A
-    configuration that cannot run here is listed in ``skipped`` with the reason.
+    configuration that cannot run here is listed in ``skipped`` with the reason. ``ground_truth``: the
+    annotation file already loaded.
     """
     comparison, reference = Comparison(), None
+    if ground_truth is None:  # read and checked once, for every row
+        ground_truth = load_annotations(options.ann_file)
     for weights in weights_list:
         source = None if artifact_backend(weights) else ModelSource.load(weights, options.runtime.config)
         name = model_name(weights)
@@ -289,6 +299,7 @@ def compare(weights_list: Sequence[str | None], options: EvalOptions, progress: 
                     options.max_images,
                     progress,
                     options.allow_missing_images,
+                    ground_truth,
                 )
             if source is not None and (backend, precision) == ("torch", "fp32"):
                 reference = result
