@@ -19,10 +19,11 @@ import numpy as np
 
 from .. import __version__
 from ..config import Int8Options, YolactConfig
+from ..data.coco import load_coco_json
 from ..data.synthetic import SHAPE_CLASSES, image_rng, render_sample
 from ..deploy.artifacts import Int8Setup
 from ..deploy.calibration import MIN_CALIBRATION_IMAGES, CalibrationSettings
-from ..errors import CalibrationError, DatasetError, ImageError
+from ..errors import CalibrationError, ImageError
 from ..model.checkpoint import ModelSource
 from .images import expand_image_paths, read_image
 from .preprocess import preprocess
@@ -84,13 +85,8 @@ def source_images(spec: str) -> list[Path]:
     """The image files a ``--calib`` value names: a folder's images, or those a COCO annotation file lists
     (``ANN.json:IMAGES``)."""
     ann, sep, folder = spec.rpartition(":") if spec.count(":") else ("", "", spec)
-    if sep and ann.lower().endswith(".json"):
-        try:
-            listed = json.loads(Path(ann).read_text())["images"]
-            names = [str(image["file_name"]) for image in listed]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DatasetError(f"--calib {spec}: cannot read the image list of {ann} ({exc})") from None
-        return [Path(folder) / name for name in names]
+    if sep and ann.lower().endswith(".json"):  # checked by the loader every command shares
+        return [Path(folder) / image["file_name"] for image in load_coco_json(ann)["images"]]
     if not Path(spec).is_dir():
         raise CalibrationError(f"--calib {spec} is neither an image folder nor ANN.json:IMAGES")
     return expand_image_paths([spec])
