@@ -4,22 +4,29 @@ shapes loader, group-lasso sparsity, ONNX of a pruned model, the CLI's refusals.
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from test_engine_builder import FakeTRT
 from test_prune import TINY_DARKNET, TINY_RESNET, images, module, tiny_model
 from torch import nn
 
+from trt_yolact.config import Int8Options
+from trt_yolact.deploy import tensorrt_build
+from trt_yolact.deploy.artifacts import ArtifactChain
 from trt_yolact.deploy.onnx_export import export_onnx
+from trt_yolact.inference.calibration_images import int8_setup
 from trt_yolact.model.channel_groups import BN_KINDS, ChannelGroup, channel_groups
-from trt_yolact.model.checkpoint import build_model, load_model, save_checkpoint
+from trt_yolact.model.checkpoint import ModelSource, build_model, load_model, save_checkpoint
 from trt_yolact.model.fuse import fuse_model
 from trt_yolact.model.prune import group_magnitude, prune_model, prune_to
 from trt_yolact.model.yolact import Yolact
 from trt_yolact.prune import main
+from trt_yolact.runtime.open import open_artifact
 from trt_yolact.training.sparsity import apply_sparsity_penalty, gamma_statistics
 
 CONFIGS = pytest.mark.parametrize("config", [TINY_RESNET, TINY_DARKNET], ids=["resnet", "darknet"])
@@ -296,3 +303,32 @@ def test_cli_scope_all_on_a_fused_checkpoint_gets_one_line_and_no_file(tmp_path,
     code, _, err = run(["--weights", str(fused), "--scope", "all", "--ratio", "0.5", "--out", str(out)], capsys)
     assert code != 0 and "fused" in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------- the deploy chain
+def test_a_whole_network_pruned_checkpoint_goes_through_the_deploy_chain_unchanged(tmp_path, monkeypatch):
+    """fuse -> ONNX -> FP16 ONNX -> both INT8 flavours -> engine, with no width table anywhere; every ONNX
+    runs in ONNX Runtime and agrees with torch on the pruned model."""
+    pruned, _ = prune_model(load_model("yolact_shapes"), ratio=0.6, ratio_neck=0.5, scope="all")
+    path = save_checkpoint(tmp_path / "slim.pth", pruned)
+    source = ModelSource.load(path)
+    settings = Int8Options(calib_images=16, calib_method="minmax")
+    chain = ArtifactChain(source, tmp_path / "export", int8=int8_setup(settings, source))
+    x = images(source.config.max_size, 2)
+    with torch.no_grad():
+        reference = pruned(x)
+    tolerances = {"fp32": 1e-3, "fp16": 5e-2}
+    for precision, atol in tolerances.items():
+        with open_artifact(chain.onnx(precision).path) as runner:
+            raw = runner(x)
+        np.testing.assert_allclose(raw.loc.float().numpy(), reference.loc.numpy(), atol=atol, rtol=atol)
+        assert raw.proto.shape[-1] == pruned.mask_dim < 32
+    for flavour in ("onnxruntime", "tensorrt"):
+        assert chain.int8_onnx(flavour).path.is_file()
+    with open_artifact(chain.int8_onnx("onnxruntime").path) as runner:
+        assert runner(x).proto.shape == reference.proto.shape
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTRT())
+    gpu = {"name": "Fake GPU", "compute_capability": "9.0"}
+    monkeypatch.setattr(tensorrt_build, "gpu_info", lambda device=None: gpu)
+    engine = chain.engine("fp16", "1,2,4")
+    assert engine.path.is_file() and engine.precision == "fp16"
