@@ -1,7 +1,8 @@
 """The whole deployment pipeline in one command.
 
     python -m trt_yolact.build [--weights CKPT|yolact_shapes] [--fuse/--no-fuse] [--precision fp16|fp32|int8]
-                               [--batch 1,4,8] [--postprocess host|graph] [--out export/] [--engines engines/]
+                               [--batch 1,4,8] [--tf32/--no-tf32] [--postprocess host|graph] [--out export/]
+                               [--engines engines/]
                                [--calib DIR|ANN.json:IMAGES] [--int8-exclude PATTERN] [--int8-max-ap-drop D]
 
 checkpoint -> fuse -> ONNX (simplified) -> FP16 ONNX [-> INT8 ONNX, both flavours] -> TensorRT engine (where
@@ -56,6 +57,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help=f"TensorRT profile min,opt,max batch (default {d.profile})",
     )
     parser.add_argument(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=d.tf32,
+        help="let the engine's FP32 layers use TF32 (default: off, so that an FP32 engine is a true FP32 one)",
+    )
+    parser.add_argument(
         "--postprocess",
         choices=("host", "graph"),
         default="host",
@@ -88,6 +95,9 @@ def print_report(report: BuildReport, report_path: Path) -> None:
     print(report.table())
     for line in report.skipped:
         print(line)
+    for check in report.artifacts:
+        for tool, command in check.equivalent_commands.items():
+            print(f"{tool} equivalent of {check.name}: {command}")
     if report.int8 is not None:
         print(f"INT8 calibrated on {report.int8['calibration']} ({report.int8['settings']['method']})")
     print(f"report: {report_path}")
@@ -126,6 +136,7 @@ def _run(args: argparse.Namespace) -> int:
         fuse=args.fuse,
         precision=args.precision,
         profile=args.batch,
+        tf32=args.tf32,
         graph_postprocess=args.postprocess == "graph",
         repeats=args.repeats,
         int8=int8_options(args, args.precision == "int8"),

@@ -14,9 +14,9 @@ import torch
 
 from ..config import Int8Options, PostprocessConfig, YolactConfig
 from ..deploy.artifacts import Artifact, ArtifactChain, ExportOptions
-from ..deploy.engine_format import tensorrt_unavailable_reason
+from ..deploy.engine_format import read_sidecar, tensorrt_unavailable_reason
 from ..deploy.onnx_int8 import INT8_FLAVOURS
-from ..deploy.tensorrt_build import BuildProfile
+from ..deploy.tensorrt_build import DEFAULT_TF32, BuildProfile
 from ..inference.calibration_images import int8_setup
 from ..inference.images import sample_images
 from ..inference.postprocess import postprocess, select_detections
@@ -50,6 +50,8 @@ class ArtifactCheck:
     same_detections: bool | None = None  # same classes in the same order, boxes within 1 px
     latency_ms: float | None = None  # inference only, batch 1, median
     note: str = ""
+    # of an engine: the trtexec and polygraphy commands that build it and compare it with ONNX Runtime
+    equivalent_commands: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -180,6 +182,7 @@ class BuildOptions:
     precision: str = "fp16"  # of the engine (and of the extra ONNX it is built from)
     profile: BuildProfile = BuildProfile()
     graph_postprocess: bool = False  # also export the ONNX with the post-processing in the graph
+    tf32: bool = DEFAULT_TF32  # let the engine's FP32 layers use TF32
     repeats: int = 5  # timed runs per artifact
     int8: Int8Options = Int8Options()  # with precision int8
     int8_sensitivity: bool = False  # report each block's AP change (implied by int8.max_ap_drop)
@@ -203,6 +206,8 @@ class _Checker:
             result = check_runner(name, runner, self.config, self.images, self.reference, self.repeats)
         if artifact is not None:
             result.path, result.size_bytes, result.note = str(artifact.path), artifact.size_bytes, artifact.note
+        if artifact is not None and artifact.kind == "engine":
+            result.equivalent_commands = dict((read_sidecar(artifact.path) or {}).get("equivalent_commands", {}))
         return result
 
     def artifact(self, artifact: Artifact) -> ArtifactCheck:
@@ -239,7 +244,7 @@ def build_and_verify(weights: str | None, options: BuildOptions = BuildOptions()
     if reason is not None:
         skipped.append(f"TensorRT engine skipped: {reason}")
     else:
-        checks.append(check.artifact(chain.engine(options.precision, options.profile)))
+        checks.append(check.artifact(chain.engine(options.precision, options.profile, options.tf32)))
     return BuildReport(
         model=source.name,
         source=str(source.path),
