@@ -146,6 +146,58 @@ def test_fp16_runs_in_onnxruntime_close_to_fp32(exported, images):
         convert_fp16(path, path.with_name("again.onnx"))
 
 
+def resize_geometry_problems(model) -> list[str]:
+    """Each Resize input giving its geometry that is not as TensorRT's parser wants it: roi/scales an FP32
+    initializer or Constant read directly, sizes INT64 and never a Cast's output."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    initializers = {init.name: init for init in model.graph.initializer}
+    problems = []
+    for node in model.graph.node:
+        if node.op_type != "Resize":
+            continue
+        for index, name in enumerate(node.input[1:], start=1):
+            if not name:
+                continue
+            source = producers.get(name)
+            if index == 3:  # sizes: computed from shapes is fine, but INT64 and not a cast float
+                if source is not None and source.op_type == "Cast":
+                    problems.append(f"{node.name}: sizes come from a Cast")
+                continue
+            if name in initializers:
+                dtype = initializers[name].data_type
+            elif source is not None and source.op_type == "Constant":
+                dtype = next(a.t.data_type for a in source.attribute if a.name == "value")
+            else:
+                problems.append(f"{node.name}: input {index} is computed by {source.op_type if source else '?'}")
+                continue
+            if dtype != onnx.TensorProto.FLOAT:
+                problems.append(f"{node.name}: input {index} is {onnx.TensorProto.DataType.Name(dtype)}")
+    return problems
+
+
+def test_fp16_keeps_resize_scales_fp32_constants(exported):
+    fp16 = onnx.load(str(exported["fp16"]))
+    assert sum(node.op_type == "Resize" for node in fp16.graph.node) >= 3  # the FPN's and the protonet's
+    scales = [n for n in fp16.graph.node if n.op_type == "Resize" and len(n.input) > 2 and n.input[2]]
+    assert scales, "no Resize with scales: the check below would check nothing"
+    assert resize_geometry_problems(onnx.load(str(exported["fp32"].path))) == []
+    assert resize_geometry_problems(fp16) == []
+
+
+def test_resize_geometry_check_sees_a_cast_scales(exported):
+    """The check above fails on the graph the converter made before (scales an FP16 constant behind a Cast)."""
+    model = onnx.load(str(exported["fp16"]))
+    producers = {out: node for node in model.graph.node for out in node.output}
+    resize = next(n for n in model.graph.node if n.op_type == "Resize" and len(n.input) > 2 and n.input[2])
+    constant = producers[resize.input[2]]
+    value = next(a for a in constant.attribute if a.name == "value")
+    value.t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(value.t).astype(np.float16)))
+    cast = onnx.helper.make_node("Cast", [resize.input[2]], ["scales_fp32"], to=onnx.TensorProto.FLOAT)
+    resize.input[2] = "scales_fp32"
+    model.graph.node.append(cast)
+    assert resize_geometry_problems(model) == [f"{resize.name}: input 2 is computed by Cast"]
+
+
 # ------------------------------------------------------------------------------ graph post-processing
 def test_graph_postprocess_matches_torch_postprocess(exported, images):
     batch, sizes, raw = images

@@ -190,7 +190,8 @@ class ArtifactChain:
     def _fp16_onnx(self, postprocess: PostprocessConfig | None) -> Artifact:
         parent = self.onnx("fp32", postprocess)
         path = parent.path.with_name(f"{parent.path.stem}.fp16.onnx")
-        key = _key("fp16", keep_fp32_ops=DEFAULT_KEEP_FP32_OPS)
+        # resize_constants: FP16 exports made before the Resize geometry stayed FP32 constants are made again
+        key = _key("fp16", keep_fp32_ops=DEFAULT_KEEP_FP32_OPS, resize_constants="fp32")
         if _recorded_in_onnx(path) == (self._sha256(parent.path), key, __version__):
             return Artifact(path, "onnx", "fp16", parent.postprocess, reused=True)
         record = {"parent_sha256": self._sha256(parent.path), "artifact_options": key}
