@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from trt_yolact import files
+from trt_yolact.config import BackboneConfig, YolactConfig
 from trt_yolact.deploy import engine_format, onnx_format
 from trt_yolact.deploy import tensorrt_build as eng
 from trt_yolact.deploy.engine_format import (
@@ -41,6 +42,17 @@ from trt_yolact.errors import EngineBuildError, PrecisionError, RunnerError, Ten
 from trt_yolact.runtime.tensorrt_runner import engine_layers
 
 API_DIR = Path(__file__).resolve().parent / "data" / "tensorrt_api"
+TINY_CONFIG = YolactConfig(
+    name="tiny",
+    backbone=BackboneConfig(layers=(1, 1, 1, 1), widths=(8, 16, 16, 32), stem_channels=16),
+    max_size=32,
+    class_names=("a", "b"),
+    category_ids=(1, 2),
+    fpn_channels=16,
+    proto_channels=16,
+    head_channels=16,
+    pred_scales=((8,), (16,), (32,), (64,), (128,)),
+)
 STRONG = PrecisionPlan(("STRONGLY_TYPED",), ())
 WEAK_FP16 = PrecisionPlan((), ("FP16",))
 NO_FLAGS = PrecisionPlan((), ())
@@ -424,6 +436,21 @@ def test_tiny_onnx_is_valid_yolact_shaped(tmp_path):
     assert proto.shape == (2, 8, 8, 2) and priors.shape == (64, 4)
 
 
+def test_onnxruntime_runner_reads_the_priors_of_an_earlier_export(tmp_path):
+    """An export with ``priors`` as a graph output (before they were made on the host) still runs; one without
+    them and without the metadata to make them is refused."""
+    from trt_yolact.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+    old = _tiny_onnx(tmp_path / "old.onnx", size=8)
+    raw = OnnxRuntimeRunner(old)(torch.zeros(2, 3, 8, 8))
+    assert raw.priors.shape == (64, 4) and raw.loc.shape == (2, 64, 4)
+    model = onnx.load(str(old))
+    model.graph.output.pop()  # no priors output, and no trt_yolact metadata
+    onnx.save(model, str(tmp_path / "bare.onnx"))
+    with pytest.raises(RunnerError, match="no priors output"):
+        OnnxRuntimeRunner(tmp_path / "bare.onnx")
+
+
 # --------------------------------------------------------------------------- build_engine with a fake TensorRT
 
 
@@ -701,6 +728,21 @@ def test_ctrl_c_in_progress_callback_cancels_the_build(fake_trt, onnx_pair, tmp_
     assert not (tmp_path / "a.engine").exists() and _leftovers(tmp_path) == []
 
 
+def test_sidecar_records_what_the_runner_makes_the_priors_from(fake_trt, onnx_pair, tmp_path):
+    fake_trt()
+    model = onnx.load(str(onnx_pair[1]))
+    onnx.helper.set_model_props(
+        model, {"config": json.dumps(TINY_CONFIG.to_dict()), "prior_grid": "[[4, 4], [2, 2]]", "other": "x"}
+    )
+    onnx.save(model, str(tmp_path / "meta.onnx"))
+    build_engine(tmp_path / "meta.onnx", tmp_path / "m.engine")
+    sidecar = read_sidecar(tmp_path / "m.engine")
+    assert sidecar["prior_grid"] == [[4, 4], [2, 2]] and YolactConfig.from_dict(sidecar["config"]) == TINY_CONFIG
+    assert "other" not in sidecar
+    build_engine(onnx_pair[1], tmp_path / "bare.engine")  # an ONNX without our metadata: nothing to copy
+    assert "prior_grid" not in read_sidecar(tmp_path / "bare.engine")
+
+
 def test_timing_cache_key_names_the_tensorrt_version_and_gpu():
     key = eng.timing_cache_key("10.16.1.11", {"name": "NVIDIA H200 NVL", "compute_capability": "9.0"})
     assert key == "trt10.16.1.11.nvidia-h200-nvl-sm90"
@@ -910,6 +952,7 @@ def _runner_on_fake_streams(monkeypatch, events):
     runner._context = Context()
     runner._stream = _RecordingStream("runner", events)
     runner._output_dtypes = dict.fromkeys(("loc", "conf", "coeffs", "proto", "priors"), torch.float32)
+    runner._host_outputs = {}
     monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: caller)
     monkeypatch.setattr(
@@ -931,6 +974,25 @@ def test_runner_enqueues_on_its_own_stream_between_the_callers_work(monkeypatch)
     # every buffer (the input and the five outputs) is kept alive for the runner's stream, before execution
     records = events[: events.index(execute)]
     assert records.count(("record", "runner")) == 6
+
+
+def test_runner_makes_the_priors_an_engine_leaves_out(monkeypatch):
+    from trt_yolact.config import make_priors
+    from trt_yolact.deploy.onnx_format import NETWORK_OUTPUT_NAMES
+
+    events = []
+    runner = _runner_on_fake_streams(monkeypatch, events)
+    runner._output_dtypes = dict.fromkeys(NETWORK_OUTPUT_NAMES, torch.float32)  # a new export's engine
+    config = TINY_CONFIG
+    grid = [(4, 4), (2, 2), (1, 1), (1, 1), (1, 1)]
+    runner.metadata = {"config": config.to_dict(), "prior_grid": [list(g) for g in grid]}
+    runner._host_outputs = runner._made_on_host()
+    outputs = runner._infer(torch.zeros(2, 3, 4, 4))
+    assert list(outputs) == ["loc", "conf", "coeffs", "proto", "priors"]
+    assert torch.equal(outputs["priors"], torch.from_numpy(make_priors(config, grid)))
+    runner.metadata = {"config": config.to_dict()}  # a sidecar without the grid: no guessing
+    with pytest.raises(RunnerError, match="prior_grid.*python -m trt_yolact.build"):
+        runner._made_on_host()
 
 
 def test_runner_release_waits_for_its_stream(monkeypatch):

@@ -16,9 +16,11 @@ from trt_yolact.config import BackboneConfig, PostprocessConfig, YolactConfig
 from trt_yolact.deploy.onnx_export import export_onnx
 from trt_yolact.deploy.onnx_format import (
     GRAPH_OUTPUT_NAMES,
+    NETWORK_OUTPUT_NAMES,
     RAW_OUTPUT_NAMES,
     onnx_input_size,
     onnx_is_fp16,
+    prior_boxes,
     read_onnx_metadata,
 )
 from trt_yolact.deploy.onnx_fp16 import convert_fp16
@@ -86,20 +88,22 @@ def test_graph_interface_and_checker(exported, fixture_model):
     model = onnx.load(str(result.path))
     onnx.checker.check_model(model, full_check=True)
     assert result.simplified and result.simplify_error is None
-    assert (
-        [o.name for o in model.graph.output] == list(RAW_OUTPUT_NAMES) == ["loc", "conf", "coeffs", "proto", "priors"]
-    )
+    # priors are made on the host, from the config and the recorded grid: no graph output
+    assert [o.name for o in model.graph.output] == list(NETWORK_OUTPUT_NAMES) == ["loc", "conf", "coeffs", "proto"]
+    assert RAW_OUTPUT_NAMES == ("loc", "conf", "coeffs", "proto", "priors")
     assert [i.name for i in model.graph.input] == ["images"]
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", 3, 320, 320] and result.batch_dynamic
     opset = {o.domain: o.version for o in model.opset_import}[""]
     assert opset >= 17 and 8 <= model.ir_version <= 10
-    # priors: a constant (no path from the input), shape [P, 4] without a batch axis
-    producers = {out: node for node in model.graph.node for out in node.output}
-    node = producers["priors"]
-    assert node.op_type in ("Constant", "Identity") and not any(i == "images" for i in node.input)
     out_dims = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
-    assert out_dims["priors"] == [6402, 4] and out_dims["proto"] == ["batch", 80, 80, 32]
+    assert out_dims["proto"] == ["batch", 80, 80, 32] and all(d[0] == "batch" for d in out_dims.values())
+    meta = read_onnx_metadata(result.path)
+    grid = meta["prior_grid"]
+    assert grid == tuple(fixture_model.feature_sizes()) and grid[0] == (40, 40)  # P3 of a 320 input
+    priors = prior_boxes(meta["config"], grid)
+    assert priors.shape == (6402, 4) and prior_boxes(meta["config"], grid) is priors  # made once
+    assert not priors.flags.writeable
     assert onnx_input_size(result.path) == 320 and not onnx_is_fp16(result.path)  # what the engine builder reads
     assert result.sha256 == sha256_file(result.path) and result.size_bytes == result.path.stat().st_size
 

@@ -52,7 +52,7 @@ from .engine_format import (
     sidecar_path,
     trt_major,
 )
-from .onnx_format import INPUT_NAME, check_tensorrt_qdq, onnx_input_size, onnx_precision
+from .onnx_format import INPUT_NAME, check_tensorrt_qdq, load_onnx, onnx_input_size, onnx_precision
 
 
 @dataclass(frozen=True)
@@ -576,11 +576,28 @@ def _build(
     return metadata, seconds, cache_note
 
 
+def _onnx_record(onnx_path: Path) -> dict[str, Any]:
+    """What a runner of the engine needs from the ONNX's metadata: the config and the grid its priors are made
+    on (the raw export has them as no output)."""
+    props = {p.key: p.value for p in load_onnx(onnx_path).metadata_props}
+    try:
+        return {key: json.loads(props[key]) for key in ("config", "prior_grid") if key in props}
+    except ValueError:
+        raise EngineBuildError(f"{onnx_path.name} has malformed trt_yolact metadata") from None
+
+
 def _plan_for(trt: Any, onnx_path: Path, precision: str) -> PrecisionPlan:
     plan = precision_plan(trt.__version__, onnx_precision(onnx_path), precision, trt)
     if precision == "int8":
         check_tensorrt_qdq(onnx_path)  # the ONNX Runtime flavour's uint8 zero points are not TensorRT's
     return plan
+
+
+def _check_build_arguments(onnx_path: Path, workspace_gib: float) -> None:
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
+    if workspace_gib <= 0:
+        raise UsageError(f"workspace_gib must be > 0, got {workspace_gib}")
 
 
 def build_engine(
@@ -607,10 +624,7 @@ def build_engine(
     """
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     profile, precision = BuildProfile.parse(profile), str(precision).lower()
-    if not onnx_path.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
-    if workspace_gib <= 0:
-        raise UsageError(f"workspace_gib must be > 0, got {workspace_gib}")
+    _check_build_arguments(onnx_path, workspace_gib)
     trt = import_tensorrt()
     gpu = gpu_info()
     cache_path = _timing_cache_path(engine_path, timing_cache, timing_cache_key(trt.__version__, gpu))
@@ -627,17 +641,13 @@ def build_engine(
     )
     stale, reason = is_engine_stale(engine_path, expected)
     if not stale and not force:
+        metadata = read_sidecar(engine_path) or expected
         return EngineBuildResult(
-            engine_path,
-            sidecar_path(engine_path),
-            read_sidecar(engine_path) or expected,
-            reused=True,
-            reason=reason,
-            timing_cache=cache_path,
+            engine_path, sidecar_path(engine_path), metadata, True, reason, timing_cache=cache_path
         )
     settings = _BuildSettings(plan, profile, size, workspace_gib, cache_path, verbose, bool(tf32))
     metadata, seconds, cache_note = _build(
-        trt, onnx_path, engine_path, settings, {**(extra_metadata or {}), **expected}
+        trt, onnx_path, engine_path, settings, {**_onnx_record(onnx_path), **(extra_metadata or {}), **expected}
     )
     return EngineBuildResult(
         engine_path,

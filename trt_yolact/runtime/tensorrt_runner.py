@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..config import PRECISIONS
+from ..config import PRECISIONS, YolactConfig
 from ..deploy.engine_format import (
     engine_compatibility_problem,
     gpu_info,
@@ -28,8 +28,8 @@ from ..deploy.engine_format import (
     rebuild_command,
     sidecar_path,
 )
-from ..deploy.onnx_format import INPUT_NAME
-from ..errors import RunnerError
+from ..deploy.onnx_format import HOST_OUTPUTS, INPUT_NAME, NETWORK_OUTPUT_NAMES, prior_boxes
+from ..errors import ConfigError, RunnerError
 from ..structures import OUTPUT_NAMES
 from .base import Runner
 
@@ -84,8 +84,9 @@ class TensorRTRunner(Runner):
     """Runner over a serialized TensorRT engine (``.engine`` + its ``.engine.json`` sidecar).
 
     The batch profile comes from the engine (batches above its max are split, below its min padded); an
-    engine with an FP16 input takes FP16. ``priors`` is a constant output. Not thread safe: one execution
-    context and one CUDA stream, use one runner per thread.
+    engine with an FP16 input takes FP16. The ``priors`` are made from the sidecar's ``config`` and
+    ``prior_grid`` (an engine of an earlier export that has them as an output still runs). Not thread safe:
+    one execution context and one CUDA stream, use one runner per thread.
     """
 
     backend = "tensorrt"
@@ -160,10 +161,11 @@ class TensorRTRunner(Runner):
                 self._output_dtypes[tensor_name] = dtype
         if inputs != [INPUT_NAME] or self.input_dtype not in (torch.float32, torch.float16):
             raise RunnerError(f"engine must have exactly one float32/float16 input {INPUT_NAME!r}, has {inputs}")
-        missing = [n for n in OUTPUT_NAMES if n not in self._output_dtypes]
+        missing = [n for n in NETWORK_OUTPUT_NAMES if n not in self._output_dtypes]
         if missing:
             has = sorted(self._output_dtypes)
             raise RunnerError(f"engine lacks outputs {missing} (has {has}); {rebuild_command(self.engine_path)}")
+        self._host_outputs = self._made_on_host()
         # What the engine holds on the GPU outside torch's allocator: its weights (about the plan's size) and
         # the activation memory its context allocated; `bench` adds this to torch's CUDA peak.
         self.device_memory_bytes = engine_activation_bytes(self._engine) + self.engine_path.stat().st_size
@@ -174,6 +176,21 @@ class TensorRTRunner(Runner):
         self.precision = (
             recorded if recorded in PRECISIONS else ("fp16" if self.input_dtype == torch.float16 else "fp32")
         )
+
+    def _made_on_host(self) -> dict[str, torch.Tensor]:
+        """The raw outputs the engine leaves to the host (its priors, from the sidecar), or {}."""
+        if all(name in self._output_dtypes for name in HOST_OUTPUTS):
+            return {}
+        record = self.metadata or {}
+        try:
+            config, grid = YolactConfig.from_dict(record["config"]), record["prior_grid"]
+        except (KeyError, TypeError, ConfigError):
+            raise RunnerError(
+                f"engine {self.engine_path.name} has no priors output and its sidecar lacks the config and "
+                f"prior_grid to make them; {rebuild_command(self.engine_path)}"
+            ) from None
+        priors = torch.from_numpy(prior_boxes(config, grid).copy())
+        return {HOST_OUTPUTS[0]: priors.to(self._device)}
 
     def _infer(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.cuda.device(self._device):
@@ -190,6 +207,7 @@ class TensorRTRunner(Runner):
                 self._context.set_tensor_address(tensor_name, out.data_ptr())
                 outputs[tensor_name] = out
             self._enqueue(caller, [images, *outputs.values()])
+        outputs.update(self._host_outputs)
         return {name: outputs[name] for name in OUTPUT_NAMES}
 
     def _enqueue(self, caller: torch.cuda.Stream, buffers: list[torch.Tensor]) -> None:
