@@ -117,7 +117,7 @@ def triton_model(
 
 
 def _dims(values: tuple[int, ...]) -> str:
-    return "[ " + ", ".join(str(v) for v in values) + " ]"
+    return f"[ {', '.join(str(v) for v in values)} ]" if values else "[ ]"
 
 
 def _tensor_block(spec: TensorSpec) -> list[str]:
