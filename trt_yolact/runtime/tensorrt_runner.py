@@ -3,9 +3,9 @@
 Inputs and outputs stay on the GPU: TensorRT reads and writes torch-allocated memory directly
 (``set_tensor_address`` + ``execute_async_v3``), there is no host copy. Each runner enqueues on a CUDA stream of
 its own (never the legacy default stream, on which TensorRT would synchronise), ordered after the caller's
-current stream and before whatever the caller queues next. This module
-only opens engines, it never builds one. TensorRT objects are named as in
-``trt_yolact.deploy.engine_format.TRT_OBJECT_TYPES`` (see the API contract test).
+current stream and before whatever the caller queues next. This module only opens engines, it never builds
+one. TensorRT objects are named as in ``trt_yolact.deploy.engine_format.TRT_OBJECT_TYPES`` (see the API
+contract test).
 """
 
 from __future__ import annotations
