@@ -14,9 +14,10 @@ import torch
 
 from ..config import Int8Options, PostprocessConfig, YolactConfig
 from ..deploy.artifacts import Artifact, ArtifactChain, ExportOptions
-from ..deploy.engine_format import tensorrt_unavailable_reason
+from ..deploy.engine_format import read_sidecar, tensorrt_unavailable_reason
 from ..deploy.onnx_int8 import INT8_FLAVOURS
-from ..deploy.tensorrt_build import BuildProfile
+from ..deploy.tensorrt_build import DEFAULT_TF32, BuildProfile
+from ..deploy.triton import TritonModel, model_name, triton_model, write_repository
 from ..inference.calibration_images import int8_setup
 from ..inference.images import sample_images
 from ..inference.postprocess import postprocess, select_detections
@@ -50,6 +51,8 @@ class ArtifactCheck:
     same_detections: bool | None = None  # same classes in the same order, boxes within 1 px
     latency_ms: float | None = None  # inference only, batch 1, median
     note: str = ""
+    # of an engine: the trtexec and polygraphy commands that build it and compare it with ONNX Runtime
+    equivalent_commands: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -65,6 +68,7 @@ class BuildReport:
     seconds: float
     int8: dict[str, Any] | None = None  # calibration and exclusions of an INT8 build
     sensitivity: list[SensitivityReport] = field(default_factory=list)  # of each INT8 flavour, when asked
+    triton_models: list[str] = field(default_factory=list)  # model folders written with --triton
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,6 +184,8 @@ class BuildOptions:
     precision: str = "fp16"  # of the engine (and of the extra ONNX it is built from)
     profile: BuildProfile = BuildProfile()
     graph_postprocess: bool = False  # also export the ONNX with the post-processing in the graph
+    tf32: bool = DEFAULT_TF32  # let the engine's FP32 layers use TF32
+    triton_dir: Path | None = None  # also lay the artifacts out as a Triton model repository there
     repeats: int = 5  # timed runs per artifact
     int8: Int8Options = Int8Options()  # with precision int8
     int8_sensitivity: bool = False  # report each block's AP change (implied by int8.max_ap_drop)
@@ -203,6 +209,8 @@ class _Checker:
             result = check_runner(name, runner, self.config, self.images, self.reference, self.repeats)
         if artifact is not None:
             result.path, result.size_bytes, result.note = str(artifact.path), artifact.size_bytes, artifact.note
+        if artifact is not None and artifact.kind == "engine":
+            result.equivalent_commands = dict((read_sidecar(artifact.path) or {}).get("equivalent_commands", {}))
         return result
 
     def artifact(self, artifact: Artifact) -> ArtifactCheck:
@@ -234,12 +242,14 @@ def build_and_verify(weights: str | None, options: BuildOptions = BuildOptions()
     if options.graph_postprocess:
         graph = chain.onnx("fp32", PostprocessConfig())
         checks.append(_check_graph(graph, check.reference.raw, source.config, images, options.repeats))
-    skipped = []
+    skipped, engine = [], None
     reason = tensorrt_unavailable_reason()
     if reason is not None:
         skipped.append(f"TensorRT engine skipped: {reason}")
     else:
-        checks.append(check.artifact(chain.engine(options.precision, options.profile)))
+        engine = chain.engine(options.precision, options.profile, options.tf32)
+        checks.append(check.artifact(engine))
+    triton = _write_triton(chain, options, engine, skipped) if options.triton_dir is not None else []
     return BuildReport(
         model=source.name,
         source=str(source.path),
@@ -252,7 +262,33 @@ def build_and_verify(weights: str | None, options: BuildOptions = BuildOptions()
         seconds=time.perf_counter() - start,
         int8=_int8_summary(chain),
         sensitivity=sensitivity,
+        triton_models=triton,
     )
+
+
+def triton_models(chain: ArtifactChain, options: BuildOptions, engine: Artifact | None) -> list[TritonModel]:
+    """The Triton models of a build: the engine (``<model>``, its interface that of the ONNX it was built
+    from), the FP32 ONNX (``<model>_onnx``) and, when built, the graph post-processing ONNX."""
+    name, profile = model_name(chain.source.name), options.profile
+    fp32 = chain.onnx("fp32").path
+    models = [triton_model(f"{name}_onnx", fp32, fp32, profile)]
+    if engine is not None:
+        models.append(triton_model(name, engine.path, chain.onnx(options.precision, flavour="tensorrt").path, profile))
+    if options.graph_postprocess:
+        graph = chain.onnx("fp32", PostprocessConfig()).path
+        models.append(triton_model(f"{name}_postprocess_onnx", graph, graph, profile))
+    return models
+
+
+def _write_triton(
+    chain: ArtifactChain, options: BuildOptions, engine: Artifact | None, skipped: list[str]
+) -> list[str]:
+    """Write the build's Triton repository; without an engine one line in ``skipped`` says the plan model was
+    not written. Returns the model folders."""
+    if engine is None:
+        skipped.append(f"Triton plan model {model_name(chain.source.name)} skipped: no TensorRT engine was built")
+    folders = write_repository(options.triton_dir, triton_models(chain, options, engine))
+    return [str(folder) for folder in folders]
 
 
 def _search_exclusions(chain: ArtifactChain, options: BuildOptions) -> list[SensitivityReport]:

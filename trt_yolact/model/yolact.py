@@ -8,15 +8,13 @@ prototypes), as after channel pruning; the config's widths are only the defaults
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import YolactConfig
+from ..config import YolactConfig, make_priors
 from ..structures import RawOutputs, TrainOutputs
 
 
@@ -249,38 +247,6 @@ class PredictionHead(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- priors
-def make_priors(config: YolactConfig, feature_sizes: list[tuple[int, int]]) -> np.ndarray:
-    """Prior boxes ``(cx, cy, w, h)`` relative to the input, ordered level, row, column, scale, ratio.
-
-    Reproduces the original exactly, quirks included: with ``use_square_anchors`` the height is set to the
-    width (the aspect ratio only changes the size), and pixel scales are relative to ``max_size``. The
-    arithmetic is done in float64 like Python's, then stored as float32.
-    """
-    rows = []
-    for (conv_h, conv_w), scales in zip(feature_sizes, config.pred_scales):
-        ys, xs = np.meshgrid(np.arange(conv_h, dtype=np.float64), np.arange(conv_w, dtype=np.float64), indexing="ij")
-        centers_x = ((xs + 0.5) / conv_w).reshape(-1, 1)
-        centers_y = ((ys + 0.5) / conv_h).reshape(-1, 1)
-        sizes = []
-        for scale in scales:
-            for ratio in config.pred_aspect_ratios:
-                ratio = ratio if config.preapply_sqrt else math.sqrt(ratio)
-                if config.use_pixel_scales:
-                    w = scale * ratio / config.max_size
-                    h = scale / ratio / config.max_size
-                else:
-                    w = scale * ratio / conv_w
-                    h = scale / ratio / conv_h
-                sizes.append((w, w if config.use_square_anchors else h))
-        num_anchors = len(sizes)
-        level = np.empty((conv_h * conv_w, num_anchors, 4), dtype=np.float64)
-        level[:, :, 0] = centers_x
-        level[:, :, 1] = centers_y
-        level[:, :, 2:] = np.asarray(sizes, dtype=np.float64)[None]
-        rows.append(level.reshape(-1, 4))
-    return np.concatenate(rows).astype(np.float32)
-
-
 # ---------------------------------------------------------------------------------------------- YOLACT
 class Yolact(nn.Module):
     """YOLACT. ``forward`` returns :class:`RawOutputs` for inference and export; training uses
@@ -306,6 +272,21 @@ class Yolact(nn.Module):
         )
         self.semantic_seg_conv = nn.Conv2d(fpn_out, config.num_classes - 1, kernel_size=1)
         self._prior_cache: dict[tuple, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def feature_sizes(self, input_size: int | None = None) -> list[tuple[int, int]]:
+        """(h, w) of each FPN level for a square input of ``input_size`` (default: the config's): the grid the
+        priors are laid on (:func:`~trt_yolact.config.make_priors`)."""
+        size = input_size or self.config.max_size
+        images = torch.zeros((1, 3, size, size), device=next(self.parameters()).device)
+        was_training = self.training
+        self.eval()  # a forward in training mode would move the batch norm statistics
+        try:
+            features = self.backbone(images)
+            pyramid = self.fpn([features[i] for i in self.config.backbone.selected_layers])
+        finally:
+            self.train(was_training)
+        return [(int(level.shape[-2]), int(level.shape[-1])) for level in pyramid]
 
     def priors(self, feature_sizes: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
         key = (tuple(feature_sizes), str(device))
