@@ -127,3 +127,36 @@ def test_the_demo_command_takes_a_pipeline(tmp_path, capsys, model, video):
     for pipeline in ("dynamic", "static"):
         assert main([*args, "--pipeline", pipeline, "--out", str(tmp_path / f"{pipeline}.mp4"), "--batch", "3"]) == 0
     assert len(read_video(tmp_path / "static.mp4")[1]) == 22
+
+
+def test_bench_reports_each_pipeline_in_one_table(tmp_path, capsys):
+    """On the CPU: the dynamic and static rows with their stage split; the graph rows are listed as skipped."""
+    import json
+
+    from trt_yolact.bench import default_pipelines
+    from trt_yolact.bench import main as bench_main
+
+    out = tmp_path / "bench.json"
+    args = ["--weights", "yolact_shapes", "--backends", "torch", "--batch", "1,2", "--iters", "2", "--warmup", "1"]
+    assert (
+        bench_main([*args, "--pipelines", "dynamic,static,graph", "--json", str(out), "--md", str(tmp_path / "b.md")])
+        == 0
+    )
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert [(r["batch"], r["pipeline"]) for r in rows] == [(1, "dynamic"), (1, "static"), (2, "dynamic"), (2, "static")]
+    for row in rows:
+        assert min(row["preprocess_ms"], row["inference_ms"], row["postprocess_ms"]) > 0
+        assert row["fps"] > 0 and row["forward_fps"] >= row["fps"]
+    static = [r for r in rows if r["pipeline"] == "static"]
+    assert all(r["speed_change_pct"] == 0 for r in static)  # compared with the same pipeline of the first model
+    graph_skips = [line for line in report["skipped"] if " graph: " in line]
+    assert len(graph_skips) == 2 and "CUDA GPU only" in graph_skips[0]
+    header = (tmp_path / "b.md").read_text().splitlines()[0]
+    assert "| pipeline |" in header and "| pre/inf/post ms |" in header
+    printed = capsys.readouterr().out
+    assert "static" in printed and "skipped: yolact_shapes torch fp32 b1 graph" in printed
+    assert default_pipelines("cuda:1") == ("dynamic", "static", "graph") and default_pipelines("cpu") == ("dynamic",)
+    assert default_pipelines(None) == ("dynamic",)
+    with pytest.raises(SystemExit):
+        bench_main([*args, "--pipelines", "fast"])

@@ -23,9 +23,10 @@ from .postprocess import postprocess
 from .preprocess import FramePreprocessor, preprocess
 from .static_postprocess import StaticDetections, postprocess_static_tensors, split_detections
 
-# How a batch goes through: "dynamic" pre-processes on the host side per size group and post-processes with
-# data-dependent shapes (the reference); "static" uploads uint8 frames once, pre-processes them on the device
-# and post-processes with static shapes (the same detections, no host synchronisation before the split);
+# How a batch goes through: "dynamic" is the reference (images stacked per size group, converted and resized on
+# the runner's device, post-processing with data-dependent shapes); "static" uploads the uint8 frames in one
+# copy, pre-processes them on the device in four kernels and post-processes with static shapes (the same
+# detections, no host synchronisation before the split);
 # "graph" replays the static stages from CUDA graphs (torch runner on a GPU). Batches of mixed image sizes
 # always take the dynamic path.
 PIPELINES = ("dynamic", "static", "graph")
