@@ -160,3 +160,22 @@ def test_bench_reports_each_pipeline_in_one_table(tmp_path, capsys):
     assert default_pipelines(None) == ("dynamic",)
     with pytest.raises(SystemExit):
         bench_main([*args, "--pipelines", "fast"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_graph_pipeline_on_cuda(model):
+    """On a GPU: the stage graphs and the overlapped upload give the dynamic pipeline's detections (masks up
+    to CUDA's rounding near 0.5), replay after replay."""
+    runner = TorchRunner(model, "cuda")
+    post = PostprocessConfig(max_detections=20)
+    frames = [cv2.resize(np.full((8, 8, 3), i * 20, np.uint8), (64, 48)) for i in range(4)]
+    frames = [cv2.circle(f, (20 + 5 * i, 24), 10, (0, 0, 255), -1) for i, f in enumerate(frames)]
+    reference = Predictor(runner, model.config, post)(frames)
+    for pipeline in ("static", "graph", "graph"):
+        predictor = Predictor(runner, model.config, post, pipeline=pipeline)
+        for _ in range(2):
+            got = predictor.finish(predictor.launch(predictor.upload(frames), synchronize=False)).detections
+            for a, b in zip(reference, got):
+                assert a.classes.tolist() == b.classes.tolist() and torch.equal(a.boxes, b.boxes)
+                torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=0)
+                assert a.masks.shape == b.masks.shape and (a.masks != b.masks).float().mean() <= 1e-3
