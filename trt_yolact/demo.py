@@ -54,11 +54,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--pipeline",
         choices=PIPELINES,
-        default="static",
-        help="static (default): uint8 frames uploaded once and pre-processed on the device, static-shape "
-        "post-processing, the next batch's upload overlapping this one's inference; graph: the same replayed "
-        "from CUDA graphs (torch on a GPU); dynamic: the host pre-processing and the dynamic post-processing "
-        "(the same detections)",
+        default=None,
+        help="static: uint8 frames uploaded once and pre-processed on the device, static-shape post-processing, "
+        "the next batch's upload overlapping this one's inference; graph: the same replayed from CUDA graphs "
+        "(torch on a GPU); dynamic: the reference pre- and post-processing. The same detections; default: "
+        "static on a GPU, dynamic on the CPU (where the static path's fixed sizes cost more than they save)",
     )
     return parser
 
@@ -68,7 +68,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         runner, config = open_runner(args.weights, runtime_options(args, max_batch=args.batch_size))
         post = PostprocessConfig(score_threshold=args.score_threshold, max_detections=args.top_k)
-        predictor = Predictor(runner, config, post, pipeline=args.pipeline)
+        pipeline = args.pipeline or ("static" if runner.device.type == "cuda" else "dynamic")
+        predictor = Predictor(runner, config, post, pipeline=pipeline)
     except BaseException:
         source.capture.release()
         raise

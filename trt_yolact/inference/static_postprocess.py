@@ -28,7 +28,7 @@ from ..config import PostprocessConfig
 from ..errors import UsageError
 from ..model.boxes import box_window, decode, sanitize_coordinates
 from ..structures import Detections, RawOutputs, SelectedDetections
-from .postprocess import _gather_rows, _upsample_group, fast_nms_keep
+from .postprocess import _gather_rows, _upsample_group, _upsample_whole, fast_nms_keep
 
 _LOW_BITS = 0xFFFFFFFF
 
@@ -170,6 +170,7 @@ def split_detections(
     if len(image_sizes) != selected.scores.shape[0]:
         raise UsageError(f"{len(image_sizes)} image sizes for a batch of {selected.scores.shape[0]}")
     counts = selected.num_detections.tolist()
+    full = _full_size_masks(static, image_sizes, counts, cfg)
     results = []
     for b, (height, width) in enumerate(image_sizes):
         n = counts[b]
@@ -180,31 +181,34 @@ def split_detections(
             x1, x2 = sanitize_coordinates(rel[:, 0], rel[:, 2], width)
             y1, y2 = sanitize_coordinates(rel[:, 1], rel[:, 3], height)
             pixel_boxes = torch.stack((x1, y1, x2, y2), dim=1).long()
-        masks = _image_masks(static, b, counts, (height, width), cfg)
+        if not cfg.full_resolution_masks:
+            masks = static.masks[b, :n]
+        else:
+            masks = static.full_masks[b, :n] if static.full_masks is not None else full[b]
         results.append(
             Detections(pixel_boxes, selected.scores[b, :n], selected.classes[b, :n], masks, (height, width), rel)
         )
     return results
 
 
-def _image_masks(
-    static: StaticDetections, b: int, counts: list[int], size: tuple[int, int], cfg: PostprocessConfig
-) -> torch.Tensor:
-    """Image ``b``'s real masks (``counts[b]`` of them): low-resolution, the statically made full-size ones,
-    or made now."""
-    n = counts[b]
-    if not cfg.full_resolution_masks:
-        return static.masks[b, :n]
-    if static.full_masks is not None:
-        return static.full_masks[b, :n]
-    height, width = size
-    if n == 0:
-        return torch.zeros((0, height, width), dtype=torch.bool, device=static.masks.device)
-    if static.masks.device.type == "cpu":
-        boxes = static.selected.boxes if cfg.crop_masks else None
-        return _upsample_group(static.masks, [b], counts, height, width, boxes)[b]
-    resized = F.interpolate(static.masks[b : b + 1, :n], size=size, mode="bilinear", align_corners=False)
-    return resized[0] > 0.5
+def _full_size_masks(
+    static: StaticDetections, image_sizes: list[tuple[int, int]], counts: list[int], cfg: PostprocessConfig
+) -> dict[int, torch.Tensor]:
+    """Per image, its real masks at full size, made as :func:`.postprocess.assemble_masks` makes them (per
+    group of images of one size); {} when they are low-resolution or were made statically."""
+    if not cfg.full_resolution_masks or static.full_masks is not None:
+        return {}
+    groups: dict[tuple[int, int], list[int]] = {}
+    for b, size in enumerate(image_sizes):
+        groups.setdefault(tuple(size), []).append(b)
+    full: dict[int, torch.Tensor] = {}
+    for (height, width), members in groups.items():
+        if static.masks.device.type == "cpu":
+            crop_boxes = static.selected.boxes if cfg.crop_masks else None
+            full.update(_upsample_group(static.masks, members, counts, height, width, crop_boxes))
+        else:
+            full.update(_upsample_whole(static.masks, members, counts, height, width))
+    return full
 
 
 def postprocess_static(
