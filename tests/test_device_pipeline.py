@@ -173,8 +173,10 @@ def test_graph_pipeline_on_cuda(model):
     reference = Predictor(runner, model.config, post)(frames)
     for pipeline in ("static", "graph", "graph"):
         predictor = Predictor(runner, model.config, post, pipeline=pipeline)
-        for _ in range(2):
-            got = predictor.finish(predictor.launch(predictor.upload(frames), synchronize=False)).detections
+        first = predictor.finish(predictor.launch(predictor.upload(frames), synchronize=False)).detections
+        other = predictor([f[::-1].copy() for f in frames])  # a replay on other frames must not change `first`
+        assert len(other) == len(frames)
+        for got in (first, predictor(frames)):
             for a, b in zip(reference, got):
                 assert a.classes.tolist() == b.classes.tolist() and torch.equal(a.boxes, b.boxes)
                 torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=0)

@@ -71,7 +71,7 @@ class InFlight:
     """A batch whose pre-processing, inference and static post-processing are queued on the device."""
 
     sizes: list[tuple[int, int]]
-    raw: RawOutputs
+    raw: RawOutputs  # in the graph pipeline, the forward graph's outputs: the next replay rewrites them
     static: StaticDetections
     times: StageTimes
 
@@ -154,6 +154,8 @@ class Predictor:
         """Wait for a launched batch and split its detections per image."""
         start = time.perf_counter()
         detections = split_detections(batch.static, batch.sizes, self.postprocess_config)
+        if self.pipeline == "graph":  # views of the graphs' outputs, which the next replay rewrites: copy them
+            detections = [_owned(d) for d in detections]
         self.runner.synchronize()
         batch.times.postprocess += time.perf_counter() - start
         self.times.add(batch.times)
@@ -178,6 +180,19 @@ class Predictor:
         times = StageTimes(after_pre - start, after_infer - after_pre, clock() - after_infer, len(sizes))
         self.times.add(times)
         return Prediction(detections, raw, times)
+
+
+def _owned(detections: Detections) -> Detections:
+    """``detections`` in memory of their own."""
+    rel = detections.boxes_relative
+    return Detections(
+        detections.boxes.clone(),
+        detections.scores.clone(),
+        detections.classes.clone(),
+        detections.masks.clone(),
+        detections.image_size,
+        None if rel is None else rel.clone(),
+    )
 
 
 @dataclass
