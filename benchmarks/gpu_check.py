@@ -269,11 +269,14 @@ def target_line(r: dict) -> list:
 
 
 def variants(size: int) -> dict[str, Yolact]:
-    """yolact_base at ``size`` with random weights, the same pruned at ratio 0.6, and that pruned model fused."""
+    """yolact_base at ``size`` with random weights; pruned as in the paper (bottleneck-internal channels,
+    ratio 0.6) and pruned whole (every channel group, ratio 0.5: the file at 26 %, conv MACs at 28 %), both
+    fused as deployed."""
     config = get_config("yolact_base").replace(max_size=size)
     dense = random_model(config)
-    pruned, _ = prune_model(dense, ratio=0.6)
-    return {"dense": dense, "pruned-0.6": pruned, "pruned-0.6+fused": fuse_model(pruned)}
+    internal, _ = prune_model(dense, ratio=0.6)
+    whole, _ = prune_model(dense, ratio=0.5, scope="all")
+    return {"dense": dense, "internal-0.6+fused": fuse_model(internal), "all-0.5+fused": fuse_model(whole)}
 
 
 def table_line(record: dict) -> list:

@@ -9,7 +9,7 @@
 #   pipeline    the device pipeline's target: benchmarks/gpu_check.py --target (yolact_base FP16, batch 8,
 #               forward-only vs end to end in one CUDA graph, post-processing ms), then bench's three
 #               pipelines (dynamic, static, graph) for the demo model at batch 8
-#   base        benchmarks/gpu_check.py: yolact_base 550 dense vs pruned 0.6 vs pruned+fused, FP32/FP16,
+#   base        benchmarks/gpu_check.py: yolact_base 550 dense vs pruned (internal 0.6, all 0.5; fused), FP32/FP16,
 #               batch 1/8, NCHW vs NHWC, CUDA graphs, GPU post-processing, peak memory
 #   bench       the four demo models through the torch runner on CUDA, FP32/FP16, batch 1/8/32
 #   eval        box/mask AP of both shipped demo models on CUDA, FP32 and FP16, on the shapes test set
