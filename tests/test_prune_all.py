@@ -16,6 +16,7 @@ from test_prune import TINY_DARKNET, TINY_RESNET, images, module, tiny_model
 from torch import nn
 
 from trt_yolact.config import Int8Options
+from trt_yolact.data.synthetic import generate_dataset
 from trt_yolact.deploy import tensorrt_build
 from trt_yolact.deploy.artifacts import ArtifactChain
 from trt_yolact.deploy.onnx_export import export_onnx
@@ -27,6 +28,7 @@ from trt_yolact.model.prune import group_magnitude, prune_model, prune_to
 from trt_yolact.model.yolact import Yolact
 from trt_yolact.prune import main
 from trt_yolact.runtime.open import open_artifact
+from trt_yolact.training.importance import annotated_batches, taylor_importance
 from trt_yolact.training.sparsity import apply_sparsity_penalty, gamma_statistics
 
 CONFIGS = pytest.mark.parametrize("config", [TINY_RESNET, TINY_DARKNET], ids=["resnet", "darknet"])
@@ -332,3 +334,41 @@ def test_a_whole_network_pruned_checkpoint_goes_through_the_deploy_chain_unchang
     monkeypatch.setattr(tensorrt_build, "gpu_info", lambda device=None: gpu)
     engine = chain.engine("fp16", "1,2,4")
     assert engine.path.is_file() and engine.precision == "fp16"
+
+
+# ----------------------------------------------------------------------------------- Taylor importance
+@pytest.fixture(scope="module")
+def shapes_data(tmp_path_factory):
+    return generate_dataset(tmp_path_factory.mktemp("shapes"), 0, 8, 128, seed=11)
+
+
+def test_taylor_importance_is_zero_for_a_dead_channel_and_leaves_the_model_alone(shapes_data):
+    model = load_model("yolact_shapes")
+    model.config = model.config.replace(max_size=128)
+    with torch.no_grad():  # protonet channel 3 of conv 4 outputs ReLU(0) = 0 everywhere
+        model.proto_net[4].weight[3] = 0.0
+        model.proto_net[4].bias[3] = 0.0
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    groups = channel_groups(model, "all")
+    data = f"{shapes_data['val_annotations']}:{shapes_data['val_images']}"
+    scores = taylor_importance(model, groups, annotated_batches(data, model, 8))
+    assert set(scores) == {g.name for g in groups if not g.ranked_by_bn}
+    assert float(scores["proto_net.4"][3]) == 0.0
+    for name, score in scores.items():
+        assert torch.isfinite(score).all() and (score > 0).float().mean() > 0.5, name
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    again = taylor_importance(model, groups, annotated_batches(data, model, 8))
+    assert all(torch.allclose(scores[k], again[k]) for k in scores)
+
+
+def test_cli_taylor_needs_annotated_images_and_uses_them(shapes_data, tmp_path, capsys):
+    weights = save_checkpoint(tmp_path / "shapes.pth", load_model("yolact_shapes"))
+    args = ["--weights", str(weights), "--scope", "all", "--ratio", "0.5", "--importance", "taylor", "--dry-run"]
+    code, _, err = run(args, capsys)
+    assert code != 0 and "--taylor-data" in err and len(err.strip().splitlines()) == 1
+    data = f"{shapes_data['val_annotations']}:{shapes_data['val_images']}"
+    report_path = tmp_path / "report.json"
+    code, _, err = run([*args, "--taylor-data", data, "--taylor-images", "4", "--report", str(report_path)], capsys)
+    assert code == 0, err
+    assert json.loads(report_path.read_text())["importance"] == "taylor"

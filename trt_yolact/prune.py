@@ -33,6 +33,7 @@ from .errors import UsageError, memory_needed_for
 from .files import atomic_write_text, check_writable
 from .model.channel_groups import SCOPES
 from .model.prune import IMPORTANCES, PruneOptions, prune_checkpoint
+from .training.importance import annotated_batches, taylor_importance
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -54,7 +55,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--ratio-neck", type=open_fraction, help="with --scope all: the BN-free groups' ratio (default --ratio)"
     )
     parser.add_argument(
-        "--importance", choices=IMPORTANCES, default="l2", help="magnitude criterion of the BN-free groups (default l2)"
+        "--importance",
+        choices=IMPORTANCES,
+        default="l2",
+        help="how BN-free groups rank channels: weight magnitude l2 (default) or l1, or first-order taylor scores",
+    )
+    parser.add_argument("--taylor-data", metavar="ANN.json:IMAGES", help="annotated images for --importance taylor")
+    parser.add_argument(
+        "--taylor-images", type=positive_int, default=64, help="images scored with --importance taylor (default 64)"
     )
     parser.add_argument("--min-keep", type=positive_int, default=8, help="channels kept per layer at least (default 8)")
     parser.add_argument(
@@ -95,6 +103,22 @@ def prune_options(args: argparse.Namespace) -> PruneOptions:
     )
 
 
+def _taylor_scores(args: argparse.Namespace):
+    """The Taylor importance over ``--taylor-data`` for ``--importance taylor``, else None."""
+    if args.importance != "taylor":
+        if args.taylor_data:
+            raise UsageError("--taylor-data is read by --importance taylor only")
+        return None
+    if not args.taylor_data:
+        return None  # pruning says what is missing, once it knows the scope needs it
+
+    def scores(model, groups):
+        with torch.enable_grad():
+            return taylor_importance(model, groups, annotated_batches(args.taylor_data, model, args.taylor_images))
+
+    return scores
+
+
 @torch.no_grad()
 def _run(args: argparse.Namespace) -> int:
     options = prune_options(args)
@@ -105,7 +129,7 @@ def _run(args: argparse.Namespace) -> int:
         if path:
             check_writable(path)
     with memory_needed_for("pruning", "pass a smaller --input-size"):
-        report = prune_checkpoint(args.weights, options, args.config, out, args.fuse)
+        report = prune_checkpoint(args.weights, options, args.config, out, args.fuse, _taylor_scores(args))
     print(report.table())
     if args.report:
         try:

@@ -38,7 +38,7 @@ import copy
 import io
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -58,7 +58,11 @@ from .yolact import PROTOTYPE_CONV, Yolact
 BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var")
 # State-dict names of the internal scope's BN scales (the same set as channel_groups(model, "internal")).
 PRUNABLE_GAMMA_KEY = re.compile(r"^backbone\.layers\.(\d+)\.(\d+)\.(bn1|bn2|conv1\.1)\.weight$")
-IMPORTANCES = ("l2", "l1")  # magnitude criteria of the BN-free groups
+MAGNITUDES = ("l2", "l1")
+# Criteria of the BN-free groups: weight magnitudes, or first-order Taylor scores on annotated images
+# (computed by trt_yolact.training.importance and passed in as ``scores``).
+IMPORTANCES = (*MAGNITUDES, "taylor")
+ImportanceScores = Callable[[Yolact, Sequence[ChannelGroup]], Mapping[str, torch.Tensor]]
 COMPENSATION_SIZE = 64  # input side of the forward pass that measures removed channels' constants
 
 
@@ -82,8 +86,8 @@ def magnitude_groups(model: nn.Module, scope: str = "all") -> list[ChannelGroup]
 def group_magnitude(model: nn.Module, group: ChannelGroup, norm: str = "l2") -> torch.Tensor:
     """Per channel, the L2 (or L1) norm of everything the channel owns: its producers' rows (weights and
     biases) and its consumers' input columns. Float64, on the CPU."""
-    if norm not in IMPORTANCES:
-        raise PruneError(f"importance must be one of {IMPORTANCES}, got {norm!r}")
+    if norm not in MAGNITUDES:
+        raise PruneError(f"magnitude must be one of {MAGNITUDES}, got {norm!r}")
     power = 2 if norm == "l2" else 1
     total = torch.zeros(group.width, dtype=torch.float64)
     for producer in group.producers:
@@ -98,17 +102,19 @@ def group_magnitude(model: nn.Module, group: ChannelGroup, norm: str = "l2") -> 
     return total.sqrt() if power == 2 else total
 
 
-def group_importance(model: nn.Module, group: ChannelGroup, norm: str = "l2") -> torch.Tensor:
+def group_importance(
+    model: nn.Module, group: ChannelGroup, norm: str = "l2", score: torch.Tensor | None = None
+) -> torch.Tensor:
     """What ranks a group's channels: the mean |gamma| over its batch norms (network slimming, group-wise),
-    or for a BN-free group its magnitude relative to the group's mean magnitude (so that layers of different
-    weight scales share one global percentile)."""
+    or for a BN-free group its magnitude (or its given ``score``) relative to the group's mean (so that layers
+    of different scales share one global percentile)."""
     if group.ranked_by_bn:
         bns = [producer.bn for producer in group.producers]
         if None in bns:
             raise PruneError(f"group {group.name}: its batch norms are fused away; prune the unfused checkpoint")
         scales = [model.get_submodule(bn).weight.detach().abs().double().cpu() for bn in bns]
         return torch.stack(scales).mean(0)
-    magnitude = group_magnitude(model, group, norm)
+    magnitude = group_magnitude(model, group, norm) if score is None else score.double().cpu()
     mean = float(magnitude.mean())
     return magnitude / mean if mean > 0 else magnitude
 
@@ -322,13 +328,19 @@ class PruneOptions:
 
 
 def select_group_channels(
-    model: nn.Module, groups: Sequence[ChannelGroup], options: PruneOptions
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    options: PruneOptions,
+    scores: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
     """Kept channels per group, the importances they were chosen by, and the BN groups' threshold.
 
     BN scales and weight magnitudes are not on one scale, so each kind has its own global percentile.
+    ``scores`` (Taylor importance) replace the magnitudes of the BN-free groups they name.
     """
-    importances = {group.name: group_importance(model, group, options.importance) for group in groups}
+    scores = scores or {}
+    norm = options.importance if options.importance in MAGNITUDES else "l2"
+    importances = {g.name: group_importance(model, g, norm, scores.get(g.name)) for g in groups}
     by_bn = {g.name: importances[g.name] for g in groups if g.ranked_by_bn}
     by_magnitude = {g.name: importances[g.name] for g in groups if not g.ranked_by_bn}
     kept: dict[str, torch.Tensor] = {}
@@ -511,12 +523,20 @@ def prune_model(
     return prune_with_options(model, options)
 
 
-def prune_with_options(model: Yolact, options: PruneOptions) -> tuple[Yolact, PruneReport]:
-    """:func:`prune_model` with its settings in one :class:`PruneOptions`."""
+def prune_with_options(
+    model: Yolact, options: PruneOptions, scores: ImportanceScores | None = None
+) -> tuple[Yolact, PruneReport]:
+    """:func:`prune_model` with its settings in one :class:`PruneOptions`; ``scores`` computes the BN-free
+    groups' importance when ``options.importance`` is ``taylor``."""
     groups = channel_groups(model, options.scope)
     if not groups:
         raise PruneError("the model has no prunable batch norms (already fused, or no residual blocks)")
-    kept, importances, used = select_group_channels(model, groups, options)
+    given = None
+    if options.importance == "taylor" and options.scope == "all":
+        if scores is None:
+            raise UsageError("--importance taylor scores channels on annotated images: give --taylor-data ANN:IMAGES")
+        given = scores(model, groups)
+    kept, importances, used = select_group_channels(model, groups, options, given)
     pruned, notes = prune_to(model, groups, kept, options.compensate)
     report = PruneReport(
         config=model.config.name,
@@ -608,10 +628,12 @@ def prune_checkpoint(
     config: str | None = None,
     out: str | Path | None = None,
     fuse: bool = False,
+    scores: ImportanceScores | None = None,
 ) -> PruneReport:
     """Prune a checkpoint file and write the result to ``out`` (None: report only, a dry run).
 
     ``fuse`` also folds the BNs of the written checkpoint. The checkpoint records the pruning settings.
+    ``scores``: see :func:`prune_with_options`.
     """
     checkpoint = read_checkpoint(weights)
     if out is not None and Path(out).resolve() == checkpoint.path.resolve():
@@ -625,7 +647,7 @@ def prune_checkpoint(
         raise PruneError(f"{checkpoint.path} has no batch-norm layers: there are no BN scales to prune by")
     chosen, advice = choose_config(checkpoint, config), config_advice(checkpoint, config)
     model = build_model(checkpoint.state_dict, chosen, str(checkpoint.path), advice)
-    pruned, report = prune_with_options(model, options)
+    pruned, report = prune_with_options(model, options, scores)
     if fuse:
         pruned = fuse_model(pruned, inplace=True)
         report.fused = True
