@@ -270,8 +270,9 @@ class PruneReport:
         )
         lines = [header, per_group, "", format_table(totals, ["", "before", "after", "after/before"], True)]
         lines.append(
-            "Importance: mean |gamma| over a group's batch norms; for BN-free groups the magnitude relative to "
-            "the group's mean. Per-group params and MACs are those of the convs writing the group. MACs count "
+            "Importance: mean |gamma| over a group's batch norms; for BN-free groups the magnitude (or Taylor "
+            "score) relative to the group's mean. Per-group params and MACs are those of the convs writing the "
+            "group. MACs count "
             "Conv2d layers only (BN, activations, resizing and softmax are not counted)."
         )
         lines.extend(self.notes)
@@ -304,7 +305,7 @@ class PruneOptions:
     input_size: int | tuple[int, int] | None = None  # for MACs; None = the config's max_size
     scope: str = "internal"
     ratio_neck: float | None = None  # BN-free groups (scope all)
-    importance: str = "l2"  # BN-free groups' magnitude criterion
+    importance: str = "l2"  # BN-free groups' criterion: l2 or l1 weight magnitude, or taylor (given scores)
 
     def __post_init__(self) -> None:
         _check_selection_options(self.ratio, self.threshold, self.min_keep, self.round_to)
