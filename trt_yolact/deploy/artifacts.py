@@ -251,18 +251,26 @@ class ArtifactChain:
         parent, fp32 = self._int8_parent(flavour).path, self.onnx("fp32").path
         return write_int8(flavour, parent, fp32, path, self.calibration_ranges(), exclude, calibration, record)
 
-    def engine(self, precision: str = "fp16", profile: BuildProfile | str = BuildProfile()) -> Artifact:
+    def engine(
+        self,
+        precision: str = "fp16",
+        profile: BuildProfile | str = BuildProfile(),
+        postprocess: PostprocessConfig | None = None,
+    ) -> Artifact:
         """The TensorRT engine in ``precision``, built strongly typed from the ONNX of that precision (for
-        INT8, the TensorRT flavour's Q/DQ ONNX)."""
-        parent, profile = self.onnx(precision, flavour="tensorrt"), BuildProfile.parse(profile)
+        INT8, the TensorRT flavour's Q/DQ ONNX); ``postprocess``: from the export with that post-processing
+        in the graph (``STEM.postprocess[.fp16].engine``), which its sidecar records."""
+        parent, profile = self.onnx(precision, postprocess, flavour="tensorrt"), BuildProfile.parse(profile)
         batches = (
             f".b{profile.min_batch}-{profile.opt_batch}-{profile.max_batch}" if self.profile_in_engine_name else ""
         )
         path = self.engine_folder / f"{parent.path.stem}{batches}.engine"
         record = {"config": self.source.config.to_dict(), "source_sha256": self._sha256(self.source.path)}
+        if postprocess is not None:
+            record.update(postprocess="graph", postprocess_config=asdict(postprocess))
         result = build_engine(parent.path, path, profile, precision=precision, extra_metadata=record)
         note = "reused" if result.reused else f"built in {result.build_seconds:.0f} s"
-        return Artifact(path, "engine", precision, reused=result.reused, note=note)
+        return Artifact(path, "engine", precision, parent.postprocess, reused=result.reused, note=note)
 
 
 def _recorded_in_onnx(path: Path) -> tuple[str, str, str] | None:

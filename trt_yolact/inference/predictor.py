@@ -1,6 +1,8 @@
 """Images -> detections with any runner: pre-processing, inference, batched post-processing, stage timing.
 
-The one pipeline behind predict, eval, bench, the demo, training's validation and build's checks.
+The one pipeline behind predict, eval, bench, the demo, training's validation and build's checks. A runner
+over an artifact with the post-processing in the graph gives detections already selected: the
+post-processing stage then only finishes them per image (:mod:`~trt_yolact.inference.graph_detections`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import numpy as np
 from ..config import PostprocessConfig, YolactConfig
 from ..errors import ImageError
 from ..runtime.base import Runner
-from ..structures import Detections, RawOutputs
+from ..structures import Detections, GraphDetections, RawOutputs
+from .graph_detections import check_graph_settings, graph_outputs, graph_to_detections
 from .images import read_image
 from .postprocess import postprocess
 from .preprocess import preprocess
@@ -48,24 +51,31 @@ class StageTimes:
 
 @dataclass
 class Prediction:
-    """What one call produced: the detections, the raw outputs they came from, and the call's timing."""
+    """What one call produced: the detections, the outputs they came from (the raw outputs, or those of the
+    graph post-processing), and the call's timing."""
 
     detections: list[Detections]
-    raw: RawOutputs
+    raw: RawOutputs | None
     times: StageTimes
+    graph: GraphDetections | None = None
 
 
 @dataclass
 class Predictor:
     """Images (BGR uint8, any sizes) -> one :class:`Detections` per image, with any runner.
 
-    ``times`` sums the stage timings of every call.
+    ``times`` sums the stage timings of every call. A runner with the post-processing in its graph must have
+    been exported with the selection settings of ``postprocess_config`` (a :class:`UsageError` otherwise).
     """
 
     runner: Runner
     config: YolactConfig
     postprocess_config: PostprocessConfig = field(default_factory=PostprocessConfig)
     times: StageTimes = field(default_factory=StageTimes)
+
+    def __post_init__(self) -> None:
+        if self.runner.postprocess == "graph":
+            check_graph_settings(self.runner.postprocess_config, self.postprocess_config, str(self.runner))
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[Detections]:
         return self.predict(images).detections
@@ -76,14 +86,18 @@ class Predictor:
         batch, sizes = preprocess(images, self.config, runner.device)
         runner.synchronize()
         after_pre = clock()
-        raw = runner(batch)
+        graph = graph_outputs(runner.run(batch)) if runner.postprocess == "graph" else None
+        raw = runner(batch) if graph is None else None
         runner.synchronize()
         after_infer = clock()
-        detections = postprocess(raw, sizes, self.postprocess_config)
+        if graph is None:
+            detections = postprocess(raw, sizes, self.postprocess_config)
+        else:
+            detections = graph_to_detections(graph, sizes, self.postprocess_config)
         runner.synchronize()
         times = StageTimes(after_pre - start, after_infer - after_pre, clock() - after_infer, len(sizes))
         self.times.add(times)
-        return Prediction(detections, raw, times)
+        return Prediction(detections, raw, times, graph)
 
 
 @dataclass

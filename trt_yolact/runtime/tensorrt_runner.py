@@ -27,8 +27,9 @@ from ..deploy.engine_format import (
 )
 from ..deploy.onnx_format import INPUT_NAME
 from ..errors import RunnerError
-from ..structures import OUTPUT_NAMES
+from ..structures import GRAPH_OUTPUT_NAMES
 from .base import Runner
+from .graph_outputs import has_graph_outputs, recorded_postprocess_config
 
 
 def _torch_dtypes(trt: Any) -> dict[Any, torch.dtype]:
@@ -149,7 +150,10 @@ class TensorRTRunner(Runner):
                 self._output_dtypes[tensor_name] = dtype
         if inputs != [INPUT_NAME] or self.input_dtype not in (torch.float32, torch.float16):
             raise RunnerError(f"engine must have exactly one float32/float16 input {INPUT_NAME!r}, has {inputs}")
-        missing = [n for n in OUTPUT_NAMES if n not in self._output_dtypes]
+        if has_graph_outputs(self._output_dtypes):  # an engine of the export with the post-processing inside
+            self.output_names, self.postprocess = GRAPH_OUTPUT_NAMES, "graph"
+            self.postprocess_config = recorded_postprocess_config(self.metadata)
+        missing = [n for n in self.output_names if n not in self._output_dtypes]
         if missing:
             has = sorted(self._output_dtypes)
             raise RunnerError(f"engine lacks outputs {missing} (has {has}); {rebuild_command(self.engine_path)}")
@@ -182,4 +186,4 @@ class TensorRTRunner(Runner):
                 raise RunnerError(f"TensorRT execution of {self.engine_path.name} failed (see the log above)")
         # The input and the outputs were allocated on this stream: the caching allocator will not reuse their
         # memory before the queued execution, so no synchronisation is needed here.
-        return {name: outputs[name] for name in OUTPUT_NAMES}
+        return {name: outputs[name] for name in self.output_names}
