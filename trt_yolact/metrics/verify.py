@@ -12,14 +12,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import Int8Options, PostprocessConfig, YolactConfig
+from ..config import GRAPH_POSTPROCESS_PRECISIONS, Int8Options, PostprocessConfig, YolactConfig
 from ..deploy.artifacts import Artifact, ArtifactChain, ExportOptions
 from ..deploy.engine_format import tensorrt_unavailable_reason
 from ..deploy.onnx_int8 import INT8_FLAVOURS
 from ..deploy.tensorrt_build import BuildProfile
 from ..inference.calibration_images import int8_setup
 from ..inference.images import sample_images
-from ..inference.postprocess import postprocess, select_detections
+from ..inference.postprocess import postprocess
 from ..inference.predictor import Prediction, Predictor, StageTimes
 from ..inference.preprocess import preprocess
 from ..model.boxes import pairwise_iou
@@ -129,45 +129,21 @@ def check_runner(
     """Raw outputs and detections of ``runner`` on ``images`` against the reference's."""
     predictor = Predictor(runner, config)
     prediction = predictor.predict(images)
-    raw = RawOutputs(*(t.float().cpu() for t in prediction.raw))
     agreement, identical = detection_agreement(reference.detections, prediction.detections)
+    # An artifact with the post-processing in the graph has no raw outputs: its detections are what it checks.
+    raw = None if prediction.raw is None else RawOutputs(*(t.float().cpu() for t in prediction.raw))
     return ArtifactCheck(
         name=name,
         backend=runner.backend,
         precision=runner.precision,
         path=None,
         size_bytes=None,
-        max_abs_error=max_errors(reference.raw, raw),
+        max_abs_error={} if raw is None else max_errors(reference.raw, raw),
         detection_agreement=agreement,
         same_detections=identical,
         latency_ms=median_latency_ms(predictor, images[0], repeats),
+        note="graph post-processing" if runner.postprocess == "graph" else "",
     )
-
-
-def check_graph_export(
-    runner: Runner, inputs: torch.Tensor, reference_raw: RawOutputs, repeats: int
-) -> tuple[float, bool, float]:
-    """(detection agreement, identical, median ms at batch 1) of an ONNX with the post-processing in the
-    graph, against the torch post-processing of the same raw outputs."""
-    outputs = runner.run(inputs)
-    expected = select_detections(reference_raw, PostprocessConfig())
-    counts = [int(n) for n in outputs["num_dets"].tolist()]
-    identical = counts == expected.num_detections.tolist()
-    matched = total = 0
-    for b, n in enumerate(counts):
-        want = expected.classes[b, : int(expected.num_detections[b])].tolist()
-        got = [int(c) for c in outputs["classes"][b, :n].tolist()]
-        identical &= want == got
-        total += len(want)
-        matched += sum(1 for w, g in zip(want, got) if w == g)
-    runner.run(inputs[:1])  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        runner.run(inputs[:1])
-        runner.synchronize()
-        times.append(1000 * (time.perf_counter() - start))
-    return (matched / total if total else 1.0), identical, float(np.median(times))
 
 
 # ----------------------------------------------------------------------------------------- the build
@@ -202,7 +178,8 @@ class _Checker:
         with runner:
             result = check_runner(name, runner, self.config, self.images, self.reference, self.repeats)
         if artifact is not None:
-            result.path, result.size_bytes, result.note = str(artifact.path), artifact.size_bytes, artifact.note
+            result.path, result.size_bytes = str(artifact.path), artifact.size_bytes
+            result.note = ", ".join(note for note in (result.note, artifact.note) if note)
         return result
 
     def artifact(self, artifact: Artifact) -> ArtifactCheck:
@@ -232,14 +209,14 @@ def build_and_verify(weights: str | None, options: BuildOptions = BuildOptions()
     if options.precision == "int8":
         checks += [check.artifact(chain.int8_onnx(flavour)) for flavour in INT8_FLAVOURS]
     if options.graph_postprocess:
-        graph = chain.onnx("fp32", PostprocessConfig())
-        checks.append(_check_graph(graph, check.reference.raw, source.config, images, options.repeats))
+        checks += [check.artifact(chain.onnx(p, PostprocessConfig())) for p in graph_onnx_precisions(options)]
     skipped = []
     reason = tensorrt_unavailable_reason()
-    if reason is not None:
-        skipped.append(f"TensorRT engine skipped: {reason}")
-    else:
-        checks.append(check.artifact(chain.engine(options.precision, options.profile)))
+    for graph in engine_postprocessing(options, skipped):
+        if reason is not None:
+            skipped.append(f"TensorRT engine{' with the graph post-processing' if graph else ''} skipped: {reason}")
+        else:
+            checks.append(check.artifact(chain.engine(options.precision, options.profile, graph)))
     return BuildReport(
         model=source.name,
         source=str(source.path),
@@ -253,6 +230,27 @@ def build_and_verify(weights: str | None, options: BuildOptions = BuildOptions()
         int8=_int8_summary(chain),
         sensitivity=sensitivity,
     )
+
+
+def graph_onnx_precisions(options: BuildOptions) -> tuple[str, ...]:
+    """The precisions of the exports with the post-processing in the graph that a build checks: those of
+    the raw exports it checks, where such an export exists (not INT8, whose exports hold the network only)."""
+    return tuple(p for p in CHECKED_ONNX[options.precision] if p in GRAPH_POSTPROCESS_PRECISIONS)
+
+
+def engine_postprocessing(options: BuildOptions, skipped: list[str]) -> list[PostprocessConfig | None]:
+    """The engines a build makes, by the post-processing in their graph: the raw one (None), and with
+    ``--postprocess graph`` the one from the export with the post-processing inside, in the engine's precision
+    where that export exists (a line in ``skipped`` says why not otherwise)."""
+    if not options.graph_postprocess:
+        return [None]
+    if options.precision not in GRAPH_POSTPROCESS_PRECISIONS:
+        skipped.append(
+            f"{options.precision.upper()} engine with the graph post-processing skipped: the {options.precision} "
+            f"exports hold the network only (it is exported in {' and '.join(GRAPH_POSTPROCESS_PRECISIONS)})"
+        )
+        return [None]
+    return [None, PostprocessConfig()]
 
 
 def _search_exclusions(chain: ArtifactChain, options: BuildOptions) -> list[SensitivityReport]:
@@ -285,23 +283,3 @@ def _eager_reference(model: torch.nn.Module, config: YolactConfig, images: list[
     with torch.no_grad():
         raw = model(inputs)
     return Prediction(postprocess(raw, sizes), raw, StageTimes())
-
-
-def _check_graph(
-    artifact: Artifact, reference_raw: RawOutputs, config: YolactConfig, images: list[np.ndarray], repeats: int
-) -> ArtifactCheck:
-    inputs, _ = preprocess(images, config)
-    with open_artifact(artifact.path) as runner:
-        agreement, identical, latency = check_graph_export(runner, inputs, reference_raw, repeats)
-        precision = runner.precision
-    return ArtifactCheck(
-        name=artifact.path.name,
-        backend="onnxruntime",
-        precision=precision,
-        path=str(artifact.path),
-        size_bytes=artifact.size_bytes,
-        detection_agreement=agreement,
-        same_detections=identical,
-        latency_ms=latency,
-        note="graph post-processing",
-    )
