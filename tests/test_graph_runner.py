@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from trt_yolact.config import PostprocessConfig
+from trt_yolact.config import Int8Options, PostprocessConfig
 from trt_yolact.data.synthetic import generate_dataset
 from trt_yolact.deploy.artifacts import ArtifactChain
-from trt_yolact.deploy.engine_format import read_sidecar
+from trt_yolact.deploy.engine_format import read_sidecar, tensorrt_unavailable_reason
+from trt_yolact.deploy.onnx_format import onnx_precision, read_onnx_metadata
 from trt_yolact.errors import PrecisionError, UsageError
+from trt_yolact.inference.calibration_images import int8_setup
 from trt_yolact.inference.graph_detections import check_graph_settings, graph_to_detections
 from trt_yolact.inference.images import read_image
 from trt_yolact.inference.predictor import Predictor
@@ -152,6 +154,7 @@ def test_comparisons_put_host_and_graph_side_by_side():
         ("onnxruntime", "int8", "host"),
     ]
     assert any("torch fp32 graph" in line for line in left_out) and any("int8 graph" in line for line in left_out)
+    assert comparison_configurations(("tensorrt",), ("int8",), ("graph",)) == ([("tensorrt", "int8", "graph")], [])
     with pytest.raises(UsageError):
         comparison_configurations(("onnxruntime",), ("fp32",), ("device",))
 
@@ -187,7 +190,28 @@ def test_bench_rows_of_both_post_processings(tmp_path):
 
 
 # ------------------------------------------------------------------------------ TensorRT, with the fake module
-def test_the_engine_of_the_graph_export_is_built_from_it_and_records_it(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def int8_chain(tmp_path_factory):
+    """The demo model's artifact chain with INT8 calibrated on 8 generated images."""
+    source = ModelSource.load("yolact_shapes")
+    setup = int8_setup(Int8Options(calib_images=8), source)
+    return ArtifactChain(source, tmp_path_factory.mktemp("int8"), int8=setup)
+
+
+def test_the_int8_graph_export_is_the_tensorrt_flavour_with_the_host_detections(int8_chain, images):
+    """The graph export of the TensorRT INT8 flavour quantizes the network as the raw one does: in ONNX Runtime
+    both give the same detections (the raw one through the host post-processing)."""
+    graph = int8_chain.int8_onnx("tensorrt", postprocess=PostprocessConfig())
+    raw = int8_chain.int8_onnx("tensorrt")
+    assert graph.path.name == "yolact_shapes.fused.postprocess.int8-trt.onnx" and graph.postprocess == "graph"
+    assert onnx_precision(graph.path) == "int8" and read_onnx_metadata(graph.path)["postprocess"] == "graph"
+    config = int8_chain.source.config
+    assert_same_detections(_predict(raw.path, config, images[:12]), _predict(graph.path, config, images[:12]))
+    with pytest.raises(PrecisionError, match="ONNX Runtime INT8 flavour holds the network only"):
+        int8_chain.int8_onnx("onnxruntime", postprocess=PostprocessConfig())
+
+
+def test_the_engine_of_the_graph_export_is_built_from_it_and_records_it(int8_chain, tmp_path, monkeypatch):
     from test_engine_builder import FakeTRT
 
     import trt_yolact.deploy.tensorrt_build as builder
@@ -195,7 +219,8 @@ def test_the_engine_of_the_graph_export_is_built_from_it_and_records_it(tmp_path
     fake = FakeTRT()
     monkeypatch.setitem(__import__("sys").modules, "tensorrt", fake)
     monkeypatch.setattr(builder, "gpu_info", lambda device=None: {"name": "Fake GPU", "compute_capability": "9.0"})
-    chain = ArtifactChain(ModelSource.load("yolact_shapes"), tmp_path)
+    chain = int8_chain
+    chain.engine_folder = tmp_path
     graph = PostprocessConfig()
     engine = chain.engine("fp16", "1,2,4", graph)
     raw_engine = chain.engine("fp16", "1,2,4")
@@ -205,9 +230,33 @@ def test_the_engine_of_the_graph_export_is_built_from_it_and_records_it(tmp_path
     assert sidecar["onnx_file"] == "yolact_shapes.fused.postprocess.fp16.onnx" and sidecar["precision"] == "fp16"
     assert sidecar["postprocess"] == "graph" and PostprocessConfig(**sidecar["postprocess_config"]) == graph
     assert "postprocess" not in read_sidecar(raw_engine.path) and len(fake.builds()) == 2
-    assert [b[1] for b in fake.builds()] == [1 << 1] * 2  # both strongly typed from FP16 ONNX
-    with pytest.raises(PrecisionError, match="INT8 exports hold the network only"):
-        chain.engine("int8", "1,2,4", graph)
+    int8 = chain.engine("int8", "1,2,4", graph)  # from the TensorRT INT8 flavour of the graph export
+    assert int8.path.name == "yolact_shapes.fused.postprocess.int8-trt.engine" and int8.postprocess == "graph"
+    assert read_sidecar(int8.path)["onnx_file"] == "yolact_shapes.fused.postprocess.int8-trt.onnx"
+    assert [b[1] for b in fake.builds()] == [1 << 1] * 3  # strongly typed from the FP16 and the Q/DQ ONNX
+
+
+def test_build_checks_every_graph_export_as_the_others(tmp_path):
+    """An INT8 build with the graph post-processing: its FP32, FP16 and INT8 (TensorRT flavour) graph exports
+    are checked against torch FP32 like the raw ones; both engines are reported skipped without TensorRT."""
+    from test_int8 import _tiny_shapes_checkpoint
+
+    from trt_yolact.metrics.verify import BuildOptions, build_and_verify
+
+    options = BuildOptions(out_dir=tmp_path, precision="int8", graph_postprocess=True, repeats=1)
+    options = replace(options, int8=Int8Options(calib_images=8))
+    report = build_and_verify(str(_tiny_shapes_checkpoint(tmp_path)), options)
+    checked = {check.name: check for check in report.artifacts}
+    for name, precision in (("", "fp32"), (".fp16", "fp16"), (".int8-trt", "int8")):
+        graph, raw = checked[f"tiny_shapes.fused.postprocess{name}.onnx"], checked[f"tiny_shapes.fused{name}.onnx"]
+        assert graph.precision == precision and graph.note.startswith("graph post-processing")
+        assert graph.detection_agreement == raw.detection_agreement and graph.same_detections == raw.same_detections
+        assert graph.max_abs_error == {} and raw.max_abs_error
+    if tensorrt_unavailable_reason() is not None:
+        assert [line.split(" skipped")[0] for line in report.skipped] == [
+            "TensorRT engine",
+            "TensorRT engine with the graph post-processing",
+        ]
 
 
 class _FakeEngine:

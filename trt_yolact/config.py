@@ -193,10 +193,9 @@ BACKENDS = ("torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_BACKENDS = ("onnxruntime", "tensorrt")  # INT8 is Q/DQ ONNX: ONNX Runtime runs it, TensorRT builds it
 # Where detections are selected: by torch on the runner's device, or inside the exported graph (which only the
-# deployed backends run, in FP32 and FP16: the INT8 exports hold the network only).
+# deployed backends run; in INT8, only TensorRT's flavour has a graph export: ONNX Runtime's holds the network).
 POSTPROCESS_PLACES = ("host", "graph")
 GRAPH_POSTPROCESS_BACKENDS = ("onnxruntime", "tensorrt")
-GRAPH_POSTPROCESS_PRECISIONS = ("fp32", "fp16")
 DEFAULT_CACHE = "export/cache"
 # The demo models shipped inside the package (trt_yolact/weights/NAME.pth); the first is the default model.
 EMBEDDED_MODELS = ("yolact_shapes", "yolact_shapes_pruned")

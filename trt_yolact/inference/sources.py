@@ -18,7 +18,6 @@ import torch
 from ..config import (
     BACKENDS,
     GRAPH_POSTPROCESS_BACKENDS,
-    GRAPH_POSTPROCESS_PRECISIONS,
     INT8_BACKENDS,
     POSTPROCESS_PLACES,
     PostprocessConfig,
@@ -74,8 +73,8 @@ def graph_postprocess_problem(backend: str, precision: str) -> str | None:
     or None when it can."""
     if backend not in GRAPH_POSTPROCESS_BACKENDS:
         return f"the graph post-processing runs on {' and '.join(GRAPH_POSTPROCESS_BACKENDS)}, not {backend}"
-    if precision not in GRAPH_POSTPROCESS_PRECISIONS:
-        return f"the graph post-processing is exported in {' and '.join(GRAPH_POSTPROCESS_PRECISIONS)} only"
+    if precision == "int8" and backend != "tensorrt":
+        return "the ONNX Runtime INT8 flavour holds the network only (an INT8 graph export is TensorRT's flavour)"
     return None
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import GRAPH_POSTPROCESS_PRECISIONS, Int8Options, PostprocessConfig, YolactConfig
+from ..config import Int8Options, PostprocessConfig, YolactConfig
 from ..deploy.artifacts import Artifact, ArtifactChain, ExportOptions
 from ..deploy.engine_format import tensorrt_unavailable_reason
 from ..deploy.onnx_int8 import INT8_FLAVOURS
@@ -209,10 +209,10 @@ def build_and_verify(weights: str | None, options: BuildOptions = BuildOptions()
     if options.precision == "int8":
         checks += [check.artifact(chain.int8_onnx(flavour)) for flavour in INT8_FLAVOURS]
     if options.graph_postprocess:
-        checks += [check.artifact(chain.onnx(p, PostprocessConfig())) for p in graph_onnx_precisions(options)]
+        checks += [check.artifact(artifact) for artifact in graph_exports(chain, options)]
     skipped = []
     reason = tensorrt_unavailable_reason()
-    for graph in engine_postprocessing(options, skipped):
+    for graph in (None, PostprocessConfig()) if options.graph_postprocess else (None,):
         if reason is not None:
             skipped.append(f"TensorRT engine{' with the graph post-processing' if graph else ''} skipped: {reason}")
         else:
@@ -232,25 +232,14 @@ def build_and_verify(weights: str | None, options: BuildOptions = BuildOptions()
     )
 
 
-def graph_onnx_precisions(options: BuildOptions) -> tuple[str, ...]:
-    """The precisions of the exports with the post-processing in the graph that a build checks: those of
-    the raw exports it checks, where such an export exists (not INT8, whose exports hold the network only)."""
-    return tuple(p for p in CHECKED_ONNX[options.precision] if p in GRAPH_POSTPROCESS_PRECISIONS)
-
-
-def engine_postprocessing(options: BuildOptions, skipped: list[str]) -> list[PostprocessConfig | None]:
-    """The engines a build makes, by the post-processing in their graph: the raw one (None), and with
-    ``--postprocess graph`` the one from the export with the post-processing inside, in the engine's precision
-    where that export exists (a line in ``skipped`` says why not otherwise)."""
-    if not options.graph_postprocess:
-        return [None]
-    if options.precision not in GRAPH_POSTPROCESS_PRECISIONS:
-        skipped.append(
-            f"{options.precision.upper()} engine with the graph post-processing skipped: the {options.precision} "
-            f"exports hold the network only (it is exported in {' and '.join(GRAPH_POSTPROCESS_PRECISIONS)})"
-        )
-        return [None]
-    return [None, PostprocessConfig()]
+def graph_exports(chain: ArtifactChain, options: BuildOptions) -> list[Artifact]:
+    """The exports with the post-processing in the graph that a build checks: one for each raw export it checks
+    (FP32, FP16) and for INT8 the TensorRT flavour's, the one its INT8 engine is built from."""
+    graph = PostprocessConfig()
+    exports = [chain.onnx(precision, graph) for precision in CHECKED_ONNX[options.precision]]
+    if options.precision == "int8":
+        exports.append(chain.int8_onnx("tensorrt", postprocess=graph))
+    return exports
 
 
 def _search_exclusions(chain: ArtifactChain, options: BuildOptions) -> list[SensitivityReport]:
