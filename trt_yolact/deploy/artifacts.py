@@ -277,7 +277,8 @@ class ArtifactChain:
     ) -> Artifact:
         """The TensorRT engine in ``precision``, built strongly typed from the ONNX of that precision (for
         INT8, the TensorRT flavour's Q/DQ ONNX); ``postprocess``: from the export with that post-processing
-        in the graph (``STEM.postprocess[.fp16].engine``), which its sidecar records."""
+        in the graph (``STEM.postprocess.fp16.engine``, ``STEM.postprocess.int8-trt.engine``), which its sidecar
+        records."""
         parent, profile = self.onnx(precision, postprocess, flavour="tensorrt"), BuildProfile.parse(profile)
         batches = (
             f".b{profile.min_batch}-{profile.opt_batch}-{profile.max_batch}" if self.profile_in_engine_name else ""

@@ -91,8 +91,9 @@ def runner_for(source: ModelSource, options: RuntimeOptions = RuntimeOptions()) 
     if precision == "int8" and backend not in INT8_BACKENDS:
         raise UsageError(f"INT8 runs on the {' and '.join(INT8_BACKENDS)} backends, not {backend}")
     graph = PostprocessConfig() if options.postprocess == "graph" else None
-    if graph is not None and graph_postprocess_problem(backend, precision):
-        raise UsageError(graph_postprocess_problem(backend, precision))
+    problem = graph_postprocess_problem(backend, precision) if graph is not None else None
+    if problem is not None:
+        raise UsageError(problem)
     if backend == "torch":
         return TorchRunner(source.model(), device, precision)
     int8 = int8_setup(options.int8, source) if precision == "int8" else None

@@ -75,8 +75,9 @@ class TensorRTRunner(Runner):
     """Runner over a serialized TensorRT engine (``.engine`` + its ``.engine.json`` sidecar).
 
     The batch profile comes from the engine (batches above its max are split, below its min padded); an
-    engine with an FP16 input takes FP16. ``priors`` is a constant output. Not thread safe: one execution
-    context, use one runner per thread.
+    engine with an FP16 input takes FP16. ``priors`` is a constant output. An engine of an export with the
+    post-processing in the graph has the outputs of ``GraphDetections`` instead (``postprocess == "graph"``, its
+    settings read from the sidecar). Not thread safe: one execution context, use one runner per thread.
     """
 
     backend = "tensorrt"
