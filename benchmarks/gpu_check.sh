@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # One-shot check on a GPU machine that may be lent for a few minutes only; needs no network.
-#   bash benchmarks/gpu_check.sh [OUTDIR]          (default OUTDIR: gpu_check_out; about 6 minutes on an H200)
+#   bash benchmarks/gpu_check.sh [OUTDIR]          (default OUTDIR: gpu_check_out; about 7 minutes on an H200)
 #   SMOKE=1 bash benchmarks/gpu_check.sh OUTDIR    (the same steps, tiny, on the CPU: checks the script itself)
 #   STEPS="cuda_tests base" TESTS="tests/test_train.py" bash benchmarks/gpu_check.sh   (some steps; some tests)
 # Every step has its own time limit and the next one runs even when one fails; OUTDIR/summary.txt lists each
 # step's exit status and seconds. Steps, most valuable first:
-#   cuda_tests  the tests that need a GPU (CPU vs CUDA post-processing)
-#   base        benchmarks/gpu_check.py: yolact_base 550 dense vs pruned 0.6 vs pruned+fused, FP32/FP16,
+#   cuda_tests  the tests that need a GPU (CPU vs CUDA post-processing, the CUDA-graph pipeline)
+#   pipeline    the device pipeline's target: benchmarks/gpu_check.py --target (yolact_base FP16, batch 8,
+#               forward-only vs end to end in one CUDA graph, post-processing ms), then bench's three
+#               pipelines (dynamic, static, graph) for the demo model at batch 8
+#   base        benchmarks/gpu_check.py: yolact_base 550 dense vs pruned (internal 0.6, all 0.5; fused), FP32/FP16,
 #               batch 1/8, NCHW vs NHWC, CUDA graphs, GPU post-processing, peak memory
 #   bench       the four demo models through the torch runner on CUDA, FP32/FP16, batch 1/8/32
 #   eval        box/mask AP of both shipped demo models on CUDA, FP32 and FP16, on the shapes test set
 #               (regenerated from its seed; its annotation digest tells whether it equals the CPU run's)
 #   demo        the realtime demo on CUDA over a short generated video
 #   tests       the whole test suite on the GPU machine
-# Results go into at most eight files: summary.txt, steps.log, base.json, bench.json, bench.md, bench.png,
-# eval.json, tests.log.
+# Results go into at most ten files: summary.txt, steps.log, target.json, pipeline_bench.md, base.json,
+# bench.json, bench.md, bench.png, eval.json, tests.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=$(realpath -m "${1:-gpu_check_out}")
@@ -27,12 +30,14 @@ smoke=${SMOKE:-0}
 if [ "$smoke" = 1 ]; then
     device=cpu precisions=fp32 batches=1 iters=2 images=12 frames=8
     base_args=(--device cpu --size 128 --iters 2 --batches 1)
+    target_args=(--device cpu --size 128 --iters 2 --target-batch 2) pipeline_precision=fp32 pipeline_batch=2
 else
     device=cuda precisions=fp32,fp16 batches=1,8,32 iters=30 images=500 frames=150
     base_args=(--iters 20)
+    target_args=(--iters 30) pipeline_precision=fp16 pipeline_batch=8
 fi
 
-steps=" ${STEPS:-cuda_tests base data fuse bench eval video demo tests} "
+steps=" ${STEPS:-cuda_tests pipeline base data fuse bench eval video demo tests} "
 step() {  # step NAME LIMIT_S COMMAND...: runs COMMAND, logs it, records its status; never stops the script
     local name=$1 limit=$2 start=$SECONDS rc
     shift 2
@@ -50,7 +55,11 @@ step() {  # step NAME LIMIT_S COMMAND...: runs COMMAND, logs it, records its sta
 } | tee "$out/summary.txt"
 
 step cuda_tests 90 $py -m pytest -q -p no:cacheprovider -rs tests/test_postprocess.py::test_same_code_on_cuda \
-    tests/test_engine_builder.py::test_real_build_and_run
+    tests/test_engine_builder.py::test_real_build_and_run tests/test_device_pipeline.py::test_graph_pipeline_on_cuda
+
+step pipeline 150 bash -c "$py benchmarks/gpu_check.py --target --json '$out/target.json' ${target_args[*]} &&
+    $py -m trt_yolact.bench --weights yolact_shapes --backends torch --device $device --precision $pipeline_precision \
+    --batch $pipeline_batch --pipelines dynamic,static,graph --iters $iters --md '$out/pipeline_bench.md'"
 
 step base 150 $py benchmarks/gpu_check.py --json "$out/base.json" "${base_args[@]}"
 
@@ -64,7 +73,7 @@ step fuse 60 bash -c "$py -m trt_yolact.fuse --weights yolact_shapes --half --ou
 step bench 150 $py -m trt_yolact.bench \
     --weights "yolact_shapes,$work/yolact_shapes_fused.pth,yolact_shapes_pruned,$work/yolact_shapes_pruned_fused.pth" \
     --backends torch --device "$device" --precision "$precisions" --batch "$batches" --iters "$iters" \
-    --json "$out/bench.json" --md "$out/bench.md" --plot "$out/bench.png" --cache "$work/cache"
+    --pipelines dynamic --json "$out/bench.json" --md "$out/bench.md" --plot "$out/bench.png" --cache "$work/cache"
 
 step eval 150 $py -m trt_yolact.eval --weights yolact_shapes,yolact_shapes_pruned --device "$device" \
     --backends torch --precision "$precisions" --ann "$ann" --images "$work/shapes_test/val" \

@@ -1,7 +1,8 @@
-"""Network slimming on the released model sizes: prune, load, predict, export, and the eager fusion speed-up.
+"""Pruning on the released model sizes: prune, load, predict, export, and the eager fusion speed-up.
 
     python benchmarks/prune_released.py [--configs yolact_base,yolact_darknet53] [--ratio 0.6] [--repeats 5]
-        [--json benchmarks/results/prune_released.json] [--md benchmarks/results/prune_released.md]
+        [--scope internal|all] [--ratio-neck R] [--json benchmarks/results/prune_released.json]
+        [--md benchmarks/results/prune_released.md]
 
 Each config gets random weights in the released layout (BN scales spread uniformly so that the global
 percentile has something to choose; no pretrained weights exist here). For each: `prune --ratio` file,
@@ -66,10 +67,11 @@ def forward_ms(models: dict[str, torch.nn.Module], size: int, repeats: int) -> d
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def run_config(name: str, ratio: float, repeats: int, work: Path) -> dict:
+def run_config(name: str, ratio: float, repeats: int, work: Path, scope: str, ratio_neck: float | None) -> dict:
     config = get_config(name)
     dense = random_model(config)
-    pruned, report = prune_model(dense, ratio=ratio)
+    neck = ratio_neck if scope == "all" else None
+    pruned, report = prune_model(dense, ratio=ratio, scope=scope, ratio_neck=neck)
     path = save_checkpoint(work / f"{name}_pruned.pth", pruned)
     assert path.stat().st_size == report.bytes_after
     loaded = load_model(path)
@@ -82,7 +84,9 @@ def run_config(name: str, ratio: float, repeats: int, work: Path) -> dict:
     )
     return {
         "config": name,
+        "scope": scope,
         "ratio": ratio,
+        "ratio_neck": report.ratio_neck,
         "input_size": config.max_size,
         "params_before": report.params_before,
         "params_after": report.params_after,
@@ -91,6 +95,7 @@ def run_config(name: str, ratio: float, repeats: int, work: Path) -> dict:
         "bytes_before": report.bytes_before,
         "bytes_after": report.bytes_after,
         "file_pct_of_original": 100 * report.bytes_after / report.bytes_before,
+        "macs_pct_of_original": 100 * report.macs_after / report.macs_before,
         "prunable_channels_before": sum(layer.total for layer in report.layers),
         "prunable_channels_after": sum(layer.kept for layer in report.layers),
         "loaded_and_predicted": True,
@@ -103,25 +108,20 @@ def run_config(name: str, ratio: float, repeats: int, work: Path) -> dict:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default="yolact_base,yolact_darknet53")
-    parser.add_argument("--ratio", type=float, default=0.6)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", default="benchmarks/results/prune_released.json")
-    parser.add_argument("--md", default="benchmarks/results/prune_released.md")
-    args = parser.parse_args()
-    records = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.configs.split(","):
-            print(f"{name}: prune --ratio {args.ratio}, load, predict, export, time ...", file=sys.stderr, flush=True)
-            records.append(run_config(name, args.ratio, args.repeats, Path(tmp)))
+def _scope_label(record: dict) -> str:
+    neck = record["ratio_neck"]
+    return f"{record['scope']} {record['ratio']:g}" + (f" / neck {neck:g}" if neck is not None else "")
+
+
+def _table(records: list[dict]) -> tuple[list[str], list[list[str]]]:
     header = [
         "config",
+        "scope",
         "params M",
         "GMACs",
         "file MiB",
         "file %",
+        "MACs %",
         "ONNX err",
         "fwd ms dense",
         "+fused",
@@ -136,10 +136,12 @@ def main() -> int:
         body.append(
             [
                 r["config"],
+                _scope_label(r),
                 f"{r['params_before'] / 1e6:.1f} -> {r['params_after'] / 1e6:.1f}",
                 f"{r['macs_before'] / 1e9:.1f} -> {r['macs_after'] / 1e9:.1f}",
                 f"{r['bytes_before'] / 2**20:.1f} -> {r['bytes_after'] / 2**20:.1f}",
                 f"{r['file_pct_of_original']:.1f}",
+                f"{r['macs_pct_of_original']:.1f}",
                 f"{r['onnx_max_abs_error']:.1e}",
                 f"{ms['dense']:.0f}",
                 f"{ms['dense+fused']:.0f}",
@@ -149,6 +151,25 @@ def main() -> int:
                 f"{r['pruned_fused_speedup_vs_dense']:.2f}",
             ]
         )
+    return header, body
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="yolact_base,yolact_darknet53")
+    parser.add_argument("--ratio", type=float, default=0.6)
+    parser.add_argument("--scope", choices=("internal", "all"), default="internal")
+    parser.add_argument("--ratio-neck", type=float, default=None, help="with --scope all (default: --ratio)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", default="benchmarks/results/prune_released.json")
+    parser.add_argument("--md", default="benchmarks/results/prune_released.md")
+    args = parser.parse_args()
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.configs.split(","):
+            print(f"{name}: prune --scope {args.scope}, load, predict, export, time ...", file=sys.stderr, flush=True)
+            records.append(run_config(name, args.ratio, args.repeats, Path(tmp), args.scope, args.ratio_neck))
+    header, body = _table(records)
     print(format_table(body, header))
     atomic_write_text(args.md, format_markdown_table(body, header) + "\n")
     info = {

@@ -128,18 +128,24 @@ def test_a_cached_engine_is_named_by_its_batch_profile(source, tmp_path, monkeyp
 
     built = []
 
-    def fake_build(onnx_path, engine_path, profile, precision, extra_metadata):
-        built.append((engine_path.name, str(profile), precision, extra_metadata["config"]["name"]))
-        return EngineBuildResult(engine_path, engine_path, {}, reused=False, reason="built", build_seconds=1.0)
+    def fake_build(onnx_path, engine_path, profile, precision, extra_metadata, tf32):
+        built.append((engine_path.name, str(profile), precision, extra_metadata["config"]["name"], tf32))
+        note = "timing cache x rejected" if tf32 else ""
+        return EngineBuildResult(
+            engine_path, engine_path, {}, reused=False, reason="built", build_seconds=1.0, timing_cache_note=note
+        )
 
     monkeypatch.setattr(artifacts, "build_engine", fake_build)
     cached = ArtifactChain.cached(source, tmp_path / "cache")
     cached.engine("fp16", BuildProfile(1, 4, 8))
     cached.engine("fp16", BuildProfile(1, 2, 2))
-    ArtifactChain(source, tmp_path / "export", tmp_path / "engines").engine("fp16", "1,4,8")
+    chain = ArtifactChain(source, tmp_path / "export", tmp_path / "engines")
+    assert chain.engine("fp16", "1,4,8").note == "built in 1 s"
+    assert chain.engine("fp32", "1,4,8", tf32=True).note == "built in 1 s; timing cache x rejected"
     digest = sha256_file(source.path)[:12]
     assert built == [
-        (f"tiny-{digest}.fused.fp16.b1-4-8.engine", "1,4,8", "fp16", "tiny"),
-        (f"tiny-{digest}.fused.fp16.b1-2-2.engine", "1,2,2", "fp16", "tiny"),
-        ("tiny.fused.fp16.engine", "1,4,8", "fp16", "tiny"),  # build's own engine keeps its documented name
+        (f"tiny-{digest}.fused.fp16.b1-4-8.engine", "1,4,8", "fp16", "tiny", False),  # TF32 off by default
+        (f"tiny-{digest}.fused.fp16.b1-2-2.engine", "1,2,2", "fp16", "tiny", False),
+        ("tiny.fused.fp16.engine", "1,4,8", "fp16", "tiny", False),  # build's own engine keeps its documented name
+        ("tiny.fused.engine", "1,4,8", "fp32", "tiny", True),
     ]

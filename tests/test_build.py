@@ -91,3 +91,20 @@ def test_build_bad_input_is_one_line(tiny_checkpoint, tmp_path, capsys):
         build_main(["--weights", str(tiny_checkpoint), "--batch", "8,4,1", "--out", str(tmp_path / "y")])
     assert exit_info.value.code == 2 and "argument --batch: need min <= opt <= max" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+
+
+def test_tf32_is_off_unless_asked_and_reported(tmp_path, capsys):
+    from trt_yolact.build import build_parser, print_report
+    from trt_yolact.metrics.verify import ArtifactCheck, BuildReport
+
+    assert build_parser().parse_args([]).tf32 is False
+    assert build_parser().parse_args(["--tf32"]).tf32 is True
+    assert build_parser().parse_args(["--no-tf32"]).tf32 is False
+    engine = ArtifactCheck("m.fp16.engine", "tensorrt", "fp16", "m.fp16.engine", 10)
+    engine.equivalent_commands = {"trtexec": "trtexec --onnx=m.fp16.onnx", "polygraphy": "polygraphy run m.fp16.onnx"}
+    report = BuildReport("m", "m.pth", "cfg", 1, 1, True, [engine], [], 1.0)
+    print_report(report, tmp_path / "m.build.json")
+    printed = capsys.readouterr().out.splitlines()
+    assert "trtexec equivalent of m.fp16.engine: trtexec --onnx=m.fp16.onnx" in printed
+    assert "polygraphy equivalent of m.fp16.engine: polygraphy run m.fp16.onnx" in printed
+    assert json.loads(json.dumps(report.to_dict()))["artifacts"][0]["equivalent_commands"]["trtexec"]

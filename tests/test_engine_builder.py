@@ -5,6 +5,7 @@ TensorRT and a GPU are skipped here."""
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import types
 from pathlib import Path
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from trt_yolact import files
+from trt_yolact.config import BackboneConfig, YolactConfig
 from trt_yolact.deploy import engine_format, onnx_format
 from trt_yolact.deploy import tensorrt_build as eng
 from trt_yolact.deploy.engine_format import (
@@ -40,6 +42,17 @@ from trt_yolact.errors import EngineBuildError, PrecisionError, RunnerError, Ten
 from trt_yolact.runtime.tensorrt_runner import engine_layers
 
 API_DIR = Path(__file__).resolve().parent / "data" / "tensorrt_api"
+TINY_CONFIG = YolactConfig(
+    name="tiny",
+    backbone=BackboneConfig(layers=(1, 1, 1, 1), widths=(8, 16, 16, 32), stem_channels=16),
+    max_size=32,
+    class_names=("a", "b"),
+    category_ids=(1, 2),
+    fpn_channels=16,
+    proto_channels=16,
+    head_channels=16,
+    pred_scales=((8,), (16,), (32,), (64,), (128,)),
+)
 STRONG = PrecisionPlan(("STRONGLY_TYPED",), ())
 WEAK_FP16 = PrecisionPlan((), ("FP16",))
 NO_FLAGS = PrecisionPlan((), ())
@@ -423,24 +436,40 @@ def test_tiny_onnx_is_valid_yolact_shaped(tmp_path):
     assert proto.shape == (2, 8, 8, 2) and priors.shape == (64, 4)
 
 
+def test_onnxruntime_runner_reads_the_priors_of_an_earlier_export(tmp_path):
+    """An export with ``priors`` as a graph output (before they were made on the host) still runs; one without
+    them and without the metadata to make them is refused."""
+    from trt_yolact.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+    old = _tiny_onnx(tmp_path / "old.onnx", size=8)
+    raw = OnnxRuntimeRunner(old)(torch.zeros(2, 3, 8, 8))
+    assert raw.priors.shape == (64, 4) and raw.loc.shape == (2, 64, 4)
+    model = onnx.load(str(old))
+    model.graph.output.pop()  # no priors output, and no trt_yolact metadata
+    onnx.save(model, str(tmp_path / "bare.onnx"))
+    with pytest.raises(RunnerError, match="no priors output"):
+        OnnxRuntimeRunner(tmp_path / "bare.onnx")
+
+
 # --------------------------------------------------------------------------- build_engine with a fake TensorRT
 
 
 class FakeTRT(types.ModuleType):
     """Just enough of the tensorrt module for build_engine's control flow."""
 
-    def __init__(self, version="10.16.1.11", parse_ok=True, build=None):
+    def __init__(self, version="10.16.1.11", parse_ok=True, build=None, accepts_cache=lambda data: True):
         super().__init__("tensorrt")
         self.__version__ = version
         self.calls = []
         self.timing_cache_loaded = []
+        self.loggers = []  # the logger each Builder and Runtime was given
         calls, fake = self.calls, self
 
         class Logger:
             VERBOSE, WARNING = 0, 2
 
             def __init__(self, severity=2):
-                self.severity = severity
+                self.min_severity = severity
 
         class Network:
             def __init__(self, flags):
@@ -459,23 +488,32 @@ class FakeTRT(types.ModuleType):
 
         class Config:
             def __init__(self):
-                self.flags, self.profiles, self.progress_monitor, self.cache = [], [], None, None
-                self.profiling_verbosity = None
+                self.flags, self.profiles, self.progress_monitor, self.cache = ["TF32"], [], None, None
+                self.profiling_verbosity = None  # TF32: TensorRT's default
 
             def set_memory_pool_limit(self, pool, size):
                 calls.append(("workspace", pool, size))
 
             def set_flag(self, flag):
-                self.flags.append(flag)
+                if flag not in self.flags:
+                    self.flags.append(flag)
+
+            def clear_flag(self, flag):
+                if flag in self.flags:
+                    self.flags.remove(flag)
 
             def add_optimization_profile(self, profile):
                 self.profiles.append(profile)
 
             def create_timing_cache(self, data):
                 fake.timing_cache_loaded.append(bytes(data))
+                if bytes(data).startswith(b"garbage"):
+                    raise RuntimeError("unreadable timing cache")
                 return TimingCache(data)
 
             def set_timing_cache(self, cache, ignore_mismatch):
+                if ignore_mismatch or not accepts_cache(cache.data):
+                    return False  # TensorRT refuses a cache of another device
                 self.cache = cache
                 return True
 
@@ -488,7 +526,7 @@ class FakeTRT(types.ModuleType):
 
         class Builder:
             def __init__(self, logger):
-                pass
+                fake.loggers.append(logger)
 
             def create_network(self, flags=0):
                 calls.append(("create_network", flags))
@@ -553,7 +591,7 @@ class FakeTRT(types.ModuleType):
 
         class Runtime:
             def __init__(self, logger):
-                pass
+                fake.loggers.append(logger)
 
             def deserialize_cuda_engine(self, data):
                 return Engine() if bytes(data) == b"PLAN" else None
@@ -608,7 +646,8 @@ def test_build_reuse_force_and_rebuild(fake_trt, onnx_pair, tmp_path):
     assert build[1] == 1 << 1 and build[2] == []  # strongly typed, no precision flag
     assert build[3] == ("images", (1, 3, 32, 32), (4, 3, 32, 32), (8, 3, 32, 32)) and build[4] == "DETAILED"
     assert ("workspace", "WORKSPACE", 2 << 30) in trt.calls
-    assert result.timing_cache == out.parent / "m.timing.cache" and result.timing_cache.read_bytes() == b"+tuned"
+    cache = out.parent / "m.trt10.16.1.11.fake-gpu-sm90.timing.cache"  # keyed by TensorRT version and GPU
+    assert result.timing_cache == cache and cache.read_bytes() == b"+tuned" and result.timing_cache_note == ""
     assert _leftovers(out.parent) == []
 
     again = build_engine(fp16, out, "1,4,8", "fp16")
@@ -627,7 +666,7 @@ def test_build_trt10_fp16_from_fp32_onnx_uses_builder_flag(fake_trt, onnx_pair, 
     build_engine(onnx_pair[0], tmp_path / "a.engine", precision="fp16", timing_cache=False)
     (build,) = trt.builds()
     assert build[1] == 0 and build[2] == ["FP16"]
-    assert not (tmp_path / "a.timing.cache").exists()
+    assert not list(tmp_path.glob("*.timing.cache"))
 
 
 def test_build_trt11(fake_trt, onnx_pair, tmp_path):
@@ -689,6 +728,166 @@ def test_ctrl_c_in_progress_callback_cancels_the_build(fake_trt, onnx_pair, tmp_
     assert not (tmp_path / "a.engine").exists() and _leftovers(tmp_path) == []
 
 
+def test_sidecar_records_what_the_runner_makes_the_priors_from(fake_trt, onnx_pair, tmp_path):
+    fake_trt()
+    model = onnx.load(str(onnx_pair[1]))
+    onnx.helper.set_model_props(
+        model, {"config": json.dumps(TINY_CONFIG.to_dict()), "prior_grid": "[[4, 4], [2, 2]]", "other": "x"}
+    )
+    onnx.save(model, str(tmp_path / "meta.onnx"))
+    build_engine(tmp_path / "meta.onnx", tmp_path / "m.engine")
+    sidecar = read_sidecar(tmp_path / "m.engine")
+    assert sidecar["prior_grid"] == [[4, 4], [2, 2]] and YolactConfig.from_dict(sidecar["config"]) == TINY_CONFIG
+    assert "other" not in sidecar
+    build_engine(onnx_pair[1], tmp_path / "bare.engine")  # an ONNX without our metadata: nothing to copy
+    assert "prior_grid" not in read_sidecar(tmp_path / "bare.engine")
+
+
+def test_timing_cache_key_names_the_tensorrt_version_and_gpu():
+    key = eng.timing_cache_key("10.16.1.11", {"name": "NVIDIA H200 NVL", "compute_capability": "9.0"})
+    assert key == "trt10.16.1.11.nvidia-h200-nvl-sm90"
+    assert eng.timing_cache_key("11.4.0.106", None) == "trt11.4.0.106.unknown-smunknown"
+    assert eng.timing_cache_key("10.16.1.11", {"name": "NVIDIA L4", "compute_capability": "8.9"}) != key
+
+
+def test_another_gpu_gets_its_own_timing_cache(fake_trt, onnx_pair, tmp_path, monkeypatch):
+    trt = fake_trt()
+    out = tmp_path / "m.engine"
+    first = build_engine(onnx_pair[1], out)
+    monkeypatch.setattr(eng, "gpu_info", lambda device=None: {"name": "Other GPU", "compute_capability": "8.9"})
+    second = build_engine(onnx_pair[1], out)
+    assert first.timing_cache != second.timing_cache and "other-gpu-sm89" in second.timing_cache.name
+    assert trt.timing_cache_loaded == [b"", b""]  # the first GPU's cache is not offered to the second
+    assert first.timing_cache.is_file() and second.timing_cache.is_file()
+
+
+@pytest.mark.parametrize("foreign", [b"foreign tactics", b"garbage"], ids=["refused", "unreadable"])
+def test_rejected_timing_cache_is_reported_and_replaced(fake_trt, onnx_pair, tmp_path, capsys, foreign):
+    trt = fake_trt(accepts_cache=lambda data: not data.startswith(b"foreign"))
+    cache = tmp_path / "shared.timing.cache"
+    cache.write_bytes(foreign)
+    result = build_engine(onnx_pair[1], tmp_path / "m.engine", timing_cache=cache)
+    assert "rejected" in result.timing_cache_note and cache.name in result.timing_cache_note
+    assert read_sidecar(tmp_path / "m.engine")["timing_cache_note"] == result.timing_cache_note
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "timing cache" in line]
+    assert len(warnings) == 1 and "rejected" in warnings[0]
+    assert trt.timing_cache_loaded == [foreign, b""]  # then a fresh cache, which is saved in its place
+    assert cache.read_bytes() == b"+tuned"
+
+
+def test_accepted_timing_cache_gives_no_note(fake_trt, onnx_pair, tmp_path, capsys):
+    fake_trt()
+    cache = tmp_path / "shared.timing.cache"
+    cache.write_bytes(b"tactics")
+    result = build_engine(onnx_pair[1], tmp_path / "m.engine", timing_cache=cache)
+    assert result.timing_cache_note == "" and "timing_cache_note" not in read_sidecar(tmp_path / "m.engine")
+    assert "timing cache" not in capsys.readouterr().err and cache.read_bytes() == b"tactics+tuned"
+
+
+def test_a_cache_tensorrt_refuses_even_fresh_builds_without_one(fake_trt, onnx_pair, tmp_path):
+    fake_trt(accepts_cache=lambda data: False)
+    result = build_engine(onnx_pair[1], tmp_path / "m.engine")
+    assert "without a timing cache" in result.timing_cache_note
+    assert not result.timing_cache.exists()  # nothing tuned to save
+
+
+@pytest.mark.parametrize("version", ["10.16.1.11", "11.4.0.106"])
+def test_tf32_is_an_explicit_recorded_choice(fake_trt, onnx_pair, tmp_path, version):
+    trt = fake_trt(version=version)
+    out = tmp_path / "m.engine"
+    build_engine(onnx_pair[0], out, precision="fp32")
+    assert "TF32" not in trt.builds()[-1][2]  # TensorRT's default cleared: a true FP32 engine
+    assert read_sidecar(out)["tf32"] is False and eng.DEFAULT_TF32 is False
+    assert "--noTF32" in read_sidecar(out)["equivalent_commands"]["trtexec"]
+    assert build_engine(onnx_pair[0], out, precision="fp32").reused
+    with_tf32 = build_engine(onnx_pair[0], out, precision="fp32", tf32=True)
+    assert not with_tf32.reused and "tf32 changed" in with_tf32.reason  # another engine: rebuilt
+    assert "TF32" in trt.builds()[-1][2] and read_sidecar(out)["tf32"] is True
+    commands = read_sidecar(out)["equivalent_commands"]
+    assert "--noTF32" not in commands["trtexec"] and "--tf32" in commands["polygraphy"].split()
+
+
+def _options(command: str) -> tuple[list[str], dict[str, str]]:
+    """(positional words and bare flags, {--flag: value}) of a trtexec (``--k=v``) or polygraphy (``--k v``)
+    command line."""
+    words, values = [], {}
+    parts = shlex.split(command)
+    i = 0
+    while i < len(parts):
+        part = parts[i]
+        if part.startswith("--") and "=" in part:
+            key, value = part.split("=", 1)
+            values[key] = value
+        elif part.startswith("--") and i + 1 < len(parts) and not parts[i + 1].startswith("--"):
+            values[part] = parts[i + 1]
+            i += 1
+        else:
+            words.append(part)
+        i += 1
+    return words, values
+
+
+@pytest.mark.parametrize(
+    "version, onnx_index, precision, mode",
+    [
+        ("10.16.1.11", 1, "fp16", "--stronglyTyped"),
+        ("10.16.1.11", 0, "fp16", "--fp16"),
+        ("10.16.1.11", 0, "fp32", "--stronglyTyped"),
+        ("11.4.0.106", 1, "fp16", "--stronglyTyped"),
+    ],
+)
+def test_trtexec_command_matches_the_build(fake_trt, onnx_pair, tmp_path, version, onnx_index, precision, mode):
+    fake_trt(version=version)
+    onnx_path, out = onnx_pair[onnx_index], tmp_path / "engines" / "m.engine"
+    result = build_engine(onnx_path, out, "2,4,8", precision, workspace_gib=1.5)
+    words, values = _options(result.metadata["equivalent_commands"]["trtexec"])
+    assert words[0] == "trtexec"
+    assert values["--onnx"] == str(onnx_path) and values["--saveEngine"] == str(out)
+    assert values["--minShapes"] == "images:2x3x32x32" and values["--optShapes"] == "images:4x3x32x32"
+    assert values["--maxShapes"] == "images:8x3x32x32"
+    assert values["--memPoolSize"] == "workspace:1536"  # MiB
+    assert values["--timingCacheFile"] == str(result.timing_cache)
+    assert mode in words and ({"--fp16", "--stronglyTyped"} - {mode}).isdisjoint(words)
+    assert "--noTF32" in words and values["--profilingVerbosity"] == "detailed"
+    assert read_sidecar(out)["equivalent_commands"] == result.metadata["equivalent_commands"]
+
+
+def test_trtexec_command_without_timing_cache(fake_trt, onnx_pair, tmp_path):
+    fake_trt()
+    result = build_engine(onnx_pair[1], tmp_path / "m.engine", timing_cache=False)
+    assert "--timingCacheFile" not in result.metadata["equivalent_commands"]["trtexec"]
+
+
+@pytest.mark.parametrize("precision, onnx_index", [("fp16", 1), ("fp32", 0)])
+def test_polygraphy_command_matches_the_build(fake_trt, onnx_pair, tmp_path, precision, onnx_index):
+    fake_trt()
+    onnx_path = onnx_pair[onnx_index]
+    result = build_engine(onnx_path, tmp_path / "m.engine", "1,4,8", precision)
+    words, values = _options(result.metadata["equivalent_commands"]["polygraphy"])
+    assert words[:3] == ["polygraphy", "run", str(onnx_path)] and {"--trt", "--onnxrt"} <= set(words)
+    assert values["--input-shapes"] == "images:[4,3,32,32]"
+    assert values["--trt-min-shapes"] == "images:[1,3,32,32]" and values["--trt-max-shapes"] == "images:[8,3,32,32]"
+    assert "--strongly-typed" in words and "--tf32" not in words
+    atol, rtol = float(values["--atol"]), float(values["--rtol"])
+    assert (atol, rtol) == eng.POLYGRAPHY_TOLERANCES[precision]
+    if precision == "fp16":  # loose enough for FP16 rounding, tight enough to catch a broken engine
+        assert 1e-3 <= atol <= 0.1 and 1e-3 <= rtol <= 0.05
+    else:
+        assert atol <= 1e-3 and rtol <= 1e-2
+
+
+def test_one_tensorrt_logger_for_the_process(fake_trt, onnx_pair, tmp_path):
+    trt = fake_trt()
+    build_engine(onnx_pair[1], tmp_path / "a.engine", verbose=True)
+    build_engine(onnx_pair[0], tmp_path / "b.engine", precision="fp32")
+    engine_layers(tmp_path / "a.engine")  # a runtime, as the runner makes
+    assert len(trt.loggers) == 3 and all(logger is trt.loggers[0] for logger in trt.loggers)
+    assert trt.loggers[0] is engine_format.process_logger(trt)
+    assert trt.loggers[0].min_severity == trt.Logger.WARNING  # a verbose build lowers it for itself only
+    other = fake_trt()
+    assert engine_format.process_logger(other) is not trt.loggers[0]  # one per tensorrt module
+
+
 def test_stale_check_accepts_profile_objects(engine_file):
     write_sidecar(engine_file, _expected())
     assert is_engine_stale(engine_file, dict(_expected(), profile=BuildProfile(1, 4, 8))) == (False, "up to date")
@@ -708,6 +907,100 @@ def test_runner_errors_without_gpu(fake_trt, tmp_path):
     with pytest.raises(RunnerError, match="CUDA devices only"):
         TensorRTRunner(tmp_path / "a.engine", device="cpu")
     assert TensorRTRunner.backend == TensorRTRunner.name == "tensorrt"
+
+
+class _RecordingStream:
+    """A CUDA stream stand-in that logs what is ordered on it, in one event list shared by all streams."""
+
+    def __init__(self, name: str, events: list):
+        self.name, self.events = name, events
+        self.cuda_stream = hash(name) & 0xFFFF
+
+    def wait_stream(self, other):
+        self.events.append(("wait", self.name, other.name))
+
+    def synchronize(self):
+        self.events.append(("synchronize", self.name))
+
+
+def _runner_on_fake_streams(monkeypatch, events):
+    """A TensorRTRunner with a fake context and streams, on CPU tensors (no GPU needed)."""
+    import contextlib
+
+    from trt_yolact.runtime.tensorrt_runner import TensorRTRunner
+
+    caller = _RecordingStream("caller", events)
+
+    class Context:
+        def set_input_shape(self, name, shape):
+            self.shape = shape
+            return True
+
+        def set_tensor_address(self, name, address):
+            events.append(("address", name))
+
+        def get_tensor_shape(self, name):
+            return {"priors": (6, 4)}.get(name, (self.shape[0], 6, 4))
+
+        def execute_async_v3(self, stream_handle):
+            events.append(("execute", stream_handle))
+            return True
+
+    runner = object.__new__(TensorRTRunner)
+    runner.engine_path = Path("m.engine")
+    runner._device = torch.device("cpu")
+    runner._context = Context()
+    runner._stream = _RecordingStream("runner", events)
+    runner._output_dtypes = dict.fromkeys(("loc", "conf", "coeffs", "proto", "priors"), torch.float32)
+    runner._host_outputs = {}
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: caller)
+    monkeypatch.setattr(
+        torch.Tensor, "record_stream", lambda tensor, stream: events.append(("record", stream.name)), raising=False
+    )
+    return runner
+
+
+def test_runner_enqueues_on_its_own_stream_between_the_callers_work(monkeypatch):
+    events = []
+    runner = _runner_on_fake_streams(monkeypatch, events)
+    outputs = runner._infer(torch.zeros(2, 3, 4, 4))
+    assert set(outputs) == {"loc", "conf", "coeffs", "proto", "priors"} and outputs["loc"].shape == (2, 6, 4)
+    (execute,) = [e for e in events if e[0] == "execute"]
+    assert execute[1] == runner._stream.cuda_stream  # never the caller's (the legacy default) stream
+    order = [e for e in events if e[0] in ("wait", "execute")]
+    # the runner's stream waits for the input, the caller's stream for the outputs
+    assert order == [("wait", "runner", "caller"), execute, ("wait", "caller", "runner")]
+    # every buffer (the input and the five outputs) is kept alive for the runner's stream, before execution
+    records = events[: events.index(execute)]
+    assert records.count(("record", "runner")) == 6
+
+
+def test_runner_makes_the_priors_an_engine_leaves_out(monkeypatch):
+    from trt_yolact.config import make_priors
+    from trt_yolact.deploy.onnx_format import NETWORK_OUTPUT_NAMES
+
+    events = []
+    runner = _runner_on_fake_streams(monkeypatch, events)
+    runner._output_dtypes = dict.fromkeys(NETWORK_OUTPUT_NAMES, torch.float32)  # a new export's engine
+    config = TINY_CONFIG
+    grid = [(4, 4), (2, 2), (1, 1), (1, 1), (1, 1)]
+    runner.metadata = {"config": config.to_dict(), "prior_grid": [list(g) for g in grid]}
+    runner._host_outputs = runner._made_on_host()
+    outputs = runner._infer(torch.zeros(2, 3, 4, 4))
+    assert list(outputs) == ["loc", "conf", "coeffs", "proto", "priors"]
+    assert torch.equal(outputs["priors"], torch.from_numpy(make_priors(config, grid)))
+    runner.metadata = {"config": config.to_dict()}  # a sidecar without the grid: no guessing
+    with pytest.raises(RunnerError, match="prior_grid.*python -m trt_yolact.build"):
+        runner._made_on_host()
+
+
+def test_runner_release_waits_for_its_stream(monkeypatch):
+    events = []
+    runner = _runner_on_fake_streams(monkeypatch, events)
+    runner._engine = runner._runtime = object()
+    runner._deactivate()
+    assert events == [("synchronize", "runner")] and not hasattr(runner, "_context")
 
 
 def test_build_missing_onnx_and_bad_arguments(fake_trt, tmp_path, onnx_pair):

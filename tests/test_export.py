@@ -16,9 +16,11 @@ from trt_yolact.config import BackboneConfig, PostprocessConfig, YolactConfig
 from trt_yolact.deploy.onnx_export import export_onnx
 from trt_yolact.deploy.onnx_format import (
     GRAPH_OUTPUT_NAMES,
+    NETWORK_OUTPUT_NAMES,
     RAW_OUTPUT_NAMES,
     onnx_input_size,
     onnx_is_fp16,
+    prior_boxes,
     read_onnx_metadata,
 )
 from trt_yolact.deploy.onnx_fp16 import convert_fp16
@@ -86,20 +88,22 @@ def test_graph_interface_and_checker(exported, fixture_model):
     model = onnx.load(str(result.path))
     onnx.checker.check_model(model, full_check=True)
     assert result.simplified and result.simplify_error is None
-    assert (
-        [o.name for o in model.graph.output] == list(RAW_OUTPUT_NAMES) == ["loc", "conf", "coeffs", "proto", "priors"]
-    )
+    # priors are made on the host, from the config and the recorded grid: no graph output
+    assert [o.name for o in model.graph.output] == list(NETWORK_OUTPUT_NAMES) == ["loc", "conf", "coeffs", "proto"]
+    assert RAW_OUTPUT_NAMES == ("loc", "conf", "coeffs", "proto", "priors")
     assert [i.name for i in model.graph.input] == ["images"]
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", 3, 320, 320] and result.batch_dynamic
     opset = {o.domain: o.version for o in model.opset_import}[""]
     assert opset >= 17 and 8 <= model.ir_version <= 10
-    # priors: a constant (no path from the input), shape [P, 4] without a batch axis
-    producers = {out: node for node in model.graph.node for out in node.output}
-    node = producers["priors"]
-    assert node.op_type in ("Constant", "Identity") and not any(i == "images" for i in node.input)
     out_dims = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
-    assert out_dims["priors"] == [6402, 4] and out_dims["proto"] == ["batch", 80, 80, 32]
+    assert out_dims["proto"] == ["batch", 80, 80, 32] and all(d[0] == "batch" for d in out_dims.values())
+    meta = read_onnx_metadata(result.path)
+    grid = meta["prior_grid"]
+    assert grid == tuple(fixture_model.feature_sizes()) and grid[0] == (40, 40)  # P3 of a 320 input
+    priors = prior_boxes(meta["config"], grid)
+    assert priors.shape == (6402, 4) and prior_boxes(meta["config"], grid) is priors  # made once
+    assert not priors.flags.writeable
     assert onnx_input_size(result.path) == 320 and not onnx_is_fp16(result.path)  # what the engine builder reads
     assert result.sha256 == sha256_file(result.path) and result.size_bytes == result.path.stat().st_size
 
@@ -144,6 +148,58 @@ def test_fp16_runs_in_onnxruntime_close_to_fp32(exported, images):
     assert agree.float().mean().item() > 0.95
     with pytest.raises(ExportError, match="already fp16"):
         convert_fp16(path, path.with_name("again.onnx"))
+
+
+def resize_geometry_problems(model) -> list[str]:
+    """Each Resize input giving its geometry that is not as TensorRT's parser wants it: roi/scales an FP32
+    initializer or Constant read directly, sizes INT64 and never a Cast's output."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    initializers = {init.name: init for init in model.graph.initializer}
+    problems = []
+    for node in model.graph.node:
+        if node.op_type != "Resize":
+            continue
+        for index, name in enumerate(node.input[1:], start=1):
+            if not name:
+                continue
+            source = producers.get(name)
+            if index == 3:  # sizes: computed from shapes is fine, but INT64 and not a cast float
+                if source is not None and source.op_type == "Cast":
+                    problems.append(f"{node.name}: sizes come from a Cast")
+                continue
+            if name in initializers:
+                dtype = initializers[name].data_type
+            elif source is not None and source.op_type == "Constant":
+                dtype = next(a.t.data_type for a in source.attribute if a.name == "value")
+            else:
+                problems.append(f"{node.name}: input {index} is computed by {source.op_type if source else '?'}")
+                continue
+            if dtype != onnx.TensorProto.FLOAT:
+                problems.append(f"{node.name}: input {index} is {onnx.TensorProto.DataType.Name(dtype)}")
+    return problems
+
+
+def test_fp16_keeps_resize_scales_fp32_constants(exported):
+    fp16 = onnx.load(str(exported["fp16"]))
+    assert sum(node.op_type == "Resize" for node in fp16.graph.node) >= 3  # the FPN's and the protonet's
+    scales = [n for n in fp16.graph.node if n.op_type == "Resize" and len(n.input) > 2 and n.input[2]]
+    assert scales, "no Resize with scales: the check below would check nothing"
+    assert resize_geometry_problems(onnx.load(str(exported["fp32"].path))) == []
+    assert resize_geometry_problems(fp16) == []
+
+
+def test_resize_geometry_check_sees_a_cast_scales(exported):
+    """The check above fails on the graph the converter made before (scales an FP16 constant behind a Cast)."""
+    model = onnx.load(str(exported["fp16"]))
+    producers = {out: node for node in model.graph.node for out in node.output}
+    resize = next(n for n in model.graph.node if n.op_type == "Resize" and len(n.input) > 2 and n.input[2])
+    constant = producers[resize.input[2]]
+    value = next(a for a in constant.attribute if a.name == "value")
+    value.t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(value.t).astype(np.float16)))
+    cast = onnx.helper.make_node("Cast", [resize.input[2]], ["scales_fp32"], to=onnx.TensorProto.FLOAT)
+    resize.input[2] = "scales_fp32"
+    model.graph.node.append(cast)
+    assert resize_geometry_problems(model) == [f"{resize.name}: input 2 is computed by Cast"]
 
 
 # ------------------------------------------------------------------------------ graph post-processing

@@ -384,7 +384,7 @@ def test_train_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, capsys, t
 def test_a_tensorboard_thread_failure_is_raised_not_printed(tmp_path, capsys):
     from trt_yolact.training.logs import TrainingLog
 
-    log = TrainingLog(tmp_path, 0, Yolact(TINY), False)
+    log = TrainingLog(tmp_path, 0, Yolact(TINY), None)
 
     class Writer(threading.Thread):  # stands for TensorBoard's writer thread meeting a full disk
         def run(self) -> None:

@@ -89,6 +89,21 @@ def test_graph_export_on_onnxruntime_gives_the_host_detections(exports, images):
     assert all(d.scores.dtype == torch.float32 and d.classes.dtype == torch.int64 for d in in_graph)
 
 
+def test_the_static_pipeline_takes_a_graph_export_too(exports, images):
+    """The device pipeline (frames of one size) with the graph export: the detections of the dynamic one."""
+    import cv2
+
+    raw, graph = exports
+    config = ModelSource.load("yolact_shapes").config
+    frames = [cv2.resize(image, (300, 240)) for image in images[:4]]
+    with open_artifact(graph) as runner:
+        static = Predictor(runner, config, pipeline="static").predict(frames)
+    assert static.graph is not None and static.raw is None
+    host = _predict(raw, config, frames)
+    assert_same_detections(host, static.detections)
+    assert sum(len(d) for d in host) > 10
+
+
 def test_what_the_host_applies_after_selection_the_graph_path_applies_too(exports, images):
     """Score threshold, fewer detections and low-resolution masks, on a graph exported with the defaults."""
     raw, graph = exports
@@ -222,7 +237,7 @@ def test_the_engine_of_the_graph_export_is_built_from_it_and_records_it(int8_cha
     chain = int8_chain
     chain.engine_folder = tmp_path
     graph = PostprocessConfig()
-    engine = chain.engine("fp16", "1,2,4", graph)
+    engine = chain.engine("fp16", "1,2,4", postprocess=graph)
     raw_engine = chain.engine("fp16", "1,2,4")
     assert engine.path.name == "yolact_shapes.fused.postprocess.fp16.engine" and engine.postprocess == "graph"
     assert raw_engine.path.name == "yolact_shapes.fused.fp16.engine" and raw_engine.postprocess == "none"
@@ -230,7 +245,7 @@ def test_the_engine_of_the_graph_export_is_built_from_it_and_records_it(int8_cha
     assert sidecar["onnx_file"] == "yolact_shapes.fused.postprocess.fp16.onnx" and sidecar["precision"] == "fp16"
     assert sidecar["postprocess"] == "graph" and PostprocessConfig(**sidecar["postprocess_config"]) == graph
     assert "postprocess" not in read_sidecar(raw_engine.path) and len(fake.builds()) == 2
-    int8 = chain.engine("int8", "1,2,4", graph)  # from the TensorRT INT8 flavour of the graph export
+    int8 = chain.engine("int8", "1,2,4", postprocess=graph)  # from the TensorRT INT8 flavour of the graph export
     assert int8.path.name == "yolact_shapes.fused.postprocess.int8-trt.engine" and int8.postprocess == "graph"
     assert read_sidecar(int8.path)["onnx_file"] == "yolact_shapes.fused.postprocess.int8-trt.onnx"
     assert [b[1] for b in fake.builds()] == [1 << 1] * 3  # strongly typed from the FP16 and the Q/DQ ONNX

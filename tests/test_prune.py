@@ -11,13 +11,13 @@ from torch import nn
 
 from trt_yolact.config import BackboneConfig, YolactConfig
 from trt_yolact.errors import PruneError
+from trt_yolact.model.channel_groups import ChannelGroup, channel_groups
 from trt_yolact.model.checkpoint import build_model, load_model, save_checkpoint
 from trt_yolact.model.fuse import fuse_model, is_fused_state_dict
 from trt_yolact.model.prune import (
     gammas_by_stage,
     plot_gamma_histograms,
     prunable_batchnorms,
-    prunable_layers,
     prune_model,
     select_channels,
 )
@@ -66,6 +66,14 @@ def tiny_model(config: YolactConfig, seed: int = 0) -> Yolact:
     return model
 
 
+def internal(model: Yolact) -> list[ChannelGroup]:
+    return channel_groups(model, "internal")
+
+
+def bn_of(group: ChannelGroup) -> str:
+    return group.producers[0].bn
+
+
 def images(size: int = 64, batch: int = 2, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
@@ -82,14 +90,14 @@ def module(model: nn.Module, name: str) -> nn.Module:
 # ------------------------------------------------------------------------------------- prunable layers
 def test_prunable_batchnorms_are_the_block_internal_ones():
     resnet = tiny_model(TINY_RESNET)
-    names = [layer.bn for layer in prunable_layers(resnet)]
+    names = [bn_of(group) for group in internal(resnet)]
     blocks = ["0.0", "1.0", "1.1", "2.0", "3.0"]
     assert names == [f"backbone.layers.{b}.bn{i}" for b in blocks for i in (1, 2)]
     assert prunable_batchnorms(resnet) == [module(resnet, n) for n in names]
     darknet = tiny_model(TINY_DARKNET)
-    names = [layer.bn for layer in prunable_layers(darknet)]
+    names = [bn_of(group) for group in internal(darknet)]
     assert names == [f"backbone.layers.{b}.conv1.1" for b in ["0.1", "1.1", "2.1", "2.2", "3.1", "4.1"]]
-    assert {layer.negative_slope for layer in prunable_layers(darknet)} == {0.1}
+    assert [group.consumers[0].conv for group in internal(darknet)] == [n.replace("conv1.1", "conv2.0") for n in names]
 
 
 # ------------------------------------------------------------------------------------ exact removal
@@ -98,13 +106,14 @@ def zero_gammas(model: Yolact, count: int, beta_for_3x3, seed: int = 3) -> dict[
     (the fold must compensate them), those feeding a 3x3 conv get ``beta_for_3x3(beta)``."""
     generator = torch.Generator().manual_seed(seed)
     widths = {}
-    for layer in prunable_layers(model):
-        bn = module(model, layer.bn)
+    for group in internal(model):
+        bn = module(model, bn_of(group))
         index = torch.randperm(bn.num_features, generator=generator)[:count]
         bn.weight.data[index] = 0.0
         beta = bn.bias.data[index]
-        bn.bias.data[index] = beta.abs() + 0.5 if layer.next_kernel == (1, 1) else beta_for_3x3(beta)
-        widths[layer.name] = bn.num_features - count
+        one_by_one = module(model, group.consumers[0].conv).kernel_size == (1, 1)
+        bn.bias.data[index] = beta.abs() + 0.5 if one_by_one else beta_for_3x3(beta)
+        widths[group.name] = bn.num_features - count
     return widths
 
 
@@ -122,9 +131,9 @@ def test_zero_gamma_channels_are_removed_without_changing_outputs(config, beta_f
     x = images()
     pruned, report = prune_model(model, threshold=0.0, min_keep=1, round_to=1)
     assert {row.name: row.kept for row in report.layers} == widths
-    for layer in prunable_layers(pruned):
-        assert module(pruned, layer.bn).num_features == widths[layer.name]
-        assert module(pruned, layer.next_conv).in_channels == widths[layer.name]
+    for group in internal(pruned):
+        assert module(pruned, bn_of(group)).num_features == widths[group.name]
+        assert module(pruned, group.consumers[0].conv).in_channels == widths[group.name]
     assert max_difference(model, pruned, x) < 1e-5
     assert report.params_after < report.params_before and report.macs_after < report.macs_before
     if config is TINY_RESNET:
@@ -142,31 +151,33 @@ def test_fold_into_a_padded_3x3_conv_is_exact_inside_and_off_on_the_border(confi
     """A removed channel with constant output a != 0 feeding a zero-padded 3x3 conv: the fold into the next
     BN's mean is exact in the interior; on the border it over-compensates by exactly the taps on padding."""
     model = tiny_model(config)
-    layer = next(p for p in prunable_layers(model) if p.name.startswith(block))
-    bn, next_conv, next_bn = module(model, layer.bn), module(model, layer.next_conv), module(model, layer.next_bn)
-    assert layer.next_kernel == (3, 3) and next_conv.stride == (1, 1)
+    group = next(g for g in internal(model) if g.name.startswith(block))
+    consumer = group.consumers[0]
+    bn, next_conv, next_bn = module(model, bn_of(group)), module(model, consumer.conv), module(model, consumer.bn)
+    assert next_conv.kernel_size == (3, 3) and next_conv.stride == (1, 1)
     removed = torch.tensor([1, 4, 6])
     bn.weight.data[removed] = 0.0
     bn.bias.data[removed] = beta_sign * (bn.bias.data[removed].abs() + 0.5)
     pruned, _ = prune_model(model, threshold=0.0, min_keep=1, round_to=1)
-    assert module(pruned, layer.bn).num_features == bn.num_features - 3
+    assert module(pruned, bn_of(group)).num_features == bn.num_features - 3
 
     captured = {}
     for tag, net in (("original", model), ("pruned", pruned)):
         # clone: the activation after the BN works in place
-        module(net, layer.next_bn).register_forward_hook(lambda m, i, o, tag=tag: captured.__setitem__(tag, o.clone()))
+        module(net, consumer.bn).register_forward_hook(lambda m, i, o, tag=tag: captured.__setitem__(tag, o.clone()))
         with torch.no_grad():
             net(images())
     error = captured["pruned"] - captured["original"]
     interior = error[:, :, 1:-1, 1:-1].abs().max()
     border = error.abs().max()
-    print(f"\n{layer.name}: max |error| interior {interior:.2e}, border {border:.2e}")
+    print(f"\n{group.name}: max |error| interior {interior:.2e}, border {border:.2e}")
     assert interior < 1e-5
     assert border > 1e-3
 
     # Top edge (off the corners): the fold also counted the kernel row that reads the padding row.
     beta = bn.bias.data[removed]
-    constant = torch.where(beta >= 0, beta, beta * layer.negative_slope)
+    slope = 0.1 if config is TINY_DARKNET else 0.0  # LeakyReLU(0.1) in DarkNet, ReLU in ResNet
+    constant = torch.where(beta >= 0, beta, beta * slope)
     top_taps = next_conv.weight.data[:, removed, 0, :].sum(-1)  # [out, removed]
     scale = next_bn.weight.data / torch.sqrt(next_bn.running_var + next_bn.eps)
     predicted = scale * (top_taps * constant).sum(1)
@@ -174,7 +185,7 @@ def test_fold_into_a_padded_3x3_conv_is_exact_inside_and_off_on_the_border(confi
     torch.testing.assert_close(top_edge, predicted.view(1, -1, 1).expand_as(top_edge), atol=1e-5, rtol=1e-4)
 
     uncompensated, _ = prune_model(model, threshold=0.0, min_keep=1, round_to=1, compensate=False)
-    module(uncompensated, layer.next_bn).register_forward_hook(lambda m, i, o: captured.__setitem__("raw", o.clone()))
+    module(uncompensated, consumer.bn).register_forward_hook(lambda m, i, o: captured.__setitem__("raw", o.clone()))
     with torch.no_grad():
         uncompensated(images())
     assert (captured["raw"] - captured["original"])[:, :, 1:-1, 1:-1].abs().max() > 1e-3
@@ -250,25 +261,25 @@ def test_sparsity_update_adds_lambda_sign_gamma_to_prunable_scales_only(config):
     before = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     strength = 1e-3
     apply_sparsity_penalty(model, strength)
-    prunable = {f"{layer.bn}.weight" for layer in prunable_layers(model)}
+    prunable = {f"{bn_of(group)}.weight" for group in internal(model)}
     assert prunable <= set(before)
     for name, param in model.named_parameters():
         if name not in before:
             continue
         expected = before[name] + strength * torch.sign(param.detach()) if name in prunable else before[name]
         torch.testing.assert_close(param.grad, expected, rtol=0, atol=1e-9, msg=name)
-    assert float(first.weight.grad[0] - before[f"{prunable_layers(model)[0].bn}.weight"][0]) == 0.0
+    assert float(first.weight.grad[0] - before[f"{bn_of(internal(model)[0])}.weight"][0]) == 0.0
 
 
 # ---------------------------------------------------------------------------------- checkpoints
 def test_pruned_checkpoint_round_trips_through_load_model(tmp_path):
     model = tiny_model(TINY_RESNET)
     pruned, report = prune_model(model, ratio=0.5, min_keep=8, round_to=8)
-    widths = {layer.bn: module(pruned, layer.bn).num_features for layer in prunable_layers(pruned)}
+    widths = {bn_of(g): module(pruned, bn_of(g)).num_features for g in internal(pruned)}
     assert all(w % 8 == 0 for w in widths.values()) and sum(widths.values()) < report.channels_before
     path = save_checkpoint(tmp_path / "pruned.pth", pruned)
     loaded = load_model(path)
-    assert {layer.bn: module(loaded, layer.bn).num_features for layer in prunable_layers(loaded)} == widths
+    assert {bn_of(g): module(loaded, bn_of(g)).num_features for g in internal(loaded)} == widths
     assert max_difference(pruned, loaded, images()) == 0.0
     assert path.stat().st_size == report.bytes_after
 
@@ -330,9 +341,11 @@ def test_cli_dry_run_reports_every_layer_and_writes_no_checkpoint(tiny_checkpoin
     code, out, _ = run_cli([*args, "--report", str(report_path)], capsys)
     assert code == 0 and not (tmp_path / "p.pth").exists()
     report = json.loads(report_path.read_text())
-    names = [layer.name for layer in prunable_layers(tiny_model(TINY_RESNET))]
+    names = [group.name for group in internal(tiny_model(TINY_RESNET))]
     assert [row["name"] for row in report["layers"]] == names
-    assert all(set(row) == {"name", "total", "kept", "max_pruned_gamma"} for row in report["layers"])
+    row_keys = {"name", "kind", "total", "kept", "max_pruned_importance"}
+    row_keys |= {f"{what}_{when}" for what in ("params", "macs") for when in ("before", "after")}
+    assert all(set(row) == row_keys and row["kind"] == "internal" for row in report["layers"])
     assert report["channels_after"] == sum(row["kept"] for row in report["layers"]) < report["channels_before"]
     for key in ("params_before", "params_after", "macs_before", "macs_after", "bytes_before", "bytes_after"):
         assert report[key] > 0, key

@@ -17,10 +17,11 @@ What the checker sees (conventions documented in ``trt_yolact/deploy/engine_form
 * public methods of classes deriving from a TensorRT class (overrides of
   ``IProgressMonitor.phase_start`` ...); helpers there must start with ``_``.
 
-A name in ``VERSION_SPECIFIC_TRT_NAMES`` (``{"BuilderFlag.FP16": "10"}``) is checked only
-against the lists of those major versions. When a prefix of a chain is a leaf of the list (a
-value whose members are not listed, e.g. ``__version__`` or an enum value), the rest of the
-chain cannot be checked and is accepted.
+A name in ``VERSION_SPECIFIC_TRT_NAMES`` (``{"BuilderFlag.FP16": "10"}``, ``{"X": "10.1+"}``) is
+checked only against the lists of those versions (major versions, or a release and every later one); the
+lists include the oldest supported release (``OLDEST_TRT_VERSION``) and the newest 10.x and 11.x.
+When a prefix of a chain is a leaf of the list (a value whose members are not listed, e.g. ``__version__``
+or an enum value), the rest of the chain cannot be checked and is accepted.
 """
 
 from __future__ import annotations
@@ -170,10 +171,26 @@ def _known(name: str, names: frozenset[str]) -> bool:
     return False
 
 
-def _allowed_majors(name: str, version_specific: dict[str, str]) -> set[str] | None:
-    for key, majors in version_specific.items():
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version))
+
+
+def _used_in(version: str, spec: str) -> bool:
+    """Whether a name declared for ``spec`` ("10", "10,11", "10.1+") is used with TensorRT ``version``."""
+    for item in re.split(r"[,\s]+", str(spec).strip()):
+        if item.endswith("+"):
+            if _version_key(version) >= _version_key(item[:-1]):
+                return True
+        elif version.split(".")[0] == item:
+            return True
+    return False
+
+
+def _declared_versions(name: str, version_specific: dict[str, str]) -> str | None:
+    """The version spec of ``name`` (or of the chain it starts), None when it is used in every version."""
+    for key, spec in version_specific.items():
         if name == key or name.startswith(key + "."):
-            return set(re.split(r"[,\s]+", majors.strip())) if isinstance(majors, str) else {str(m) for m in majors}
+            return spec
     return None
 
 
@@ -191,8 +208,8 @@ def check_names(
         if supported_majors is not None and major not in set(supported_majors):
             continue
         for name, line in used:
-            allowed = _allowed_majors(name, version_specific)
-            if allowed is not None and major not in allowed:
+            spec = _declared_versions(name, version_specific)
+            if spec is not None and not _used_in(version, spec):
                 continue
             if not _known(name, names):
                 problems.append(f"line {line}: trt.{name} does not exist in TensorRT {version}")
@@ -301,15 +318,30 @@ def test_checker_sees_the_tensorrt_code(used_names):
 
 def test_version_specific_names_are_used_and_really_version_specific(used_names, api_lists, contract):
     used = {n for names in used_names.values() for n, _ in names}
-    for name, majors in contract["version_specific"].items():
+    for name, spec in contract["version_specific"].items():
         assert name in used, f"VERSION_SPECIFIC_TRT_NAMES lists {name}, which is not used any more"
-        allowed = _allowed_majors(name, {name: majors})
         missing_somewhere = any(
             name not in names
             for v, names in api_lists.items()
-            if v.split(".")[0] in contract["supported"] and v.split(".")[0] not in allowed
+            if v.split(".")[0] in contract["supported"] and not _used_in(v, spec)
         )
         assert missing_somewhere, f"{name} exists in every supported version: drop it from VERSION_SPECIFIC_TRT_NAMES"
+
+
+def test_the_oldest_supported_version_has_a_name_list(api_lists, engine_source):
+    """The lists span what is claimed: the oldest supported release and the newest of each major."""
+    oldest = module_constant(engine_source, "OLDEST_TRT_VERSION")
+    assert oldest in api_lists, f"no name list for TensorRT {oldest}, the oldest supported version"
+    assert min(api_lists, key=_version_key) == oldest, "a list older than OLDEST_TRT_VERSION: raise neither"
+
+
+def test_the_runner_falls_back_to_the_pre_10_1_memory_size(api_lists):
+    """10.0 has only ``device_memory_size``, 11.x only ``device_memory_size_v2``: the runner needs both."""
+    assert "ICudaEngine.device_memory_size_v2" not in api_lists["10.0.1"]
+    assert "ICudaEngine.device_memory_size" not in api_lists["11.4.0.106"]
+    source = (ROOT / "trt_yolact" / "runtime" / "tensorrt_runner.py").read_text()
+    runner = {n for n, _ in collect_trt_names(source, {"engine": "ICudaEngine"})}
+    assert {"ICudaEngine.device_memory_size", "ICudaEngine.device_memory_size_v2"} <= runner
 
 
 def test_object_type_classes_exist(api_lists, contract):
@@ -388,6 +420,12 @@ def test_checker_version_specific_names():
     assert _problems("import tensorrt as trt\nx = trt.BuilderFlag.NOPE\n", {"BuilderFlag.NOPE": "11"}) == [
         "line 2: trt.BuilderFlag.NOPE does not exist in TensorRT 11.0.0"
     ]
+    # declared from a release on: checked against that release and every later one
+    assert _problems("import tensorrt as trt\nx = trt.BuilderFlag.NOPE\n", {"BuilderFlag.NOPE": "10.5+"}) == [
+        "line 2: trt.BuilderFlag.NOPE does not exist in TensorRT 11.0.0"
+    ]
+    assert _used_in("10.16.1.11", "10.1+") and not _used_in("10.0.1", "10.1+") and _used_in("11.0.0", "10.1+")
+    assert _used_in("10.0.1", "10") and not _used_in("11.4.0.106", "10") and _used_in("11.4.0.106", "10, 11")
 
 
 def test_checker_types_objects_by_variable_name():

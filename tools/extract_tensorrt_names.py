@@ -57,7 +57,7 @@ Limitations
 Usage::
 
     python tools/extract_tensorrt_names.py                 # newest 10.x and newest 11.x
-    python tools/extract_tensorrt_names.py --versions 10.16.1.11 11.4.0.106
+    python tools/extract_tensorrt_names.py --versions 10.0.1 10.16.1.11 11.4.0.106   # the lists kept in tests/
 """
 
 from __future__ import annotations

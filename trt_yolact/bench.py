@@ -1,7 +1,8 @@
 """Speed, size and memory of every model x backend x precision x batch, with the paper-style comparison.
 
     python -m trt_yolact.bench --weights yolact_shapes,yolact_shapes_pruned --backends torch,onnxruntime \\
-        [--precision fp32,fp16] [--postprocess host,graph] [--batch 1,8] [--iters 20] [--json bench.json] \\
+        [--precision fp32,fp16] [--postprocess host,graph] [--batch 1,8] [--pipelines dynamic,static,graph] \\
+        [--iters 20] [--json bench.json] \\
         [--plot bench.png] [--md bench.md]
 
 What is measured and how: :mod:`trt_yolact.metrics.speed`.
@@ -14,7 +15,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from .command_line import (
     add_runtime_arguments,
     add_weights_argument,
     check_outputs_first,
+    choice_list,
     int8_options,
     non_negative_int,
     positive_int,
@@ -34,6 +36,7 @@ from .command_line import (
 from .config import EMBEDDED_MODELS, MAX_BATCH, RuntimeOptions
 from .errors import BackendUnavailable, UsageError
 from .files import atomic_write_bytes
+from .inference.predictor import PIPELINES
 from .metrics.speed import BenchOptions, BenchRow, markdown_table, plot_rows, run_benchmark, table_rows
 from .model.checkpoint import ModelSource
 from .runtime.open import artifact_backend
@@ -55,6 +58,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default=d.batches,
         help=f"comma-separated batch sizes, each 1 to {MAX_BATCH} (default: {','.join(map(str, d.batches))})",
     )
+    parser.add_argument(
+        "--pipelines",
+        type=choice_list(PIPELINES),
+        default=None,
+        help="comma-separated, of dynamic (the reference pre-processing and dynamic post-processing), static (one "
+        "uint8 upload, device pre-processing, static post-processing) and graph (static, each stage a CUDA graph: "
+        "torch on a GPU); default: all three with --device cuda, dynamic otherwise",
+    )
     parser.add_argument("--iters", type=positive_int, default=d.iters, help=f"measured rounds (default: {d.iters})")
     parser.add_argument(
         "--warmup", type=non_negative_int, default=d.warmup, help=f"unmeasured iterations first (default: {d.warmup})"
@@ -69,6 +80,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--md", default=None, help="markdown table")
     parser.add_argument("--plot", default=None)
     return parser
+
+
+def default_pipelines(device: str | None) -> tuple[str, ...]:
+    """Every pipeline on a GPU, where they differ in speed; the reference alone elsewhere."""
+    return PIPELINES if device is not None and device.startswith("cuda") else ("dynamic",)
 
 
 def write_outputs(rows: list[BenchRow], skipped: list[str], args: argparse.Namespace) -> None:
@@ -117,6 +133,7 @@ def _run(args: argparse.Namespace) -> int:
     options = BenchOptions(
         backends, args.precision, args.batch, args.iters, args.warmup, args.settle, runtime, args.postprocess
     )
+    options = replace(options, pipelines=args.pipelines or default_pipelines(args.device))
     with torch.inference_mode():
         rows, skipped = run_benchmark(models, options)
     if not rows:

@@ -1,12 +1,14 @@
 """The whole deployment pipeline in one command.
 
     python -m trt_yolact.build [--weights CKPT|yolact_shapes] [--fuse/--no-fuse] [--precision fp16|fp32|int8]
-                               [--batch 1,4,8] [--postprocess host|graph] [--out export/] [--engines engines/]
+                               [--batch 1,4,8] [--tf32/--no-tf32] [--postprocess host|graph] [--out export/]
+                               [--engines engines/] [--triton DIR]
                                [--calib DIR|ANN.json:IMAGES] [--int8-exclude PATTERN] [--int8-max-ap-drop D]
 
 checkpoint -> fuse -> ONNX (simplified) -> FP16 ONNX [-> INT8 ONNX, both flavours] -> TensorRT engine (where
 TensorRT and a GPU exist; otherwise one line says why it is skipped) -> every artifact verified against the
-PyTorch reference on sample images (raw-output error, detection agreement) -> a build report (table + JSON).
+PyTorch reference on sample images (raw-output error, detection agreement) -> a build report (table + JSON)
+[-> a Triton Inference Server model repository].
 """
 
 from __future__ import annotations
@@ -56,6 +58,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help=f"TensorRT profile min,opt,max batch (default {d.profile})",
     )
     parser.add_argument(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=d.tf32,
+        help="let the engine's FP32 layers use TF32 (default: off, so that an FP32 engine is a true FP32 one)",
+    )
+    parser.add_argument(
         "--postprocess",
         choices=("host", "graph"),
         default="host",
@@ -65,6 +73,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--out", default=str(d.out_dir), help=f"ONNX and report folder (default: {d.out_dir}/)")
     parser.add_argument(
         "--engines", default=str(d.engine_dir), help=f"TensorRT engine folder (default: {d.engine_dir}/)"
+    )
+    parser.add_argument(
+        "--triton",
+        metavar="DIR",
+        type=non_empty,
+        default=None,
+        help="also lay the artifacts out as a Triton Inference Server model repository in DIR",
     )
     parser.add_argument(
         "--repeats", type=positive_int, default=d.repeats, help=f"timed runs per artifact (default: {d.repeats})"
@@ -89,6 +104,11 @@ def print_report(report: BuildReport, report_path: Path) -> None:
     print(report.table())
     for line in report.skipped:
         print(line)
+    for check in report.artifacts:
+        for tool, command in check.equivalent_commands.items():
+            print(f"{tool} equivalent of {check.name}: {command}")
+    if report.triton_models:
+        print(f"Triton model repository: {', '.join(report.triton_models)}")
     if report.int8 is not None:
         print(f"INT8 calibrated on {report.int8['calibration']} ({report.int8['settings']['method']})")
     print(f"report: {report_path}")
@@ -112,6 +132,8 @@ def check_outputs(options: BuildOptions, todo: list[str]) -> None:
     temporary file's, when not)."""
     check_writable(options.out_dir, folder=True)
     check_writable(options.engine_dir, folder=True)
+    if options.triton_dir is not None:
+        check_writable(options.triton_dir, folder=True)
     for weights in todo:
         check_writable(report_file(options, weights))
 
@@ -127,6 +149,8 @@ def _run(args: argparse.Namespace) -> int:
         fuse=args.fuse,
         precision=args.precision,
         profile=args.batch,
+        tf32=args.tf32,
+        triton_dir=None if args.triton is None else Path(args.triton),
         graph_postprocess=args.postprocess == "graph",
         repeats=args.repeats,
         int8=int8_options(args, args.precision == "int8"),

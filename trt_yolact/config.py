@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import ConfigError, first_line
 
 COCO_CLASSES = (
@@ -532,3 +534,36 @@ class RuntimeOptions:
 
     def device_for(self, backend: str) -> str:
         return self.device or ("cuda" if backend == "tensorrt" else "cpu")
+
+
+# ---------------------------------------------------------------------------------------------- priors
+def make_priors(config: YolactConfig, feature_sizes: list[tuple[int, int]]) -> np.ndarray:
+    """Prior boxes ``(cx, cy, w, h)`` relative to the input, ordered level, row, column, scale, ratio.
+
+    Reproduces the original exactly, quirks included: with ``use_square_anchors`` the height is set to the
+    width (the aspect ratio only changes the size), and pixel scales are relative to ``max_size``. The
+    arithmetic is done in float64 like Python's, then stored as float32.
+    """
+    rows = []
+    for (conv_h, conv_w), scales in zip(feature_sizes, config.pred_scales):
+        ys, xs = np.meshgrid(np.arange(conv_h, dtype=np.float64), np.arange(conv_w, dtype=np.float64), indexing="ij")
+        centers_x = ((xs + 0.5) / conv_w).reshape(-1, 1)
+        centers_y = ((ys + 0.5) / conv_h).reshape(-1, 1)
+        sizes = []
+        for scale in scales:
+            for ratio in config.pred_aspect_ratios:
+                ratio = ratio if config.preapply_sqrt else math.sqrt(ratio)
+                if config.use_pixel_scales:
+                    w = scale * ratio / config.max_size
+                    h = scale / ratio / config.max_size
+                else:
+                    w = scale * ratio / conv_w
+                    h = scale / ratio / conv_h
+                sizes.append((w, w if config.use_square_anchors else h))
+        num_anchors = len(sizes)
+        level = np.empty((conv_h * conv_w, num_anchors, 4), dtype=np.float64)
+        level[:, :, 0] = centers_x
+        level[:, :, 1] = centers_y
+        level[:, :, 2:] = np.asarray(sizes, dtype=np.float64)[None]
+        rows.append(level.reshape(-1, 4))
+    return np.concatenate(rows).astype(np.float32)

@@ -2,7 +2,7 @@
 
     python -m trt_yolact.demo --source FILE|CAMERA_INDEX|RTSP_URL [--weights CKPT|X.onnx|X.engine]
         [--config NAME_OR_FILE] [--backend torch|onnxruntime|tensorrt] [--device cpu|cuda] [--out out.mp4]
-        [--batch N] [--no-display] [--score-threshold T] [--max-frames N]
+        [--batch N] [--no-display] [--score-threshold T] [--max-frames N] [--pipeline static|dynamic|graph]
 
 The pipeline: :mod:`trt_yolact.inference.stream`. Exit codes: 0 at the end of the stream, 130 after Ctrl-C,
 143 after SIGTERM (which ends it as cleanly), 2 for bad input, 1 when the pipeline fails. The demo's score
@@ -28,7 +28,7 @@ from .command_line import (
 )
 from .config import PostprocessConfig
 from .errors import TrtYolactError, first_line
-from .inference.predictor import Predictor
+from .inference.predictor import PIPELINES, Predictor
 from .inference.sources import open_runner
 from .inference.stream import PipelineError, run_demo
 from .inference.video_io import VideoSource
@@ -51,6 +51,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-frames", type=positive_int, default=None, metavar="N", help="stop after reading N frames"
     )
+    parser.add_argument(
+        "--pipeline",
+        choices=PIPELINES,
+        default=None,
+        help="static: uint8 frames uploaded once and pre-processed on the device, static-shape post-processing, "
+        "the next batch's upload overlapping this one's inference; graph: the same replayed from CUDA graphs "
+        "(torch on a GPU); dynamic: the reference pre- and post-processing. The same detections; default: "
+        "static on a GPU, dynamic on the CPU (where the static path's fixed sizes cost more than they save)",
+    )
     return parser
 
 
@@ -58,9 +67,9 @@ def _run(args: argparse.Namespace) -> int:
     source = VideoSource.open(args.source)  # a bad source fails before any model is loaded
     try:
         runner, config = open_runner(args.weights, runtime_options(args, max_batch=args.batch_size))
-        predictor = Predictor(
-            runner, config, PostprocessConfig(score_threshold=args.score_threshold, max_detections=args.top_k)
-        )
+        post = PostprocessConfig(score_threshold=args.score_threshold, max_detections=args.top_k)
+        pipeline = args.pipeline or ("static" if runner.device.type == "cuda" else "dynamic")
+        predictor = Predictor(runner, config, post, pipeline=pipeline)
     except BaseException:
         source.capture.release()
         raise

@@ -1,8 +1,13 @@
-"""Channel pruning by batch-norm scale factors (network slimming), as in Ning et al. 2023.
+"""Channel pruning by batch-norm scale factors (network slimming), as in Ning et al. 2023, or of the whole network.
 
     python -m trt_yolact.prune --weights CKPT (--ratio R | --threshold T) --out PRUNED.pth [--fuse] [--report R.json]
+    python -m trt_yolact.prune --weights CKPT --scope all --ratio R [--ratio-backbone RB] [--ratio-neck RN] --out P.pth
 
-What is pruned and how the removed channels are compensated: :mod:`trt_yolact.model.prune`.
+``--scope internal`` (the paper) prunes the bottleneck-internal channels; ``--scope all`` also the stem, the
+stages' residual streams, the FPN, the protonet, the prototypes and the head. BN scales and BN-free weight
+magnitudes are not on one scale, so each kind has its own global ratio: ``--ratio`` sets both,
+``--ratio-backbone`` and ``--ratio-neck`` each one. What is pruned and how removed channels are compensated:
+:mod:`trt_yolact.model.prune` and :mod:`trt_yolact.model.channel_groups`.
 """
 
 from __future__ import annotations
@@ -26,17 +31,31 @@ from .command_line import (
 from .config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from .errors import UsageError, memory_needed_for
 from .files import atomic_write_text, check_writable
-from .model.prune import PruneOptions, prune_checkpoint
+from .model.channel_groups import SCOPES
+from .model.prune import IMPORTANCES, PruneOptions, prune_checkpoint
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog or "python -m trt_yolact.prune", description=__doc__.splitlines()[0])
     add_weights_argument(parser, required=True, checkpoint_only=True)
-    rule = parser.add_mutually_exclusive_group(required=True)
-    rule.add_argument(
-        "--ratio", type=open_fraction, help="prune this share of prunable channels (global |gamma| percentile)"
+    parser.add_argument(
+        "--scope",
+        choices=SCOPES,
+        default="internal",
+        help="internal: block-internal channels (the paper, default); all: every channel group",
     )
-    rule.add_argument("--threshold", type=non_negative_float, help="prune channels with |gamma| <= this")
+    parser.add_argument(
+        "--ratio", type=open_fraction, help="prune this share of prunable channels (global percentile per kind)"
+    )
+    rule = parser.add_mutually_exclusive_group()
+    rule.add_argument("--ratio-backbone", type=open_fraction, help="the BN-ranked groups' ratio (default --ratio)")
+    rule.add_argument("--threshold", type=non_negative_float, help="prune BN-ranked channels with |gamma| <= this")
+    parser.add_argument(
+        "--ratio-neck", type=open_fraction, help="with --scope all: the BN-free groups' ratio (default --ratio)"
+    )
+    parser.add_argument(
+        "--importance", choices=IMPORTANCES, default="l2", help="magnitude criterion of the BN-free groups (default l2)"
+    )
     parser.add_argument("--min-keep", type=positive_int, default=8, help="channels kept per layer at least (default 8)")
     parser.add_argument(
         "--round-to", type=positive_int, default=8, help="round kept counts up to a multiple (default 8)"
@@ -54,15 +73,31 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-@torch.no_grad()
-def _run(args: argparse.Namespace) -> int:
-    options = PruneOptions(
-        ratio=args.ratio,
+def prune_options(args: argparse.Namespace) -> PruneOptions:
+    """The options the arguments ask for; a missing or contradictory rule is a UsageError."""
+    if args.threshold is not None and args.ratio is not None:
+        raise UsageError("give --ratio or --threshold, not both (with --threshold, --ratio-neck sets the rest)")
+    backbone = args.ratio_backbone if args.ratio_backbone is not None else args.ratio
+    if backbone is None and args.threshold is None:
+        raise UsageError("say how much to prune: --ratio R (or --ratio-backbone / --threshold for the BN groups)")
+    if args.ratio_neck is not None and args.scope != "all":
+        raise UsageError("--ratio-neck ranks the BN-free groups, which only --scope all prunes")
+    neck = args.ratio_neck if args.ratio_neck is not None else args.ratio
+    return PruneOptions(
+        ratio=backbone,
         threshold=args.threshold,
         min_keep=args.min_keep,
         round_to=args.round_to,
         input_size=args.input_size,
+        scope=args.scope,
+        ratio_neck=neck if args.scope == "all" else None,
+        importance=args.importance,
     )
+
+
+@torch.no_grad()
+def _run(args: argparse.Namespace) -> int:
+    options = prune_options(args)
     if not args.dry_run and not args.out:
         raise UsageError("--out is required (or pass --dry-run to only report)")
     out = None if args.dry_run else args.out

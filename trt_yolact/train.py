@@ -29,6 +29,7 @@ from .command_line import (
     run_command,
 )
 from .errors import TrainingError
+from .model.channel_groups import SCOPES
 from .runtime.base import DEVICE_CHOICES
 from .training.trainer import FINAL_MODEL, TRAIN_STATE, TrainConfig, Trainer, TrainingRun, make_trainer
 
@@ -64,6 +65,20 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--sparsity", type=non_negative_float, default=0.0, metavar="LAMBDA", help="L1 penalty on BN scales"
     )
     parser.add_argument(
+        "--sparsity-scope",
+        choices=SCOPES,
+        default=d.sparsity_scope,
+        help="internal: bottleneck-internal BN scales (the paper); all: every BN scale that ranks a channel group "
+        "and group lasso on the BN-free groups (FPN, protonet, prototypes, head), for prune --scope all",
+    )
+    parser.add_argument(
+        "--sparsity-neck",
+        type=non_negative_float,
+        default=None,
+        metavar="LAMBDA",
+        help="with --sparsity-scope all: the group-lasso strength on the BN-free groups (default: --sparsity)",
+    )
+    parser.add_argument(
         "--device", type=device_name, default=None, help=f"{DEVICE_CHOICES} (default: cuda when available)"
     )
     parser.add_argument("--out", default="runs/train", help="output folder")
@@ -79,6 +94,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
+    if args.sparsity_neck is not None and args.sparsity_scope != "all":
+        raise TrainingError("--sparsity-neck is the group-lasso strength of --sparsity-scope all; add that")
     if args.stop_at is not None and args.stop_at > args.iters:
         raise TrainingError(f"--stop-at must be from 1 to --iters ({args.iters}), got {args.stop_at}")
     return TrainConfig(
@@ -93,6 +110,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         val_images=args.val_images,
         checkpoint_every=args.checkpoint_every,
         sparsity=args.sparsity,
+        sparsity_scope=args.sparsity_scope,
+        sparsity_neck=args.sparsity_neck,
         clip_grad=args.clip_grad,
         expand_max_ratio=args.expand_max,
         min_box_size=args.min_box_size,

@@ -29,7 +29,7 @@ from .onnx_export import DEFAULT_OPSET, export_onnx
 from .onnx_format import load_onnx, read_onnx_metadata
 from .onnx_fp16 import DEFAULT_KEEP_FP32_OPS, convert_fp16
 from .onnx_int8 import INT8_FLAVOURS, calibration_tensors, write_int8
-from .tensorrt_build import BuildProfile, build_engine
+from .tensorrt_build import DEFAULT_TF32, BuildProfile, build_engine
 
 # The INT8 exports' name suffixes: the CPU flavour is the plain one, TensorRT's is marked.
 INT8_SUFFIXES = {"onnxruntime": ".int8", "tensorrt": ".int8-trt"}
@@ -188,7 +188,8 @@ class ArtifactChain:
     def _fp16_onnx(self, postprocess: PostprocessConfig | None) -> Artifact:
         parent = self.onnx("fp32", postprocess)
         path = parent.path.with_name(f"{parent.path.stem}.fp16.onnx")
-        key = _key("fp16", keep_fp32_ops=DEFAULT_KEEP_FP32_OPS)
+        # resize_constants: FP16 exports made before the Resize geometry stayed FP32 constants are made again
+        key = _key("fp16", keep_fp32_ops=DEFAULT_KEEP_FP32_OPS, resize_constants="fp32")
         if _recorded_in_onnx(path) == (self._sha256(parent.path), key, __version__):
             return Artifact(path, "onnx", "fp16", parent.postprocess, reused=True)
         record = {"parent_sha256": self._sha256(parent.path), "artifact_options": key}
@@ -273,12 +274,13 @@ class ArtifactChain:
         self,
         precision: str = "fp16",
         profile: BuildProfile | str = BuildProfile(),
+        tf32: bool = DEFAULT_TF32,
         postprocess: PostprocessConfig | None = None,
     ) -> Artifact:
         """The TensorRT engine in ``precision``, built strongly typed from the ONNX of that precision (for
-        INT8, the TensorRT flavour's Q/DQ ONNX); ``postprocess``: from the export with that post-processing
-        in the graph (``STEM.postprocess.fp16.engine``, ``STEM.postprocess.int8-trt.engine``), which its sidecar
-        records."""
+        INT8, the TensorRT flavour's Q/DQ ONNX); ``tf32``: let its FP32 layers use TF32; ``postprocess``: from
+        the export with that post-processing in the graph (``STEM.postprocess.fp16.engine``,
+        ``STEM.postprocess.int8-trt.engine``), which its sidecar records."""
         parent, profile = self.onnx(precision, postprocess, flavour="tensorrt"), BuildProfile.parse(profile)
         batches = (
             f".b{profile.min_batch}-{profile.opt_batch}-{profile.max_batch}" if self.profile_in_engine_name else ""
@@ -287,8 +289,10 @@ class ArtifactChain:
         record = {"config": self.source.config.to_dict(), "source_sha256": self._sha256(self.source.path)}
         if postprocess is not None:
             record.update(postprocess="graph", postprocess_config=asdict(postprocess))
-        result = build_engine(parent.path, path, profile, precision=precision, extra_metadata=record)
+        result = build_engine(parent.path, path, profile, precision=precision, extra_metadata=record, tf32=tf32)
         note = "reused" if result.reused else f"built in {result.build_seconds:.0f} s"
+        if result.timing_cache_note:
+            note += f"; {result.timing_cache_note}"
         return Artifact(path, "engine", precision, parent.postprocess, reused=result.reused, note=note)
 
 

@@ -1,15 +1,16 @@
 """What a TensorRT engine file is, read-only: its JSON sidecar, which TensorRT and GPU can run it, how to
 rebuild it (the builder, :mod:`~trt_yolact.deploy.tensorrt_build`, writes the sidecar).
 
-Supported TensorRT versions: 10.x and 11.x (``SUPPORTED_TRT_MAJORS``). A serialized plan only deserializes
+Supported TensorRT versions: 10.x and 11.x (``SUPPORTED_TRT_MAJORS``), from 10.0 on (``OLDEST_TRT_VERSION``,
+whose name list the API contract test checks too). A serialized plan only deserializes
 with the exact TensorRT version that built it and its kernels target one compute capability, so every
 engine has a sidecar ``<engine>.json`` recording both, the ONNX it came from and the build settings.
 
 Conventions checked by ``tests/test_tensorrt_api_contract.py`` in every module that calls TensorRT: the
 module is always bound to the name ``trt``; TensorRT objects are held in variables (or ``self._<name>``
 attributes) named as in ``TRT_OBJECT_TYPES``, and those names are used for nothing else; a TensorRT name
-that exists only in one major version is listed in ``VERSION_SPECIFIC_TRT_NAMES`` and used only on that
-version's code path.
+that exists only in some versions is listed in ``VERSION_SPECIFIC_TRT_NAMES`` and used only on those
+versions' code path (behind a ``hasattr`` check or a major-version test).
 """
 
 from __future__ import annotations
@@ -23,12 +24,16 @@ from typing import Any
 from ..errors import TensorRTUnavailable, UsageError
 
 SUPPORTED_TRT_MAJORS = ("10", "11")
+OLDEST_TRT_VERSION = "10.0.1"  # the first 10.x release; tests/data/tensorrt_api holds its name list
 SIDECAR_FORMAT = 1
 
-# TensorRT names that exist only in some major versions: dotted name -> major version(s) in which it is
-# used (the code path using it must be guarded accordingly).
+# TensorRT names that exist only in some versions: dotted name -> the versions in which it is used, as
+# comma-separated major versions ("10") or "X.Y+" (from X.Y on, later majors included). The code path using
+# it must be guarded accordingly.
 VERSION_SPECIFIC_TRT_NAMES: dict[str, str] = {
     "BuilderFlag.FP16": "10",  # removed in 11.0 (networks are always strongly typed)
+    "ICudaEngine.device_memory_size": "10",  # replaced by device_memory_size_v2 in 10.1, removed in 11.0
+    "ICudaEngine.device_memory_size_v2": "10.1+",  # new in 10.1
 }
 
 # Variables (and ``self._<name>`` attributes) that hold TensorRT objects, with their class, so that the API
@@ -63,6 +68,21 @@ def trt_major(trt_version: str) -> str:
     if not m:
         raise UsageError(f"not a TensorRT version: {trt_version!r}")
     return m.group(1)
+
+
+# The process's one TensorRT logger (TensorRT wants a single ILogger for all builders and runtimes), made on
+# first use for the tensorrt module that asked: (module, logger).
+_PROCESS_LOGGER: tuple[Any, Any] | None = None
+
+
+def process_logger(trt: Any) -> Any:
+    """The one ``trt.Logger`` of this process (WARNING and above), shared by the builder and every runner.
+
+    A builder asked to be verbose lowers its ``min_severity`` for the build only."""
+    global _PROCESS_LOGGER
+    if _PROCESS_LOGGER is None or _PROCESS_LOGGER[0] is not trt:
+        _PROCESS_LOGGER = (trt, trt.Logger(trt.Logger.WARNING))
+    return _PROCESS_LOGGER[1]
 
 
 def import_tensorrt():

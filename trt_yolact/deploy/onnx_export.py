@@ -3,8 +3,9 @@
 The graph's interface and metadata are described in :mod:`trt_yolact.deploy.onnx_format`.
 
 Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)``. For this static CNN it gives a
-clean graph (batch norm folded into the convolutions, priors as one constant, dynamic batch through
-``dynamic_axes``) and needs no onnxscript; onnxsim then folds the shape arithmetic of the FPN resizes.
+clean graph (batch norm folded into the convolutions, dynamic batch through ``dynamic_axes``) and needs no
+onnxscript; onnxsim then folds the shape arithmetic of the FPN resizes. The raw export leaves the priors out
+of the graph and records the grid they are made from (``prior_grid``, checked against the model's priors).
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..config import PostprocessConfig, YolactConfig
+from ..config import PostprocessConfig, YolactConfig, make_priors
 from ..errors import ExportError, first_line
 from ..files import atomic_write_bytes, sha256_file
 from ..structures import UNBATCHED_OUTPUTS
-from .onnx_format import EXPORTER, GRAPH_OUTPUT_NAMES, INPUT_NAME, RAW_OUTPUT_NAMES, build_metadata
+from .onnx_format import EXPORTER, GRAPH_OUTPUT_NAMES, INPUT_NAME, NETWORK_OUTPUT_NAMES, build_metadata
 from .onnx_postprocess import YolactWithPostprocess
 
 MIN_OPSET = 17
@@ -41,9 +42,7 @@ MAX_IR_VERSION = 10
 
 
 class _RawExport(nn.Module):
-    """The model with its raw outputs. ``priors`` is cloned inside the trace: the model caches its priors
-    after the first call, and the tracer rejects a cached tensor returned untouched as an output (one
-    computed inside the trace, e.g. by the clone, becomes a constant of the graph)."""
+    """The model with its network outputs (``loc, conf, coeffs, proto``): the priors are made on the host."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -51,7 +50,23 @@ class _RawExport(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         raw = self.model(images)
-        return (*raw[:-1], raw[-1].clone())
+        return tuple(getattr(raw, name) for name in NETWORK_OUTPUT_NAMES)
+
+
+def prior_grid(model: nn.Module, config: YolactConfig) -> list[tuple[int, int]]:
+    """The FPN grid of ``model`` the runners make the priors on, checked to give the model's own priors."""
+    grid = model.feature_sizes(config.max_size)
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        try:
+            size = config.max_size
+            own = model(torch.zeros((1, 3, size, size), device=next(model.parameters()).device)).priors
+        finally:
+            model.train(was_training)
+    if not torch.equal(torch.from_numpy(make_priors(config, grid)), own.cpu()):
+        raise ExportError("the priors made from the config and the FPN grid differ from the model's own")
+    return grid
 
 
 @dataclass(frozen=True)
@@ -209,6 +224,20 @@ def _trace_in_eval_mode(
         model.train(was_training)
 
 
+def _export_metadata(
+    model: nn.Module,
+    config: YolactConfig,
+    postprocess: PostprocessConfig | None,
+    source_sha: str | None,
+    extra_metadata: Mapping[str, str] | None,
+) -> dict[str, str]:
+    grid = prior_grid(model, config)
+    metadata = build_metadata(
+        config, precision="fp32", postprocess=postprocess, source_sha256=source_sha, prior_grid=grid
+    )
+    return {**metadata, **(extra_metadata or {})}
+
+
 def export_onnx(
     model: nn.Module,
     out_path: str | os.PathLike,
@@ -236,7 +265,7 @@ def export_onnx(
     source_sha = sha256_file(source_checkpoint) if source_checkpoint is not None else None
     start = time.perf_counter()
     wrapped = _RawExport(model) if postprocess is None else YolactWithPostprocess(model, postprocess)
-    output_names = RAW_OUTPUT_NAMES if postprocess is None else GRAPH_OUTPUT_NAMES
+    output_names = NETWORK_OUTPUT_NAMES if postprocess is None else GRAPH_OUTPUT_NAMES
     size = config.max_size
     example = torch.zeros((batch_size, 3, size, size), dtype=torch.float32, device=next(model.parameters()).device)
     batch_dim: int | str = "batch" if batch_dynamic else batch_size
@@ -246,8 +275,7 @@ def export_onnx(
     onnx_model = onnx.load_from_string(exported)
     onnx_model, simplify_error = _simplify(onnx_model) if simplify else (onnx_model, None)
     _set_output_shapes(onnx_model, shapes)
-    metadata = build_metadata(config, precision="fp32", postprocess=postprocess, source_sha256=source_sha)
-    metadata.update(extra_metadata or {})
+    metadata = _export_metadata(model, config, postprocess, source_sha, extra_metadata)
     finalize(onnx_model, metadata)
     data = onnx_model.SerializeToString()
     return ExportResult(

@@ -1,22 +1,28 @@
 """What an exported ONNX model is: its tensor names, its ``metadata_props`` schema, and how to read them.
 
-The graph has one input ``images [B,3,S,S]`` (float32, normalised as the model expects) and either the raw
-outputs ``loc, conf, coeffs, proto, priors`` or, with the post-processing in the graph, the fixed-size
-detections ``num_dets, boxes, scores, classes, masks``. Everything a consumer needs to prepare inputs and
-read outputs is stored as string metadata (:func:`build_metadata`, :func:`parse_metadata`).
+The graph has one input ``images [B,3,S,S]`` (float32, normalised as the model expects) and either the
+network outputs ``loc, conf, coeffs, proto`` (``NETWORK_OUTPUT_NAMES``) or, with the post-processing in the
+graph, the fixed-size detections ``num_dets, boxes, scores, classes, masks``. Every output has the batch
+axis. The fifth raw output, ``priors``, depends only on the config and the input size: it is no graph output
+(a constant as an engine output buys nothing and breaks batching servers such as Triton), runners make it on
+the host from the metadata's ``config`` and ``prior_grid`` (:func:`prior_boxes`, cached) and return all
+five raw outputs (``RAW_OUTPUT_NAMES``). Exports of earlier versions with a ``priors`` output still run.
+Everything a consumer needs to prepare inputs and read outputs is stored as string metadata
+(:func:`build_metadata`, :func:`parse_metadata`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..config import PostprocessConfig, YolactConfig
+from ..config import PostprocessConfig, YolactConfig, make_priors
 from ..errors import EngineBuildError, ExportError, first_line
 
 # The graph's output names are those of the typed outputs (re-exported here as part of the format).
@@ -26,7 +32,9 @@ from ..structures import OUTPUT_NAMES as RAW_OUTPUT_NAMES
 __all__ = [
     "EXPORTER",
     "GRAPH_OUTPUT_NAMES",
+    "HOST_OUTPUTS",
     "INPUT_NAME",
+    "NETWORK_OUTPUT_NAMES",
     "NETWORK_SCOPE",
     "POSTPROCESS_MODES",
     "RAW_OUTPUT_NAMES",
@@ -38,12 +46,16 @@ __all__ = [
     "onnx_is_fp16",
     "onnx_precision",
     "parse_metadata",
+    "prior_boxes",
     "read_onnx_metadata",
 ]
 
 INPUT_NAME = "images"
 EXPORTER = "torch.onnx.export (TorchScript-based, dynamo=False)"
 POSTPROCESS_MODES = ("none", "graph")
+# Raw outputs made on the host from the metadata rather than by the graph (and the engine built from it).
+HOST_OUTPUTS = ("priors",)
+NETWORK_OUTPUT_NAMES = tuple(name for name in RAW_OUTPUT_NAMES if name not in HOST_OUTPUTS)
 # Node names inside the network start with this scope (the export wrappers hold the network as ``model``);
 # every other node is post-processing or the priors constant.
 NETWORK_SCOPE = "/model/"
@@ -55,8 +67,10 @@ def build_metadata(
     precision: str,
     postprocess: PostprocessConfig | None,
     source_sha256: str | None,
+    prior_grid: Sequence[tuple[int, int]] | None = None,
 ) -> dict[str, str]:
-    """The ``metadata_props`` of an export: all values are strings, structured ones JSON."""
+    """The ``metadata_props`` of an export: all values are strings, structured ones JSON. ``prior_grid``:
+    (h, w) of each FPN level, which with the config gives the priors (:func:`prior_boxes`)."""
     meta = {
         "config": json.dumps(config.to_dict()),
         "input_size": str(config.max_size),
@@ -72,6 +86,8 @@ def build_metadata(
     }
     if postprocess is not None:
         meta["postprocess_config"] = json.dumps(asdict(postprocess))
+    if prior_grid is not None:
+        meta["prior_grid"] = json.dumps([[int(h), int(w)] for h, w in prior_grid])
     if source_sha256:
         meta["source_sha256"] = source_sha256
     return meta
@@ -80,7 +96,7 @@ def build_metadata(
 def parse_metadata(props: Mapping[str, str]) -> dict[str, Any]:
     """Typed values of export metadata (as read by ONNX or by ONNX Runtime's ``custom_metadata_map``):
     ``config`` -> :class:`YolactConfig`, ``postprocess_config`` -> :class:`PostprocessConfig`,
-    ``input_size`` -> int, lists -> tuples; unknown keys stay strings."""
+    ``input_size`` -> int, ``prior_grid`` -> ((h, w), ...), lists -> tuples; unknown keys stay strings."""
     out: dict[str, Any] = dict(props)
     try:
         if "config" in props:
@@ -92,9 +108,25 @@ def parse_metadata(props: Mapping[str, str]) -> dict[str, Any]:
         for key, cast in (("mean", float), ("std", float), ("class_names", str), ("category_ids", int)):
             if key in props:
                 out[key] = tuple(cast(v) for v in json.loads(props[key]))
+        if "prior_grid" in props:
+            out["prior_grid"] = tuple((int(h), int(w)) for h, w in json.loads(props["prior_grid"]))
     except (ValueError, TypeError) as exc:  # ConfigError and JSONDecodeError are ValueErrors
         raise ExportError(f"malformed trt_yolact metadata in the ONNX model: {exc}") from None
     return out
+
+
+def prior_boxes(config: YolactConfig, prior_grid: Sequence[tuple[int, int]]) -> Any:
+    """The ``priors [P, 4]`` (float32 numpy, read-only) of ``config`` on ``prior_grid``; computed once per
+    config and grid in a process."""
+    grid = tuple((int(h), int(w)) for h, w in prior_grid)
+    return _prior_boxes(json.dumps(config.to_dict(), sort_keys=True), grid)
+
+
+@functools.lru_cache(maxsize=8)
+def _prior_boxes(config_json: str, grid: tuple[tuple[int, int], ...]) -> Any:
+    priors = make_priors(YolactConfig.from_dict(json.loads(config_json)), list(grid))
+    priors.setflags(write=False)  # shared by every caller
+    return priors
 
 
 def load_onnx(path: str | os.PathLike) -> Any:

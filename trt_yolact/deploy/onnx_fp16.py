@@ -3,7 +3,9 @@
 Weights and most operators become FP16; inputs and outputs stay FP32. Kept in FP32: the operators whose
 tails FP16 loses (softmax, exp, sigmoid: class scores near the candidate threshold, box sizes from
 ``exp(loc)``, mask probabilities), resizes, reductions that can overflow, every node of the graph
-post-processing (cheap, and thresholds and coordinates must not move) and the ``priors`` constant.
+post-processing (cheap, and thresholds and coordinates must not move) and the ``priors`` constant. The
+constants that give a Resize its ``roi``/``scales`` stay FP32 constants the Resize reads directly: behind an
+FP16 -> FP32 Cast they would be computed tensors, which TensorRT's ONNX parser treats as shape tensors.
 """
 
 from __future__ import annotations
@@ -21,6 +23,22 @@ from .onnx_format import NETWORK_SCOPE, load_onnx
 
 # Op types kept in FP32 besides onnxconverter-common's own block list (Resize, TopK, Range, Max/Min, ...).
 DEFAULT_KEEP_FP32_OPS: tuple[str, ...] = ("Softmax", "Exp", "Sigmoid", "Resize", "ReduceMax", "ReduceSum", "TopK")
+# Inputs of a Resize that describe the output's geometry (roi, scales, sizes), by position.
+RESIZE_SHAPE_INPUTS = (1, 2, 3)
+
+
+def resize_shape_constants(model) -> list[str]:
+    """Names of the Constant nodes that feed a Resize's roi/scales/sizes (to be kept out of the conversion)."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    names = []
+    for node in model.graph.node:
+        if node.op_type != "Resize":
+            continue
+        for index in RESIZE_SHAPE_INPUTS:
+            source = producers.get(node.input[index]) if index < len(node.input) and node.input[index] else None
+            if source is not None and source.op_type == "Constant":
+                names.append(source.name)
+    return names
 
 
 def verify_in_onnxruntime(data: bytes, what: str) -> None:
@@ -143,6 +161,7 @@ def convert_fp16(
         keep_nodes = [n.name for n in nodes if not n.name.startswith(NETWORK_SCOPE)]
     else:  # not our export's naming: keep at least the priors constant exact
         keep_nodes = [n.name for n in nodes if "priors" in n.output]
+    keep_nodes += resize_shape_constants(model)
     block_ops = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(keep_fp32_ops))
     try:
         with warnings.catch_warnings():

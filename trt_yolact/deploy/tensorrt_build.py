@@ -11,6 +11,14 @@ can be tested without TensorRT or a GPU. TensorRT is imported lazily
 * 11.x: networks are always strongly typed (the creation flag is deprecated and ignored,
   ``BuilderFlag.FP16`` no longer exists). FP16 therefore means building from the FP16 ONNX; requesting FP16
   with an FP32 ONNX is an error, never a silent FP32 build.
+* TF32 (``BuilderFlag.TF32``, which TensorRT sets by default) is an explicit choice, off unless asked
+  (``DEFAULT_TF32``): with it an FP32 engine's convolutions round their inputs to a 10-bit mantissa, so it
+  would no longer be the FP32 reference it is built to be; FP16 is the fast precision.
+* The timing cache beside an engine is named after the TensorRT version and GPU that filled it
+  (:func:`timing_cache_key`); a cache TensorRT rejects is reported and replaced by a fresh one.
+* Every build records the equivalent ``trtexec`` command line (for a machine with TensorRT but without its
+  Python bindings) and a ``polygraphy run`` command comparing TensorRT with ONNX Runtime
+  (:func:`trtexec_command`, :func:`polygraphy_command`).
 * INT8, on both: explicit quantization only. The TensorRT-flavour INT8 ONNX carries Q/DQ nodes (symmetric,
   zero points 0) around FP16 compute and is built strongly typed; there is no INT8 builder flag and no
   calibrator (11.x removed both).
@@ -22,6 +30,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -37,11 +47,12 @@ from .engine_format import (
     SUPPORTED_TRT_MAJORS,
     gpu_info,
     import_tensorrt,
+    process_logger,
     read_sidecar,
     sidecar_path,
     trt_major,
 )
-from .onnx_format import INPUT_NAME, check_tensorrt_qdq, onnx_input_size, onnx_precision
+from .onnx_format import INPUT_NAME, check_tensorrt_qdq, load_onnx, onnx_input_size, onnx_precision
 
 
 @dataclass(frozen=True)
@@ -170,6 +181,80 @@ def _check_onnx_precision(onnx_precision: str, requested: str) -> None:
         )
 
 
+# --------------------------------------------------------------------------- equivalent commands
+
+DEFAULT_TF32 = False  # an FP32 engine stays the FP32 reference; see the module docstring
+# polygraphy's (atol, rtol) per precision: what each precision's rounding leaves between TensorRT and ONNX
+# Runtime on the raw outputs (FP16 keeps about 3 decimal digits through ~50 layers; INT8 steps are coarser).
+POLYGRAPHY_TOLERANCES = {"fp32": (1e-4, 1e-3), "tf32": (1e-2, 1e-2), "fp16": (5e-2, 2e-2), "int8": (0.25, 0.1)}
+
+
+def _strongly_typed(plan: PrecisionPlan, trt_version: str) -> bool:
+    return trt_major(trt_version) != "10" or "STRONGLY_TYPED" in plan.creation_flags
+
+
+def _dims(shape: tuple[int, ...], separator: str) -> str:
+    return separator.join(str(d) for d in shape)
+
+
+def trtexec_command(
+    onnx_path: str | os.PathLike,
+    engine_path: str | os.PathLike,
+    *,
+    plan: PrecisionPlan,
+    trt_version: str,
+    profile: BuildProfile,
+    input_size: int,
+    workspace_gib: float,
+    timing_cache: str | os.PathLike | None,
+    tf32: bool,
+) -> str:
+    """The ``trtexec`` command line that builds the same engine (same profile, precision mode, workspace,
+    timing cache and TF32 choice) where TensorRT is installed without its Python bindings."""
+    shapes = profile.shapes(input_size)
+    args = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
+    args += [f"--{kind}Shapes={INPUT_NAME}:{_dims(shape, 'x')}" for kind, shape in zip(("min", "opt", "max"), shapes)]
+    if _strongly_typed(plan, trt_version):
+        args.append("--stronglyTyped")
+    if "FP16" in plan.builder_flags:
+        args.append("--fp16")
+    args.append(f"--memPoolSize=workspace:{round(workspace_gib * 1024)}")  # MiB
+    if timing_cache is not None:
+        args.append(f"--timingCacheFile={timing_cache}")
+    if not tf32:
+        args.append("--noTF32")
+    args.append("--profilingVerbosity=detailed")
+    return shlex.join(args)
+
+
+def polygraphy_command(
+    onnx_path: str | os.PathLike,
+    *,
+    plan: PrecisionPlan,
+    trt_version: str,
+    precision: str,
+    profile: BuildProfile,
+    input_size: int,
+    tf32: bool,
+) -> str:
+    """A ``polygraphy run`` command that builds the ONNX with TensorRT the same way and compares its outputs
+    with ONNX Runtime's on one batch of the optimal size, at the tolerances of the precision."""
+    shapes = profile.shapes(input_size)
+    args = ["polygraphy", "run", str(onnx_path), "--trt", "--onnxrt"]
+    args += ["--input-shapes", f"{INPUT_NAME}:[{_dims(shapes[1], ',')}]"]
+    for kind, shape in zip(("min", "opt", "max"), shapes):
+        args += [f"--trt-{kind}-shapes", f"{INPUT_NAME}:[{_dims(shape, ',')}]"]
+    if _strongly_typed(plan, trt_version):
+        args.append("--strongly-typed")
+    if "FP16" in plan.builder_flags:
+        args.append("--fp16")
+    if tf32:
+        args.append("--tf32")
+    atol, rtol = POLYGRAPHY_TOLERANCES["tf32" if precision == "fp32" and tf32 else precision]
+    args += ["--atol", f"{atol:g}", "--rtol", f"{rtol:g}"]
+    return shlex.join(args)
+
+
 # --------------------------------------------------------------------------- reuse
 
 
@@ -192,9 +277,11 @@ def expected_metadata(
     precision: str,
     onnx_sha256: str,
     input_size: int,
+    tf32: bool = DEFAULT_TF32,
 ) -> dict[str, Any]:
     """The sidecar fields an engine must match to be reused (the build time is not one)."""
     return {
+        "tf32": bool(tf32),
         "sidecar_format": SIDECAR_FORMAT,
         "tensorrt_version": str(tensorrt_version),
         "gpu_name": (gpu or {}).get("name", "unknown"),
@@ -233,6 +320,7 @@ class EngineBuildResult:
     reason: str  # why it was (re)built, or why it was reused
     build_seconds: float = 0.0
     timing_cache: Path | None = None
+    timing_cache_note: str = ""  # why the timing cache file was not used, when it was not
 
 
 # --------------------------------------------------------------------------- TensorRT
@@ -310,19 +398,32 @@ def _parse_onnx(parser, onnx_path: Path) -> None:
     )
 
 
-def _load_timing_cache(builder_config, cache_path: Path | None):
-    data = b""
-    if cache_path is not None and cache_path.is_file():
-        data = cache_path.read_bytes()
+def _create_timing_cache(builder_config, data: bytes):
     try:
-        trt_timing_cache = builder_config.create_timing_cache(data)
-    except Exception:  # noqa: BLE001 - TensorRT raises its own types for a foreign cache
-        trt_timing_cache = None
-    if trt_timing_cache is None and data:  # unreadable (other TensorRT version): start afresh
-        print(f"warning: ignoring unusable timing cache {cache_path.name}", file=sys.stderr)
-        trt_timing_cache = builder_config.create_timing_cache(b"")
-    if trt_timing_cache is not None:
-        builder_config.set_timing_cache(trt_timing_cache, False)
+        return builder_config.create_timing_cache(data)
+    except Exception:  # noqa: BLE001 - TensorRT raises its own types for an unreadable cache
+        return None
+
+
+def _load_timing_cache(builder_config, cache_path: Path | None) -> str:
+    """Give the build the cache in ``cache_path`` (a new one when there is none); returns one line saying
+    why the file was not used when TensorRT could not read it or refused it (``set_timing_cache`` returns
+    False for a cache of another GPU), else ""."""
+    data = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
+    trt_timing_cache = _create_timing_cache(builder_config, data)
+    if trt_timing_cache is not None and builder_config.set_timing_cache(trt_timing_cache, False):
+        return ""
+    note = (
+        f"timing cache {cache_path.name} rejected by TensorRT (made by another TensorRT version or GPU?): "
+        "tactics timed afresh"
+        if data
+        else "TensorRT refused a new timing cache"
+    )
+    if data:
+        trt_timing_cache = _create_timing_cache(builder_config, b"")
+        if trt_timing_cache is not None and builder_config.set_timing_cache(trt_timing_cache, False):
+            return note
+    return note + "; built without a timing cache"
 
 
 def _save_timing_cache(builder_config, cache_path: Path | None) -> None:
@@ -333,10 +434,18 @@ def _save_timing_cache(builder_config, cache_path: Path | None) -> None:
         atomic_write_bytes(cache_path, memoryview(trt_timing_cache.serialize()))
 
 
-def _timing_cache_path(engine_path: Path, timing_cache: str | os.PathLike | None | bool) -> Path | None:
-    """None or True: ``<engine stem>.timing.cache`` beside the engine; False: no cache; else that file."""
+def timing_cache_key(trt_version: str, gpu: dict[str, str] | None) -> str:
+    """``trt10.16.1.11.nvidia-h200-sm90``: who filled a timing cache (its tactic timings hold only for that
+    TensorRT version and GPU)."""
+    name = re.sub(r"[^a-z0-9]+", "-", (gpu or {}).get("name", "unknown").lower()).strip("-") or "unknown"
+    capability = (gpu or {}).get("compute_capability", "unknown").replace(".", "")
+    return f"trt{trt_version}.{name}-sm{capability}"
+
+
+def _timing_cache_path(engine_path: Path, timing_cache: str | os.PathLike | None | bool, key: str) -> Path | None:
+    """None or True: ``<engine stem>.<key>.timing.cache`` beside the engine; False: no cache; else that file."""
     if timing_cache is None or timing_cache is True:
-        return engine_path.with_name(engine_path.stem + ".timing.cache")
+        return engine_path.with_name(f"{engine_path.stem}.{key}.timing.cache")
     return None if timing_cache is False else Path(timing_cache)
 
 
@@ -357,19 +466,32 @@ def _create_network(trt: Any, builder: Any, plan: PrecisionPlan, onnx_path: Path
     return network, parser
 
 
-def _create_builder_config(
-    trt: Any, builder: Any, plan: PrecisionPlan, shapes: tuple, workspace_gib: float, cache_path: Path | None
-) -> Any:
+@dataclass(frozen=True)
+class _BuildSettings:
+    plan: PrecisionPlan
+    profile: BuildProfile
+    input_size: int
+    workspace_gib: float
+    cache_path: Path | None
+    verbose: bool
+    tf32: bool = DEFAULT_TF32
+
+
+def _create_builder_config(trt: Any, builder: Any, settings: _BuildSettings) -> tuple[Any, str]:
+    """(the builder config, the timing cache's note: :func:`_load_timing_cache`)."""
     builder_config = builder.create_builder_config()
-    builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(settings.workspace_gib * (1 << 30)))
     builder_config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    if "FP16" in plan.builder_flags:  # only ever planned for TensorRT 10.x
+    if "FP16" in settings.plan.builder_flags:  # only ever planned for TensorRT 10.x
         builder_config.set_flag(trt.BuilderFlag.FP16)
+    if settings.tf32:  # TensorRT sets TF32 by default: clear it unless asked for
+        builder_config.set_flag(trt.BuilderFlag.TF32)
+    else:
+        builder_config.clear_flag(trt.BuilderFlag.TF32)
     opt_profile = builder.create_optimization_profile()
-    opt_profile.set_shape(INPUT_NAME, *shapes)
+    opt_profile.set_shape(INPUT_NAME, *settings.profile.shapes(settings.input_size))
     builder_config.add_optimization_profile(opt_profile)
-    _load_timing_cache(builder_config, cache_path)
-    return builder_config
+    return builder_config, _load_timing_cache(builder_config, settings.cache_path)
 
 
 def _serialize(trt: Any, builder: Any, network: Any, builder_config: Any, engine_name: str) -> tuple[Any, float]:
@@ -399,33 +521,43 @@ def _write_engine(engine_path: Path, serialized_plan: Any, metadata: dict[str, A
     return write_sidecar(engine_path, metadata)
 
 
-@dataclass(frozen=True)
-class _BuildSettings:
-    plan: PrecisionPlan
-    profile: BuildProfile
-    input_size: int
-    workspace_gib: float
-    cache_path: Path | None
-    verbose: bool
+def equivalent_commands(
+    onnx_path: Path, engine_path: Path, settings: _BuildSettings, trt_version: str, precision: str
+) -> dict[str, str]:
+    """The ``trtexec`` and ``polygraphy`` commands of a build (recorded in the sidecar and the build report)."""
+    common = {"plan": settings.plan, "trt_version": trt_version, "profile": settings.profile}
+    common.update(input_size=settings.input_size, tf32=settings.tf32)
+    return {
+        "trtexec": trtexec_command(
+            onnx_path, engine_path, workspace_gib=settings.workspace_gib, timing_cache=settings.cache_path, **common
+        ),
+        "polygraphy": polygraphy_command(onnx_path, precision=precision, **common),
+    }
 
 
 def _build(
     trt: Any, onnx_path: Path, engine_path: Path, settings: _BuildSettings, metadata: dict[str, Any]
-) -> tuple[dict[str, Any], float]:
+) -> tuple[dict[str, Any], float, str]:
     """Build and write the engine, its sidecar (``metadata`` plus the build's own fields) and the timing
-    cache; returns (the sidecar's metadata, build seconds)."""
+    cache; returns (the sidecar's metadata, build seconds, the timing cache's note)."""
     plan, profile, size = settings.plan, settings.profile, settings.input_size
-    trt_logger = trt.Logger(trt.Logger.VERBOSE if settings.verbose else trt.Logger.WARNING)
-    builder = trt.Builder(trt_logger)
-    network, _parser = _create_network(trt, builder, plan, onnx_path, trt_logger)
-    shapes = profile.shapes(size)
-    builder_config = _create_builder_config(trt, builder, plan, shapes, settings.workspace_gib, settings.cache_path)
-    print(
-        f"building TensorRT {trt.__version__} engine {engine_path.name}: {metadata['precision']} "
-        f"({plan.describe(trt.__version__)}), batch {profile}, input {size}",
-        file=sys.stderr,
-    )
-    serialized_plan, seconds = _serialize(trt, builder, network, builder_config, engine_path.name)
+    trt_logger = process_logger(trt)
+    trt_logger.min_severity = trt.Logger.VERBOSE if settings.verbose else trt.Logger.WARNING
+    try:
+        builder = trt.Builder(trt_logger)
+        network, _parser = _create_network(trt, builder, plan, onnx_path, trt_logger)
+        builder_config, cache_note = _create_builder_config(trt, builder, settings)
+        if cache_note:
+            print(f"warning: {cache_note}", file=sys.stderr)
+        print(
+            f"building TensorRT {trt.__version__} engine {engine_path.name}: {metadata['precision']} "
+            f"({plan.describe(trt.__version__)}, TF32 {'on' if settings.tf32 else 'off'}), batch {profile}, "
+            f"input {size}",
+            file=sys.stderr,
+        )
+        serialized_plan, seconds = _serialize(trt, builder, network, builder_config, engine_path.name)
+    finally:
+        trt_logger.min_severity = trt.Logger.WARNING
     metadata = dict(
         metadata,
         built_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -433,10 +565,25 @@ def _build(
         precision_mode=plan.describe(trt.__version__),
         onnx_file=onnx_path.name,
         workspace_gib=settings.workspace_gib,
+        equivalent_commands=equivalent_commands(
+            onnx_path, engine_path, settings, trt.__version__, metadata["precision"]
+        ),
     )
+    if cache_note:
+        metadata["timing_cache_note"] = cache_note
     _write_engine(engine_path, serialized_plan, metadata)
     _save_timing_cache(builder_config, settings.cache_path)
-    return metadata, seconds
+    return metadata, seconds, cache_note
+
+
+def _onnx_record(onnx_path: Path) -> dict[str, Any]:
+    """What a runner of the engine needs from the ONNX's metadata: the config and the grid its priors are made
+    on (the raw export has them as no output)."""
+    props = {p.key: p.value for p in load_onnx(onnx_path).metadata_props}
+    try:
+        return {key: json.loads(props[key]) for key in ("config", "prior_grid") if key in props}
+    except ValueError:
+        raise EngineBuildError(f"{onnx_path.name} has malformed trt_yolact metadata") from None
 
 
 def _plan_for(trt: Any, onnx_path: Path, precision: str) -> PrecisionPlan:
@@ -444,6 +591,13 @@ def _plan_for(trt: Any, onnx_path: Path, precision: str) -> PrecisionPlan:
     if precision == "int8":
         check_tensorrt_qdq(onnx_path)  # the ONNX Runtime flavour's uint8 zero points are not TensorRT's
     return plan
+
+
+def _check_build_arguments(onnx_path: Path, workspace_gib: float) -> None:
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
+    if workspace_gib <= 0:
+        raise UsageError(f"workspace_gib must be > 0, got {workspace_gib}")
 
 
 def build_engine(
@@ -457,45 +611,44 @@ def build_engine(
     force: bool = False,
     input_size: int | None = None,
     extra_metadata: dict[str, Any] | None = None,
+    tf32: bool = DEFAULT_TF32,
 ) -> EngineBuildResult:
     """Build (or reuse) a TensorRT engine for ``onnx_path``.
 
     An existing engine is reused when its sidecar (``<engine>.json``) matches this TensorRT version, GPU,
-    profile, precision, ONNX content and input size, unless ``force``. ``timing_cache``: persistent timing
-    cache file; None = ``<engine stem>.timing.cache`` beside the engine, False = none. ``input_size``: only
-    needed when the ONNX input size is dynamic. ``extra_metadata`` is recorded in the sidecar as well (it does
-    not decide reuse).
+    profile, precision, TF32 choice, ONNX content and input size, unless ``force``. ``timing_cache``:
+    persistent timing cache file; None = ``<engine stem>.<timing_cache_key>.timing.cache`` beside the engine,
+    False = none. ``input_size``: only needed when the ONNX input size is dynamic. ``tf32``: let FP32 layers
+    use TF32 (``BuilderFlag.TF32``). ``extra_metadata`` is recorded in the sidecar as well (it does not decide
+    reuse).
     """
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     profile, precision = BuildProfile.parse(profile), str(precision).lower()
-    if not onnx_path.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
-    if workspace_gib <= 0:
-        raise UsageError(f"workspace_gib must be > 0, got {workspace_gib}")
-    cache_path = _timing_cache_path(engine_path, timing_cache)
+    _check_build_arguments(onnx_path, workspace_gib)
     trt = import_tensorrt()
+    gpu = gpu_info()
+    cache_path = _timing_cache_path(engine_path, timing_cache, timing_cache_key(trt.__version__, gpu))
     size = int(input_size) if input_size else onnx_input_size(onnx_path)
     plan = _plan_for(trt, onnx_path, precision)
     expected = expected_metadata(
         tensorrt_version=trt.__version__,
-        gpu=gpu_info(),
+        gpu=gpu,
         profile=profile,
         precision=precision,
         onnx_sha256=sha256_file(onnx_path),
         input_size=size,
+        tf32=tf32,
     )
     stale, reason = is_engine_stale(engine_path, expected)
     if not stale and not force:
+        metadata = read_sidecar(engine_path) or expected
         return EngineBuildResult(
-            engine_path,
-            sidecar_path(engine_path),
-            read_sidecar(engine_path) or expected,
-            reused=True,
-            reason=reason,
-            timing_cache=cache_path,
+            engine_path, sidecar_path(engine_path), metadata, True, reason, timing_cache=cache_path
         )
-    settings = _BuildSettings(plan, profile, size, workspace_gib, cache_path, verbose)
-    metadata, seconds = _build(trt, onnx_path, engine_path, settings, {**(extra_metadata or {}), **expected})
+    settings = _BuildSettings(plan, profile, size, workspace_gib, cache_path, verbose, bool(tf32))
+    metadata, seconds, cache_note = _build(
+        trt, onnx_path, engine_path, settings, {**_onnx_record(onnx_path), **(extra_metadata or {}), **expected}
+    )
     return EngineBuildResult(
         engine_path,
         sidecar_path(engine_path),
@@ -504,4 +657,5 @@ def build_engine(
         reason="rebuild forced" if not stale else reason,
         build_seconds=seconds,
         timing_cache=cache_path,
+        timing_cache_note=cache_note,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -84,3 +85,65 @@ def preprocess(
     for indices in groups.values():
         batch[indices] = _resized([arrays[i] for i in indices], config.max_size, device)
     return normalize_resized(batch, config), sizes
+
+
+# ---- device pre-processing from uint8 frames: one upload, then resize + normalise + layout on the device
+
+
+def stack_frames(images: Sequence[np.ndarray], pin: bool = False) -> torch.Tensor:
+    """Same-sized images -> one uint8 ``[B,H,W,3]`` BGR host tensor, in page-locked memory when ``pin``
+    (only worth it for a CUDA upload: the copy can then run asynchronously)."""
+    arrays = [to_bgr_uint8(image) for image in images]
+    if len(arrays) == 0:
+        raise ImageError("no images to preprocess")
+    if len({a.shape for a in arrays}) != 1:
+        raise ImageError(f"frames of one upload must share one size, got {sorted({a.shape[:2] for a in arrays})}")
+    host = torch.empty((len(arrays), *arrays[0].shape), dtype=torch.uint8, pin_memory=pin)
+    np.stack(arrays, out=host.numpy())
+    return host
+
+
+def upload_frames(
+    images: Sequence[np.ndarray], device: str | torch.device, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Same-sized BGR images -> uint8 ``[B,H,W,3]`` on ``device`` in one copy (from pinned memory, queued
+    asynchronously, on CUDA). ``out``: a device buffer of that shape to copy into."""
+    device = torch.device(device)
+    host = stack_frames(images, pin=device.type == "cuda")
+    if out is None:
+        return host.to(device, non_blocking=True)
+    return out.copy_(host, non_blocking=True)
+
+
+@dataclass
+class FramePreprocessor:
+    """uint8 BGR ``[B,H,W,3]`` frames on ``device`` -> the normalised ``[B,3,S,S]`` float32 input there, equal
+    to the bit to :func:`preprocess` of the same images.
+
+    Four kernels: the channels are swapped on the uint8 pixels (the resize treats every channel alike, so the
+    order commutes with it); one copy converts to float and to NCHW; the resize; the normalisation in place,
+    with the original's subtraction and division. Its constants live on the device already and nothing waits
+    for the host, so a call can be captured in a CUDA graph.
+    """
+
+    config: YolactConfig
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def __post_init__(self) -> None:
+        self.device = torch.device(self.device)
+        self._channels = torch.tensor([2, 1, 0], device=self.device)
+        rgb = lambda values: torch.tensor(values[::-1], dtype=torch.float32, device=self.device)  # noqa: E731
+        self._mean = rgb(self.config.mean).view(1, 3, 1, 1)
+        self._std = rgb(self.config.std).view(1, 3, 1, 1)
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        if frames.dim() != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+            raise ImageError(f"frames must be uint8 [B,H,W,3], got {frames.dtype} {list(frames.shape)}")
+        batch, height, width, _ = frames.shape
+        planar = torch.empty((batch, 3, height, width), dtype=torch.float32, device=frames.device)
+        planar.copy_(frames.index_select(3, self._channels).permute(0, 3, 1, 2))
+        size = self.config.max_size
+        resized = F.interpolate(planar, (size, size), mode="bilinear", align_corners=False)
+        if self.config.normalization == "mean_std":
+            return resized.sub_(self._mean).div_(self._std)
+        return resized.div_(255)

@@ -103,7 +103,8 @@ def runner_for(source: ModelSource, options: RuntimeOptions = RuntimeOptions()) 
     reason = tensorrt_unavailable_reason()
     if reason is not None:
         raise BackendUnavailable(reason)
-    engine = chain.engine(precision, BuildProfile(1, min(4, options.max_batch), options.max_batch), graph)
+    profile = BuildProfile(1, min(4, options.max_batch), options.max_batch)
+    engine = chain.engine(precision, profile, postprocess=graph)
     try:
         return open_artifact(engine.path, device)
     except RunnerError as exc:

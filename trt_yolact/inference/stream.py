@@ -28,7 +28,8 @@ import torch
 
 from ..errors import DemoError, first_line
 from ..structures import Detections
-from .predictor import Predictor, StageTimes
+from .device_pipeline import one_size
+from .predictor import InFlight, Predictor, StageTimes
 from .video_io import Display, VideoOutput, VideoSource
 from .visualize import draw_detections
 
@@ -251,41 +252,82 @@ class _Pipeline:
                 except queue.Empty:
                     pass
 
-    def _infer(self) -> None:
-        clock, seq, ended = time.perf_counter, 0, False
-        while not ended:
-            first = self._get(self.frames)
-            if first is None:
-                return
-            if first is _END:
-                break
-            frames = [first]
-            while len(frames) < self.batch:
-                if self.source.live:  # never wait for a full batch of a live source: latency
-                    try:
-                        item = self.frames.get_nowait()
-                    except queue.Empty:
-                        break
-                else:
-                    item = self._get(self.frames)
-                    if item is None:
-                        return
-                if item is _END:
-                    ended = True
+    def _next_batch(self) -> tuple[list[_Frame], bool] | None:
+        """Up to ``batch`` frames (fewer at the end, or from a live source that has no more yet) and whether
+        the stream ended after them; None after an abort."""
+        frames: list[_Frame] = []
+        while len(frames) < self.batch:
+            if frames and self.source.live:  # never wait for a full batch of a live source: latency
+                try:
+                    item = self.frames.get_nowait()
+                except queue.Empty:
                     break
-                frames.append(item)
-            start = clock()
-            with torch.inference_mode():  # grad mode is per thread
-                detections = self.predictor([f.image for f in frames])
-            self.seconds["predict"] += clock() - start
-            self.stats.batches += 1
-            if len(detections) != len(frames):
-                raise RuntimeError(f"the predictor returned {len(detections)} results for {len(frames)} frames")
-            for frame, dets in zip(frames, detections):
-                if not self._put(self.results, _Item(seq, frame, dets)):
+            else:
+                item = self._get(self.frames)
+                if item is None:
+                    return None
+            if item is _END:
+                return frames, True
+            frames.append(item)
+        return frames, False
+
+    def _emit(self, frames: list[_Frame], detections: list[Detections], seq: int) -> int | None:
+        """Hand a batch's frames and detections to rendering, numbered from ``seq``; the next number, or
+        None after an abort."""
+        self.stats.batches += 1
+        if len(detections) != len(frames):
+            raise RuntimeError(f"the predictor returned {len(detections)} results for {len(frames)} frames")
+        for frame, dets in zip(frames, detections):
+            if not self._put(self.results, _Item(seq, frame, dets)):
+                return None
+            seq += 1
+        return seq
+
+    def _infer(self) -> None:
+        """Batches through the predictor, in order. With a device pipeline (static or graph) a batch is only
+        launched, and finished after the next batch's upload has been queued: on CUDA that copy overlaps this
+        batch's inference (on the CPU the same steps run one after another)."""
+        clock, predictor, seq = time.perf_counter, self.predictor, 0
+        in_flight: tuple[list[_Frame], InFlight] | None = None
+        with torch.inference_mode():  # grad mode is per thread
+            while True:
+                batch = self._next_batch()
+                if batch is None:
                     return
-                seq += 1
+                frames, ended = batch
+                start = clock()
+                images = [f.image for f in frames]
+                upload = predictor.upload(images) if frames and self._overlaps(images) else None
+                if in_flight is not None:
+                    done, in_flight = in_flight, None
+                    detections = predictor.finish(done[1]).detections
+                    self.seconds["predict"] += clock() - start
+                    seq = self._emit(done[0], detections, seq)
+                    if seq is None:
+                        return
+                    start = clock()
+                if upload is not None:
+                    in_flight = (frames, predictor.launch(upload, synchronize=False))
+                    self.seconds["predict"] += clock() - start
+                elif frames:
+                    detections = predictor(images)
+                    self.seconds["predict"] += clock() - start
+                    seq = self._emit(frames, detections, seq)
+                    if seq is None:
+                        return
+                if ended:
+                    break
+            if in_flight is not None:
+                start = clock()
+                detections = predictor.finish(in_flight[1]).detections
+                self.seconds["predict"] += clock() - start
+                if self._emit(in_flight[0], detections, seq) is None:
+                    return
         self._put(self.results, _END)
+
+    def _overlaps(self, images: list[np.ndarray]) -> bool:
+        """Whether this batch takes the overlapped device path: a static pipeline and frames of one size."""
+        return self.predictor.pipeline != "dynamic" and one_size(images)
 
     def _render(self) -> None:
         clock = time.perf_counter

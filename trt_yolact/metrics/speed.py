@@ -6,6 +6,11 @@ params, MACs and peak memory (the model's weights plus the rise of CPU RSS or of
 its warm-up). Every row is compared with the first model on the same backend, precision and batch: size -%,
 speed +%, memory -%. Configurations are measured round-robin (interleaved) so that a noisy machine affects
 them alike.
+
+Each configuration runs through one of the predictor's pipelines (:data:`~trt_yolact.inference.predictor.PIPELINES`):
+the host pre-processing and dynamic post-processing, the device pre-processing from uint8 frames with the
+static post-processing, or those stages replayed from CUDA graphs (torch on a GPU; each stage its own graph,
+so that the three stay timed apart).
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class BenchRow:
     memory_change_pct: float | None = None
     samples: list[float] = field(default_factory=list, repr=False)
     postprocess: str = "host"  # where detections were selected: "host" (torch) or "graph" (inside the export)
+    pipeline: str = "dynamic"  # one of PIPELINES
 
 
 def reset_peak_rss() -> None:
@@ -163,6 +169,7 @@ class BenchOptions:
     settle: int = 1  # unmeasured iterations of a configuration before each measured one
     runtime: RuntimeOptions = RuntimeOptions()
     postprocess_places: tuple[str, ...] = ("host",)  # "graph": also each export with the post-processing inside
+    pipelines: tuple[str, ...] = ("dynamic",)  # of PIPELINES; "graph" runs for torch on CUDA only
 
 
 @dataclass
@@ -207,7 +214,10 @@ def _configurations(
     for model in models:
         for runner, config in model.runners(options, skipped):
             runners.enter_context(runner)
-            for batch in options.batches:
+            for batch, pipeline in ((b, p) for b in options.batches for p in options.pipelines):
+                if pipeline == "graph" and not (runner.backend == "torch" and runner.device.type == "cuda"):
+                    skipped.append(f"{model.name} {runner.backend} {runner.precision} b{batch} graph: {_NO_GRAPH}")
+                    continue
                 row = BenchRow(
                     model.name,
                     runner.backend,
@@ -217,12 +227,16 @@ def _configurations(
                     params=model.params,
                     macs=model.macs,
                     postprocess="graph" if runner.postprocess == "graph" else "host",
+                    pipeline=pipeline,
                 )
-                m = Measurement(Predictor(runner, config), synthetic_frames(batch))
+                m = Measurement(Predictor(runner, config, pipeline=pipeline), synthetic_frames(batch))
                 weight_bytes = model.params * WEIGHT_BYTES[runner.precision]
                 row.peak_memory_bytes, row.memory_kind = m.warm_up(options.warmup, weight_bytes)
                 measurements.append((row, m))
     return measurements
+
+
+_NO_GRAPH = "CUDA graphs are captured for the torch runner on a CUDA GPU only"
 
 
 def run_benchmark(
@@ -250,10 +264,10 @@ def run_benchmark(
 
 def compare_with_first_model(rows: list[BenchRow], baseline: str) -> None:
     """Paper-style changes against the first (dense) model on the same backend, precision, post-processing
-    place and batch."""
-    base = {(r.backend, r.precision, r.postprocess, r.batch): r for r in rows if r.model == baseline}
+    place, batch and pipeline."""
+    base = {(r.backend, r.precision, r.postprocess, r.batch, r.pipeline): r for r in rows if r.model == baseline}
     for row in rows:
-        ref = base.get((row.backend, row.precision, row.postprocess, row.batch))
+        ref = base.get((row.backend, row.precision, row.postprocess, row.batch, row.pipeline))
         if ref is None:
             continue
         row.size_change_pct = 100 * (row.file_bytes / ref.file_bytes - 1)
@@ -274,6 +288,7 @@ def table_rows(rows: list[BenchRow]) -> tuple[list[str], list[list[str]]]:
         "prec",
         "post",
         "batch",
+        "pipeline",
         "FPS e2e",
         "FPS fwd",
         "p50 ms",
@@ -295,6 +310,7 @@ def table_rows(rows: list[BenchRow]) -> tuple[list[str], list[list[str]]]:
             r.precision,
             r.postprocess,
             str(r.batch),
+            r.pipeline,
             f"{r.fps:.2f}",
             f"{r.forward_fps:.2f}",
             f"{r.p50_ms:.1f}",
@@ -326,7 +342,7 @@ def plot_rows(rows: list[BenchRow]) -> bytes:
 
     figure = Figure(figsize=(11, 4), layout="constrained")
     ax_fps, ax_split = figure.subplots(1, 2)
-    labels = [f"{r.model}\n{r.backend} {r.precision} {r.postprocess} b{r.batch}" for r in rows]
+    labels = [f"{r.model}\n{r.backend} {r.precision} {r.postprocess} b{r.batch} {r.pipeline}" for r in rows]
     x = np.arange(len(rows))
     ax_fps.bar(x - 0.2, [r.fps for r in rows], 0.4, label="end to end")
     ax_fps.bar(x + 0.2, [r.forward_fps for r in rows], 0.4, label="forward only")

@@ -14,9 +14,10 @@ import torch
 
 from ..config import Int8Options, PostprocessConfig, YolactConfig
 from ..deploy.artifacts import Artifact, ArtifactChain, ExportOptions
-from ..deploy.engine_format import tensorrt_unavailable_reason
+from ..deploy.engine_format import read_sidecar, tensorrt_unavailable_reason
 from ..deploy.onnx_int8 import INT8_FLAVOURS
-from ..deploy.tensorrt_build import BuildProfile
+from ..deploy.tensorrt_build import DEFAULT_TF32, BuildProfile
+from ..deploy.triton import TritonModel, model_name, triton_model, write_repository
 from ..inference.calibration_images import int8_setup
 from ..inference.images import sample_images
 from ..inference.postprocess import postprocess
@@ -50,6 +51,8 @@ class ArtifactCheck:
     same_detections: bool | None = None  # same classes in the same order, boxes within 1 px
     latency_ms: float | None = None  # inference only, batch 1, median
     note: str = ""
+    # of an engine: the trtexec and polygraphy commands that build it and compare it with ONNX Runtime
+    equivalent_commands: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -65,6 +68,7 @@ class BuildReport:
     seconds: float
     int8: dict[str, Any] | None = None  # calibration and exclusions of an INT8 build
     sensitivity: list[SensitivityReport] = field(default_factory=list)  # of each INT8 flavour, when asked
+    triton_models: list[str] = field(default_factory=list)  # model folders written with --triton
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,6 +160,8 @@ class BuildOptions:
     precision: str = "fp16"  # of the engine (and of the extra ONNX it is built from)
     profile: BuildProfile = BuildProfile()
     graph_postprocess: bool = False  # also export the ONNX with the post-processing in the graph
+    tf32: bool = DEFAULT_TF32  # let the engine's FP32 layers use TF32
+    triton_dir: Path | None = None  # also lay the artifacts out as a Triton model repository there
     repeats: int = 5  # timed runs per artifact
     int8: Int8Options = Int8Options()  # with precision int8
     int8_sensitivity: bool = False  # report each block's AP change (implied by int8.max_ap_drop)
@@ -180,6 +186,8 @@ class _Checker:
         if artifact is not None:
             result.path, result.size_bytes = str(artifact.path), artifact.size_bytes
             result.note = ", ".join(note for note in (result.note, artifact.note) if note)
+        if artifact is not None and artifact.kind == "engine":
+            result.equivalent_commands = dict((read_sidecar(artifact.path) or {}).get("equivalent_commands", {}))
         return result
 
     def artifact(self, artifact: Artifact) -> ArtifactCheck:
@@ -210,13 +218,10 @@ def build_and_verify(weights: str | None, options: BuildOptions = BuildOptions()
         checks += [check.artifact(chain.int8_onnx(flavour)) for flavour in INT8_FLAVOURS]
     if options.graph_postprocess:
         checks += [check.artifact(artifact) for artifact in graph_exports(chain, options)]
-    skipped = []
-    reason = tensorrt_unavailable_reason()
-    for graph in (None, PostprocessConfig()) if options.graph_postprocess else (None,):
-        if reason is not None:
-            skipped.append(f"TensorRT engine{' with the graph post-processing' if graph else ''} skipped: {reason}")
-        else:
-            checks.append(check.artifact(chain.engine(options.precision, options.profile, graph)))
+    skipped: list[str] = []
+    engine, graph_engine = _engines(chain, options, skipped)
+    checks += [check.artifact(built) for built in (engine, graph_engine) if built is not None]
+    triton = _write_triton(chain, options, engine, skipped, graph_engine) if options.triton_dir is not None else []
     return BuildReport(
         model=source.name,
         source=str(source.path),
@@ -229,6 +234,7 @@ def build_and_verify(weights: str | None, options: BuildOptions = BuildOptions()
         seconds=time.perf_counter() - start,
         int8=_int8_summary(chain),
         sensitivity=sensitivity,
+        triton_models=triton,
     )
 
 
@@ -240,6 +246,58 @@ def graph_exports(chain: ArtifactChain, options: BuildOptions) -> list[Artifact]
     if options.precision == "int8":
         exports.append(chain.int8_onnx("tensorrt", postprocess=graph))
     return exports
+
+
+def _engines(
+    chain: ArtifactChain, options: BuildOptions, skipped: list[str]
+) -> tuple[Artifact | None, Artifact | None]:
+    """The build's engine and, with ``--postprocess graph``, the engine of the export with the post-processing
+    inside; None where not built (where TensorRT cannot run, with a line in ``skipped`` for each)."""
+    reason = tensorrt_unavailable_reason()
+    if reason is not None:
+        skipped.append(f"TensorRT engine skipped: {reason}")
+        if options.graph_postprocess:
+            skipped.append(f"TensorRT engine with the graph post-processing skipped: {reason}")
+        return None, None
+    engine = chain.engine(options.precision, options.profile, options.tf32)
+    if not options.graph_postprocess:
+        return engine, None
+    return engine, chain.engine(options.precision, options.profile, options.tf32, postprocess=PostprocessConfig())
+
+
+def triton_models(
+    chain: ArtifactChain, options: BuildOptions, engine: Artifact | None, graph_engine: Artifact | None = None
+) -> list[TritonModel]:
+    """The Triton models of a build: the engine (``<model>``, its interface that of the ONNX it was built
+    from), the FP32 ONNX (``<model>_onnx``) and, when built, the graph post-processing ONNX and its engine
+    (``<model>_postprocess_onnx``, ``<model>_postprocess``)."""
+    name, profile = model_name(chain.source.name), options.profile
+    fp32 = chain.onnx("fp32").path
+    models = [triton_model(f"{name}_onnx", fp32, fp32, profile)]
+    if engine is not None:
+        models.append(triton_model(name, engine.path, chain.onnx(options.precision, flavour="tensorrt").path, profile))
+    if options.graph_postprocess:
+        graph = chain.onnx("fp32", PostprocessConfig()).path
+        models.append(triton_model(f"{name}_postprocess_onnx", graph, graph, profile))
+    if graph_engine is not None:
+        parent = chain.onnx(options.precision, PostprocessConfig(), flavour="tensorrt").path
+        models.append(triton_model(f"{name}_postprocess", graph_engine.path, parent, profile))
+    return models
+
+
+def _write_triton(
+    chain: ArtifactChain,
+    options: BuildOptions,
+    engine: Artifact | None,
+    skipped: list[str],
+    graph_engine: Artifact | None = None,
+) -> list[str]:
+    """Write the build's Triton repository; without an engine one line in ``skipped`` says the plan model was
+    not written. Returns the model folders."""
+    if engine is None:
+        skipped.append(f"Triton plan model {model_name(chain.source.name)} skipped: no TensorRT engine was built")
+    folders = write_repository(options.triton_dir, triton_models(chain, options, engine, graph_engine))
+    return [str(folder) for folder in folders]
 
 
 def _search_exclusions(chain: ArtifactChain, options: BuildOptions) -> list[SensitivityReport]:

@@ -1,35 +1,37 @@
 """The YOLACT network: backbone, FPN, protonet and the shared prediction head.
 
 Module and parameter names match the released checkpoints exactly, so their state dicts load strictly.
-Block-internal widths are not fixed: pass ``state_dict`` and every bottleneck / residual block takes its
-internal widths from the checkpoint's tensor shapes (as after channel pruning).
+No width is fixed: pass ``state_dict`` and every convolution takes its output width from the checkpoint's
+tensor shapes (block-internal widths, stem and stage widths, FPN, protonet and head widths, the number of
+prototypes), as after channel pruning; the config's widths are only the defaults of a fresh model.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import YolactConfig
+from ..config import YolactConfig, make_priors
 from ..structures import RawOutputs, TrainOutputs
 
-WidthLookup = Callable[[str, int], int]
 
+class Shapes:
+    """What a checkpoint's tensor shapes say about the architecture; without a checkpoint, the defaults."""
 
-def _width_lookup(state_dict: Mapping[str, torch.Tensor] | None) -> WidthLookup:
-    """Output channels of the conv whose weight is ``key``, from the checkpoint when it has that key."""
+    def __init__(self, state_dict: Mapping[str, torch.Tensor] | None):
+        self.state_dict = state_dict
 
-    def lookup(key: str, default: int) -> int:
-        if state_dict is not None and key in state_dict and state_dict[key].dim() >= 1:
-            return int(state_dict[key].shape[0])
-        return default
+    def width(self, key: str, default: int) -> int:
+        """Output channels of the conv whose weight is ``key``, from the checkpoint when it has that key."""
+        tensor = None if self.state_dict is None else self.state_dict.get(key)
+        return int(tensor.shape[0]) if tensor is not None and tensor.dim() >= 1 else default
 
-    return lookup
+    def has(self, key: str, default: bool) -> bool:
+        """Whether the checkpoint holds ``key`` (a module that exists in some blocks only)."""
+        return default if self.state_dict is None else key in self.state_dict
 
 
 # --------------------------------------------------------------------------------------------- backbones
@@ -60,34 +62,40 @@ class Bottleneck(nn.Module):
 
 
 class ResNetBackbone(nn.Module):
-    def __init__(self, config: YolactConfig, width: WidthLookup):
+    def __init__(self, config: YolactConfig, shapes: Shapes):
         super().__init__()
         bb = config.backbone
-        self.conv1 = nn.Conv2d(3, bb.stem_channels, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(bb.stem_channels)
+        stem = shapes.width("backbone.conv1.weight", bb.stem_channels)
+        self.conv1 = nn.Conv2d(3, stem, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layers = nn.ModuleList()
-        in_ch = bb.stem_channels
+        in_ch = stem
+        channels = []
         for stage, (num_blocks, planes) in enumerate(zip(bb.layers, bb.widths)):
-            out_ch = planes * bb.expansion
             blocks = []
             for index in range(num_blocks):
                 stride = 2 if stage > 0 and index == 0 else 1
                 prefix = f"backbone.layers.{stage}.{index}"
+                out_ch = shapes.width(f"{prefix}.conv3.weight", planes * bb.expansion)
+                # Whether a block has a downsample is the checkpoint's to say: a pruned stage may come out as
+                # wide as its input although the dense one was not.
+                default = index == 0 and (stride != 1 or in_ch != out_ch)
                 blocks.append(
                     Bottleneck(
                         in_ch,
-                        width(f"{prefix}.conv1.weight", planes),
-                        width(f"{prefix}.conv2.weight", planes),
+                        shapes.width(f"{prefix}.conv1.weight", planes),
+                        shapes.width(f"{prefix}.conv2.weight", planes),
                         out_ch,
                         stride,
-                        downsample=index == 0 and (stride != 1 or in_ch != out_ch),
+                        downsample=shapes.has(f"{prefix}.downsample.0.weight", default),
                     )
                 )
                 in_ch = out_ch
             self.layers.append(nn.Sequential(*blocks))
-        self.channels = bb.stage_channels
+            channels.append(in_ch)
+        self.channels = tuple(channels)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -119,21 +127,23 @@ class DarkNetBlock(nn.Module):
 
 
 class DarkNetBackbone(nn.Module):
-    def __init__(self, config: YolactConfig, width: WidthLookup):
+    def __init__(self, config: YolactConfig, shapes: Shapes):
         super().__init__()
         bb = config.backbone
-        self._preconv = _darknet_conv(3, bb.stem_channels, 3)
+        in_ch = shapes.width("backbone._preconv.0.weight", bb.stem_channels)
+        self._preconv = _darknet_conv(3, in_ch, 3)
         self.layers = nn.ModuleList()
-        in_ch = bb.stem_channels
-        for stage, (num_blocks, channels) in enumerate(zip(bb.layers, bb.widths)):
-            out_ch = channels * bb.expansion
+        channels = []
+        for stage, (num_blocks, planes) in enumerate(zip(bb.layers, bb.widths)):
+            out_ch = shapes.width(f"backbone.layers.{stage}.0.0.weight", planes * bb.expansion)
             modules: list[nn.Module] = [_darknet_conv(in_ch, out_ch, 3, stride=2)]
             for index in range(1, num_blocks + 1):
-                mid = width(f"backbone.layers.{stage}.{index}.conv1.0.weight", channels)
+                mid = shapes.width(f"backbone.layers.{stage}.{index}.conv1.0.weight", planes)
                 modules.append(DarkNetBlock(out_ch, mid))
             self.layers.append(nn.Sequential(*modules))
             in_ch = out_ch
-        self.channels = bb.stage_channels
+            channels.append(out_ch)
+        self.channels = tuple(channels)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self._preconv(x)
@@ -146,13 +156,19 @@ class DarkNetBackbone(nn.Module):
 
 # ------------------------------------------------------------------------------------------------- FPN
 class FPN(nn.Module):
-    """Top-down FPN on C3..C5 with ReLU'd 3x3 smoothing, then stride-2 convs (no ReLU) for P6, P7."""
+    """Top-down FPN on C3..C5 with ReLU'd 3x3 smoothing, then stride-2 convs (no ReLU) for P6, P7.
 
-    def __init__(self, in_channels: list[int], channels: int, num_downsample: int):
+    Two widths: ``merged_channels`` of the laterals (summed top-down, so one width) and ``channels`` of
+    P3..P7 (one width: the prediction head is shared across levels). The released models have both at 256.
+    """
+
+    def __init__(self, in_channels: list[int], merged_channels: int, channels: int, num_downsample: int):
         super().__init__()
         # Lateral and smoothing layers are stored from the deepest level to the shallowest.
-        self.lat_layers = nn.ModuleList(nn.Conv2d(c, channels, kernel_size=1) for c in reversed(in_channels))
-        self.pred_layers = nn.ModuleList(nn.Conv2d(channels, channels, kernel_size=3, padding=1) for _ in in_channels)
+        self.lat_layers = nn.ModuleList(nn.Conv2d(c, merged_channels, kernel_size=1) for c in reversed(in_channels))
+        self.pred_layers = nn.ModuleList(
+            nn.Conv2d(merged_channels, channels, kernel_size=3, padding=1) for _ in in_channels
+        )
         self.downsample_layers = nn.ModuleList(
             nn.Conv2d(channels, channels, kernel_size=3, padding=1, stride=2) for _ in range(num_downsample)
         )
@@ -185,20 +201,26 @@ class Upsample2x(nn.Module):
         return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
 
 
-def make_protonet(in_ch: int, channels: int, mask_dim: int) -> nn.Sequential:
+# Protonet indices of the 3x3 convs (each with its own width) and of the 1x1 conv writing the prototypes.
+PROTONET_CONVS = (0, 2, 4, 8)
+PROTOTYPE_CONV = 10
+
+
+def make_protonet(in_ch: int, widths: tuple[int, int, int, int], mask_dim: int) -> nn.Sequential:
     """3 x (conv3x3 + ReLU), x2 upsample + ReLU, conv3x3 + ReLU, conv1x1 -> prototypes (ReLU applied later)."""
+    w0, w1, w2, w3 = widths
     return nn.Sequential(
-        nn.Conv2d(in_ch, channels, 3, padding=1),
+        nn.Conv2d(in_ch, w0, 3, padding=1),
         nn.ReLU(inplace=True),
-        nn.Conv2d(channels, channels, 3, padding=1),
+        nn.Conv2d(w0, w1, 3, padding=1),
         nn.ReLU(inplace=True),
-        nn.Conv2d(channels, channels, 3, padding=1),
+        nn.Conv2d(w1, w2, 3, padding=1),
         nn.ReLU(inplace=True),
         Upsample2x(),
         nn.ReLU(inplace=True),
-        nn.Conv2d(channels, channels, 3, padding=1),
+        nn.Conv2d(w2, w3, 3, padding=1),
         nn.ReLU(inplace=True),
-        nn.Conv2d(channels, mask_dim, 1),
+        nn.Conv2d(w3, mask_dim, 1),
     )
 
 
@@ -225,38 +247,6 @@ class PredictionHead(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- priors
-def make_priors(config: YolactConfig, feature_sizes: list[tuple[int, int]]) -> np.ndarray:
-    """Prior boxes ``(cx, cy, w, h)`` relative to the input, ordered level, row, column, scale, ratio.
-
-    Reproduces the original exactly, quirks included: with ``use_square_anchors`` the height is set to the
-    width (the aspect ratio only changes the size), and pixel scales are relative to ``max_size``. The
-    arithmetic is done in float64 like Python's, then stored as float32.
-    """
-    rows = []
-    for (conv_h, conv_w), scales in zip(feature_sizes, config.pred_scales):
-        ys, xs = np.meshgrid(np.arange(conv_h, dtype=np.float64), np.arange(conv_w, dtype=np.float64), indexing="ij")
-        centers_x = ((xs + 0.5) / conv_w).reshape(-1, 1)
-        centers_y = ((ys + 0.5) / conv_h).reshape(-1, 1)
-        sizes = []
-        for scale in scales:
-            for ratio in config.pred_aspect_ratios:
-                ratio = ratio if config.preapply_sqrt else math.sqrt(ratio)
-                if config.use_pixel_scales:
-                    w = scale * ratio / config.max_size
-                    h = scale / ratio / config.max_size
-                else:
-                    w = scale * ratio / conv_w
-                    h = scale / ratio / conv_h
-                sizes.append((w, w if config.use_square_anchors else h))
-        num_anchors = len(sizes)
-        level = np.empty((conv_h * conv_w, num_anchors, 4), dtype=np.float64)
-        level[:, :, 0] = centers_x
-        level[:, :, 1] = centers_y
-        level[:, :, 2:] = np.asarray(sizes, dtype=np.float64)[None]
-        rows.append(level.reshape(-1, 4))
-    return np.concatenate(rows).astype(np.float32)
-
-
 # ---------------------------------------------------------------------------------------------- YOLACT
 class Yolact(nn.Module):
     """YOLACT. ``forward`` returns :class:`RawOutputs` for inference and export; training uses
@@ -265,26 +255,38 @@ class Yolact(nn.Module):
     def __init__(self, config: YolactConfig, state_dict: Mapping[str, torch.Tensor] | None = None):
         super().__init__()
         self.config = config
-        width = _width_lookup(state_dict)
+        shapes = Shapes(state_dict)
         backbone_cls = ResNetBackbone if config.backbone.kind == "resnet" else DarkNetBackbone
-        self.backbone = backbone_cls(config, width)
+        self.backbone = backbone_cls(config, shapes)
         selected = [self.backbone.channels[i] for i in config.backbone.selected_layers]
-        self.fpn = FPN(selected, config.fpn_channels, config.fpn_downsample)
-        self.proto_net = make_protonet(config.fpn_channels, config.proto_channels, config.mask_dim)
+        merged = shapes.width("fpn.lat_layers.0.weight", config.fpn_channels)
+        fpn_out = shapes.width("fpn.pred_layers.0.weight", config.fpn_channels)
+        self.fpn = FPN(selected, merged, fpn_out, config.fpn_downsample)
+        proto_widths = tuple(shapes.width(f"proto_net.{i}.weight", config.proto_channels) for i in PROTONET_CONVS)
+        self.mask_dim = shapes.width(f"proto_net.{PROTOTYPE_CONV}.weight", config.mask_dim)
+        self.proto_net = make_protonet(fpn_out, proto_widths, self.mask_dim)
+        head_width = shapes.width("prediction_layers.0.upfeature.0.weight", config.head_channels)
         # Only the first head holds weights; the original shares it across levels.
         self.prediction_layers = nn.ModuleList(
-            [
-                PredictionHead(
-                    config.fpn_channels,
-                    config.head_channels,
-                    config.priors_per_location,
-                    config.num_classes,
-                    config.mask_dim,
-                )
-            ]
+            [PredictionHead(fpn_out, head_width, config.priors_per_location, config.num_classes, self.mask_dim)]
         )
-        self.semantic_seg_conv = nn.Conv2d(config.fpn_channels, config.num_classes - 1, kernel_size=1)
+        self.semantic_seg_conv = nn.Conv2d(fpn_out, config.num_classes - 1, kernel_size=1)
         self._prior_cache: dict[tuple, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def feature_sizes(self, input_size: int | None = None) -> list[tuple[int, int]]:
+        """(h, w) of each FPN level for a square input of ``input_size`` (default: the config's): the grid the
+        priors are laid on (:func:`~trt_yolact.config.make_priors`)."""
+        size = input_size or self.config.max_size
+        images = torch.zeros((1, 3, size, size), device=next(self.parameters()).device)
+        was_training = self.training
+        self.eval()  # a forward in training mode would move the batch norm statistics
+        try:
+            features = self.backbone(images)
+            pyramid = self.fpn([features[i] for i in self.config.backbone.selected_layers])
+        finally:
+            self.train(was_training)
+        return [(int(level.shape[-2]), int(level.shape[-1])) for level in pyramid]
 
     def priors(self, feature_sizes: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
         key = (tuple(feature_sizes), str(device))

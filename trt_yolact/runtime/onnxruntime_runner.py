@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from ..config import PRECISIONS
-from ..deploy.onnx_format import INPUT_NAME, parse_metadata
+from ..deploy.onnx_format import HOST_OUTPUTS, INPUT_NAME, NETWORK_OUTPUT_NAMES, parse_metadata, prior_boxes
 from ..errors import ExportError, RunnerError, first_line
-from ..structures import UNBATCHED_OUTPUTS
+from ..structures import OUTPUT_NAMES, UNBATCHED_OUTPUTS
 from .base import Runner, resolve_device
 
 ProviderSpec = str | tuple[str, dict[str, Any]]
@@ -92,7 +92,8 @@ class OnnxRuntimeRunner(Runner):
     ``providers``: ONNX Runtime execution providers in priority order (names, or ``(name, options)``); None
     picks CPU for ``device="cpu"`` and CUDA (+ CPU fallback) for a CUDA device. ``threads``: intra-op threads
     of the CPU provider (None: ONNX Runtime's default). The config, precision and input size come from the
-    export's metadata (:attr:`metadata`, :attr:`config`); a fixed-batch export sets the batch profile.
+    export's metadata (:attr:`metadata`, :attr:`config`); a fixed-batch export sets the batch profile. The
+    ``priors`` of a raw export are made from its metadata (they are no graph output).
     """
 
     backend = "onnxruntime"
@@ -170,17 +171,31 @@ class OnnxRuntimeRunner(Runner):
         self._input_size = size
         if isinstance(shape[0], int):  # a fixed-batch export: smaller batches are padded, larger ones split
             self.min_batch = self.max_batch = shape[0]
-        self.output_names = tuple(o.name for o in self.session.get_outputs())
+        self._graph_outputs = tuple(o.name for o in self.session.get_outputs())
         self._output_meta = {o.name: (o.shape, _NUMPY_TYPES.get(o.type)) for o in self.session.get_outputs()}
+        self._host_outputs = self._made_on_host()
+        self.output_names = OUTPUT_NAMES if self._host_outputs else self._graph_outputs
         precision = self.metadata.get("precision")
         self.precision = precision if precision in PRECISIONS else ("fp16" if numpy_dtype == np.float16 else "fp32")
         self.providers = self.session.get_providers()
 
+    def _made_on_host(self) -> dict[str, torch.Tensor]:
+        """The raw outputs a raw export leaves to the host (its priors, from the metadata), or {}."""
+        if self._graph_outputs != NETWORK_OUTPUT_NAMES:  # graph post-processing, or an export with priors
+            return {}
+        if self.config is None or "prior_grid" not in self.metadata:
+            raise RunnerError(f"{self.onnx_path.name} has no priors output and no config/prior_grid to make them")
+        priors = torch.from_numpy(np.array(prior_boxes(self.config, self.metadata["prior_grid"])))
+        return {HOST_OUTPUTS[0]: priors.to(self._device)}
+
     def _infer(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         if self._device.type == "cuda":
-            return self._infer_cuda(images)
-        values = self.session.run(None, {INPUT_NAME: images.detach().numpy()})
-        return {name: torch.from_numpy(np.asarray(v)) for name, v in zip(self.output_names, values)}
+            outputs = self._infer_cuda(images)
+        else:
+            values = self.session.run(None, {INPUT_NAME: images.detach().numpy()})
+            outputs = {name: torch.from_numpy(np.asarray(v)) for name, v in zip(self._graph_outputs, values)}
+        outputs.update(self._host_outputs)
+        return {name: outputs[name] for name in self.output_names}
 
     def _infer_cuda(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """IO binding on torch CUDA memory; outputs with unknown shapes fall back to ORT allocation."""
@@ -189,7 +204,7 @@ class OnnxRuntimeRunner(Runner):
         input_type = next(k for k, v in _TORCH_TYPES.items() if v == self.input_dtype)
         binding.bind_input(INPUT_NAME, "cuda", index, input_type, list(images.shape), images.data_ptr())
         outputs: dict[str, torch.Tensor] = {}
-        for name in self.output_names:
+        for name in self._graph_outputs:
             shape, dtype = self._output_meta[name]
             dims = [
                 batch if (i == 0 and name not in UNBATCHED_OUTPUTS and not isinstance(d, int)) else d
@@ -204,7 +219,7 @@ class OnnxRuntimeRunner(Runner):
         # ONNX Runtime works on its own stream: the input must be ready before it starts.
         torch.cuda.current_stream(self._device).synchronize()
         self.session.run_with_iobinding(binding)
-        for name, value in zip(self.output_names, binding.get_outputs()):
+        for name, value in zip(self._graph_outputs, binding.get_outputs()):
             if name not in outputs:
                 outputs[name] = torch.from_numpy(value.numpy()).to(self._device)
-        return {name: outputs[name] for name in self.output_names}
+        return outputs

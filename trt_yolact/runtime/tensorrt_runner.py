@@ -1,9 +1,11 @@
 """Run a TensorRT engine built by :mod:`trt_yolact.deploy.tensorrt_build` on torch CUDA tensors.
 
 Inputs and outputs stay on the GPU: TensorRT reads and writes torch-allocated memory directly
-(``set_tensor_address`` + ``execute_async_v3`` on torch's current stream), there is no host copy. This module
-only opens engines, it never builds one. TensorRT objects are named as in
-``trt_yolact.deploy.engine_format.TRT_OBJECT_TYPES`` (see the API contract test).
+(``set_tensor_address`` + ``execute_async_v3``), there is no host copy. Each runner enqueues on a CUDA stream of
+its own (never the legacy default stream, on which TensorRT would synchronise), ordered after the caller's
+current stream and before whatever the caller queues next. This module only opens engines, it never builds
+one. TensorRT objects are named as in ``trt_yolact.deploy.engine_format.TRT_OBJECT_TYPES`` (see the API
+contract test).
 """
 
 from __future__ import annotations
@@ -16,17 +18,18 @@ from typing import Any
 
 import torch
 
-from ..config import PRECISIONS
+from ..config import PRECISIONS, YolactConfig
 from ..deploy.engine_format import (
     engine_compatibility_problem,
     gpu_info,
     import_tensorrt,
+    process_logger,
     read_sidecar,
     rebuild_command,
     sidecar_path,
 )
-from ..deploy.onnx_format import INPUT_NAME
-from ..errors import RunnerError
+from ..deploy.onnx_format import HOST_OUTPUTS, INPUT_NAME, NETWORK_OUTPUT_NAMES, prior_boxes
+from ..errors import ConfigError, RunnerError
 from ..structures import GRAPH_OUTPUT_NAMES
 from .base import Runner
 from .graph_outputs import has_graph_outputs, recorded_postprocess_config
@@ -45,11 +48,10 @@ def _torch_dtypes(trt: Any) -> dict[Any, torch.dtype]:
     }
 
 
-def deserialize_engine(trt: Any, engine_path: str | os.PathLike, trt_logger: Any = None) -> tuple[Any, Any]:
+def deserialize_engine(trt: Any, engine_path: str | os.PathLike) -> tuple[Any, Any]:
     """(runtime, engine); the runtime must outlive the engine."""
     engine_path = Path(engine_path)
-    trt_logger = trt_logger or trt.Logger(trt.Logger.WARNING)
-    runtime = trt.Runtime(trt_logger)
+    runtime = trt.Runtime(process_logger(trt))
     engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
     if engine is None:
         raise RunnerError(
@@ -57,6 +59,14 @@ def deserialize_engine(trt: Any, engine_path: str | os.PathLike, trt_logger: Any
             f"another TensorRT version or GPU; {rebuild_command(engine_path)}"
         )
     return runtime, engine
+
+
+def engine_activation_bytes(engine: Any) -> int:
+    """The activation memory an execution context of ``engine`` allocates: ``device_memory_size_v2`` from
+    TensorRT 10.1 on, ``device_memory_size`` (its 32-bit predecessor, gone in 11.0) on 10.0."""
+    if hasattr(engine, "device_memory_size_v2"):
+        return int(engine.device_memory_size_v2)
+    return int(engine.device_memory_size)
 
 
 def engine_layers(engine_path: str | os.PathLike) -> dict[str, Any]:
@@ -75,9 +85,11 @@ class TensorRTRunner(Runner):
     """Runner over a serialized TensorRT engine (``.engine`` + its ``.engine.json`` sidecar).
 
     The batch profile comes from the engine (batches above its max are split, below its min padded); an
-    engine with an FP16 input takes FP16. ``priors`` is a constant output. An engine of an export with the
-    post-processing in the graph has the outputs of ``GraphDetections`` instead (``postprocess == "graph"``, its
-    settings read from the sidecar). Not thread safe: one execution context, use one runner per thread.
+    engine with an FP16 input takes FP16. The ``priors`` are made from the sidecar's ``config`` and
+    ``prior_grid`` (an engine of an earlier export that has them as an output still runs). An engine of an export
+    with the post-processing in the graph has the outputs of ``GraphDetections`` instead (``postprocess ==
+    "graph"``, its settings read from the sidecar). Not thread safe: one execution context and one CUDA stream,
+    use one runner per thread.
     """
 
     backend = "tensorrt"
@@ -123,17 +135,18 @@ class TensorRTRunner(Runner):
     def _activate(self) -> None:
         trt = import_tensorrt()
         with torch.cuda.device(self._device):
-            self._trt_logger = trt.Logger(trt.Logger.WARNING)
-            self._runtime, self._engine = deserialize_engine(trt, self.engine_path, self._trt_logger)
+            self._runtime, self._engine = deserialize_engine(trt, self.engine_path)
             self._context = self._engine.create_execution_context()
             if self._context is None:
                 raise RunnerError(
                     f"TensorRT could not create an execution context for {self.engine_path.name} (out of GPU memory?)"
                 )
+            self._stream = torch.cuda.Stream(self._device)
         self._read_interface(trt)
 
     def _deactivate(self) -> None:
-        del self._context, self._engine, self._runtime
+        self._stream.synchronize()  # nothing queued may outlive the context it runs in
+        del self._context, self._engine, self._runtime, self._stream
 
     def _read_interface(self, trt: Any) -> None:
         """Input dtype, output dtypes, batch profile, input size and precision, from the engine."""
@@ -151,16 +164,19 @@ class TensorRTRunner(Runner):
                 self._output_dtypes[tensor_name] = dtype
         if inputs != [INPUT_NAME] or self.input_dtype not in (torch.float32, torch.float16):
             raise RunnerError(f"engine must have exactly one float32/float16 input {INPUT_NAME!r}, has {inputs}")
-        if has_graph_outputs(self._output_dtypes):  # an engine of the export with the post-processing inside
+        graph = has_graph_outputs(self._output_dtypes)  # an engine of the export with the post-processing inside
+        if graph:
             self.output_names, self.postprocess = GRAPH_OUTPUT_NAMES, "graph"
             self.postprocess_config = recorded_postprocess_config(self.metadata)
-        missing = [n for n in self.output_names if n not in self._output_dtypes]
+        required = GRAPH_OUTPUT_NAMES if graph else NETWORK_OUTPUT_NAMES
+        missing = [n for n in required if n not in self._output_dtypes]
         if missing:
             has = sorted(self._output_dtypes)
             raise RunnerError(f"engine lacks outputs {missing} (has {has}); {rebuild_command(self.engine_path)}")
+        self._host_outputs = {} if graph else self._made_on_host()
         # What the engine holds on the GPU outside torch's allocator: its weights (about the plan's size) and
         # the activation memory its context allocated; `bench` adds this to torch's CUDA peak.
-        self.device_memory_bytes = int(self._engine.device_memory_size_v2) + self.engine_path.stat().st_size
+        self.device_memory_bytes = engine_activation_bytes(self._engine) + self.engine_path.stat().st_size
         min_shape, _opt_shape, max_shape = (tuple(d) for d in self._engine.get_tensor_profile_shape(INPUT_NAME, 0))
         self.min_batch, self.max_batch = int(min_shape[0]), int(max_shape[0])
         self._input_size = int(max_shape[2])
@@ -169,9 +185,24 @@ class TensorRTRunner(Runner):
             recorded if recorded in PRECISIONS else ("fp16" if self.input_dtype == torch.float16 else "fp32")
         )
 
+    def _made_on_host(self) -> dict[str, torch.Tensor]:
+        """The raw outputs the engine leaves to the host (its priors, from the sidecar), or {}."""
+        if all(name in self._output_dtypes for name in HOST_OUTPUTS):
+            return {}
+        record = self.metadata or {}
+        try:
+            config, grid = YolactConfig.from_dict(record["config"]), record["prior_grid"]
+        except (KeyError, TypeError, ConfigError):
+            raise RunnerError(
+                f"engine {self.engine_path.name} has no priors output and its sidecar lacks the config and "
+                f"prior_grid to make them; {rebuild_command(self.engine_path)}"
+            ) from None
+        priors = torch.from_numpy(prior_boxes(config, grid).copy())
+        return {HOST_OUTPUTS[0]: priors.to(self._device)}
+
     def _infer(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.cuda.device(self._device):
-            stream = torch.cuda.current_stream(self._device)
+            caller = torch.cuda.current_stream(self._device)
             if not self._context.set_input_shape(INPUT_NAME, tuple(images.shape)):
                 raise RunnerError(f"TensorRT rejected input shape {list(images.shape)}")
             self._context.set_tensor_address(INPUT_NAME, images.data_ptr())
@@ -180,11 +211,21 @@ class TensorRTRunner(Runner):
                 shape = tuple(self._context.get_tensor_shape(tensor_name))
                 if any(d < 0 for d in shape):
                     raise RunnerError(f"output {tensor_name!r} has an unresolved shape {list(shape)}")
-                out = torch.empty(shape, dtype=dtype, device=self._device)
+                out = torch.empty(shape, dtype=dtype, device=self._device)  # on the caller's stream
                 self._context.set_tensor_address(tensor_name, out.data_ptr())
                 outputs[tensor_name] = out
-            if not self._context.execute_async_v3(stream.cuda_stream):
-                raise RunnerError(f"TensorRT execution of {self.engine_path.name} failed (see the log above)")
-        # The input and the outputs were allocated on this stream: the caching allocator will not reuse their
-        # memory before the queued execution, so no synchronisation is needed here.
+            self._enqueue(caller, [images, *outputs.values()])
+        outputs.update(self._host_outputs)
         return {name: outputs[name] for name in self.output_names}
+
+    def _enqueue(self, caller: torch.cuda.Stream, buffers: list[torch.Tensor]) -> None:
+        """Run the context on the runner's stream between the caller's work: the input is complete before
+        TensorRT reads it, the outputs before the caller's next kernel reads them."""
+        self._stream.wait_stream(caller)
+        for buffer in buffers:
+            # Allocated on the caller's stream but used on ours: the caching allocator must not hand their
+            # memory out again (when the caller drops them) before our queued work is done.
+            buffer.record_stream(self._stream)
+        if not self._context.execute_async_v3(self._stream.cuda_stream):
+            raise RunnerError(f"TensorRT execution of {self.engine_path.name} failed (see the log above)")
+        caller.wait_stream(self._stream)

@@ -1,6 +1,10 @@
-"""Run a YOLACT ``nn.Module`` in eager PyTorch, on the CPU or a CUDA GPU, in FP32 or FP16."""
+"""Run a YOLACT ``nn.Module`` in eager PyTorch, on the CPU or a CUDA GPU, in FP32 or FP16; on a GPU, the
+forward pass (alone or with the stages around it) can be captured in a CUDA graph."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -9,6 +13,7 @@ from ..config import INT8_BACKENDS, PRECISIONS
 from ..errors import BackendUnavailable, RunnerError, UsageError
 from .allocator import keep_freed_memory
 from .base import Runner, resolve_device
+from .cuda_graph import CudaGraphCall
 
 
 class TorchRunner(Runner):
@@ -59,3 +64,12 @@ class TorchRunner(Runner):
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)._asdict()
+
+    def capture(self, fn: Callable[..., Any], inputs: Sequence[torch.Tensor]) -> CudaGraphCall:
+        """``fn(*inputs)`` (typically a call of this runner, with stages before and after it) captured in a
+        CUDA graph on this runner's GPU; ``inputs`` become the graph's static inputs. ``fn`` must keep its
+        shapes and never wait for the host (the static post-processing qualifies, the dynamic one does not).
+        """
+        if self._device.type != "cuda":
+            raise BackendUnavailable(f"CUDA graphs need a CUDA GPU; {self} runs on {self._device}")
+        return CudaGraphCall(fn, inputs)

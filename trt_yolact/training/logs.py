@@ -31,23 +31,24 @@ class TrainingLog:
     """The logs of the main process of one run in ``out_dir``.
 
     A run resumed at ``iteration`` keeps the rows up to it and drops any a stopped run wrote after its last
-    checkpoint, so no iteration is logged twice. With ``sparsity`` the |gamma| statistics are logged too and
-    the weights at the start are kept (once, across resumes) for the before/after histogram.
+    checkpoint, so no iteration is logged twice. With a ``sparsity_scope`` (sparsity training) the |gamma|
+    statistics of that scope are logged too (and the BN-free groups' norms with scope ``all``) and the
+    weights at the start are kept (once, across resumes) for the before/after histogram.
     """
 
-    def __init__(self, out_dir: Path, iteration: int, model: nn.Module, sparsity: bool):
-        self.out_dir, self.sparsity = out_dir, sparsity
+    def __init__(self, out_dir: Path, iteration: int, model: nn.Module, sparsity_scope: str | None):
+        self.out_dir, self.sparsity = out_dir, sparsity_scope
         self.loss_csv, self.gamma_csv = out_dir / LOSS_CSV, out_dir / GAMMA_CSV
         self.initial_weights = out_dir / INITIAL_WEIGHTS
         self.writer, self._quiet = None, _QuietWriterThreads()
         try:
             self.writer = _tensorboard(out_dir, iteration)
             _start_csv(self.loss_csv, ["iteration", "lr", *LOSS_TERMS, "seconds"], iteration)
-            if sparsity:
+            if sparsity_scope:
                 if not self.initial_weights.exists():
                     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
                     atomic_write_bytes(self.initial_weights, serialize(state))
-                _start_csv(self.gamma_csv, ["iteration", *gamma_statistics(model)], iteration)
+                _start_csv(self.gamma_csv, ["iteration", *gamma_statistics(model, sparsity_scope)], iteration)
         except BaseException:
             self.close()
             raise
@@ -57,7 +58,7 @@ class TrainingLog:
         self._scalars("loss", losses, iteration)
         self._scalars("", {"lr": lr}, iteration)
         if self.sparsity:
-            stats = gamma_statistics(model)
+            stats = gamma_statistics(model, self.sparsity)
             _append_row(self.gamma_csv, [iteration, *(f"{v:.5f}" for v in stats.values())])
             self._scalars("gamma", stats, iteration)
 

@@ -61,6 +61,8 @@ class TrainConfig:
     checkpoint_every: int = 200
     log_every: int = 10
     sparsity: float = 0.0  # L1 penalty on prunable BN scales (network slimming)
+    sparsity_scope: str = "internal"  # "all": also group lasso on the BN-free groups (FPN, protonet, head)
+    sparsity_neck: float | None = None  # the group-lasso strength with scope "all" (None: ``sparsity``)
     clip_grad: float = 0.0  # max gradient norm; 0 = off (the original does not clip; from scratch helps)
     expand_max_ratio: float = 4.0  # augmentation zoom-out limit (the original's 4 suits COCO at 550 px)
     min_box_size: float = 4.0  # objects smaller than this many pixels after augmentation are dropped
@@ -431,7 +433,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["total"]).backward()
         self.scaler.unscale_(self.optimizer)
-        apply_sparsity_penalty(self.model, tc.sparsity)
+        apply_sparsity_penalty(self.model, tc.sparsity, tc.sparsity_scope, tc.sparsity_neck)
         if tc.clip_grad > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad)
         self.scaler.step(self.optimizer)
@@ -478,7 +480,8 @@ class Trainer:
         log = None
         try:
             if self.is_main:
-                log = TrainingLog(self.out_dir, self.state.iteration, self.model, tc.sparsity > 0)
+                scope = tc.sparsity_scope if tc.sparsity > 0 or tc.sparsity_neck else None
+                log = TrainingLog(self.out_dir, self.state.iteration, self.model, scope)
             self._loop(log, end)
             if log is not None and self.state.iteration == tc.iters:
                 save_checkpoint(self.out_dir / FINAL_MODEL, self.model, iteration=self.state.iteration)
