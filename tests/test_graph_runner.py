@@ -18,6 +18,7 @@ from trt_yolact.data.synthetic import generate_dataset
 from trt_yolact.deploy.artifacts import ArtifactChain
 from trt_yolact.deploy.engine_format import read_sidecar, tensorrt_unavailable_reason
 from trt_yolact.deploy.onnx_format import onnx_precision, read_onnx_metadata
+from trt_yolact.deploy.triton import config_pbtxt
 from trt_yolact.errors import PrecisionError, UsageError
 from trt_yolact.inference.calibration_images import int8_setup
 from trt_yolact.inference.graph_detections import check_graph_settings, graph_to_detections
@@ -38,9 +39,13 @@ def shapes_set(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory):
+def chain(tmp_path_factory):
+    return ArtifactChain(ModelSource.load("yolact_shapes"), tmp_path_factory.mktemp("exports"))
+
+
+@pytest.fixture(scope="module")
+def exports(chain):
     """The demo model's raw export and its export with the (default) post-processing in the graph."""
-    chain = ArtifactChain(ModelSource.load("yolact_shapes"), tmp_path_factory.mktemp("exports"))
     return chain.onnx("fp32").path, chain.onnx("fp32", PostprocessConfig()).path
 
 
@@ -322,3 +327,23 @@ def test_the_tensorrt_runner_tells_a_graph_engine_by_its_outputs(tmp_path, outpu
     assert runner.postprocess == kind and tuple(runner.output_names) == tuple(outputs)
     assert (runner.min_batch, runner.max_batch, runner.input_size, runner.precision) == (1, 8, 320, "fp16")
     assert runner.postprocess_config == (PostprocessConfig(top_k=50) if kind == "graph" else None)
+
+
+def test_the_graph_engine_is_a_plan_model_of_the_triton_repository(chain, tmp_path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from trt_yolact.deploy.artifacts import Artifact
+    from trt_yolact.metrics.verify import BuildOptions, triton_models
+
+    options = BuildOptions(graph_postprocess=True, triton_dir=tmp_path)
+    engine = Artifact(tmp_path / "e.engine", "engine", "fp16")
+    graph_engine = Artifact(tmp_path / "g.engine", "engine", "fp16", "graph")
+    models = triton_models(chain, options, engine, graph_engine)
+    names = ["yolact_shapes_onnx", "yolact_shapes", "yolact_shapes_postprocess_onnx", "yolact_shapes_postprocess"]
+    assert [m.name for m in models] == names
+    plan = models[-1]
+    config = text_format.Parse(config_pbtxt(plan), model_config_pb2.ModelConfig())
+    assert config.platform == "tensorrt_plan" and plan.source == graph_engine.path
+    assert [t.name for t in config.output] == list(GRAPH_OUTPUT_NAMES)
+    assert [m.name for m in triton_models(chain, options, engine)] == names[:3]  # no graph engine built
