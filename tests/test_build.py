@@ -62,6 +62,7 @@ def test_build_writes_verified_artifacts_and_a_report(tiny_checkpoint, tmp_path,
         "tiny.build.json",
         "tiny.fused.fp16.onnx",
         "tiny.fused.onnx",
+        "tiny.fused.postprocess.fp16.onnx",
         "tiny.fused.postprocess.onnx",
         "tiny.fused.pth",
     ]
@@ -70,7 +71,10 @@ def test_build_writes_verified_artifacts_and_a_report(tiny_checkpoint, tmp_path,
     assert max(by_name["tiny.fused.onnx"]["max_abs_error"].values()) < 1e-4
     assert by_name["tiny.fused.onnx"]["same_detections"] is True
     assert by_name["tiny fused (torch)"]["same_detections"] is True
+    for graph in ("tiny.fused.postprocess.onnx", "tiny.fused.postprocess.fp16.onnx"):  # checked as the others
+        assert by_name[graph]["note"] == "graph post-processing" and by_name[graph]["max_abs_error"] == {}
     assert by_name["tiny.fused.postprocess.onnx"]["same_detections"] is True
+    assert by_name["tiny.fused.postprocess.onnx"]["detection_agreement"] == 1.0
     assert by_name["tiny.fused.fp16.onnx"]["precision"] == "fp16"
     assert report["fused"] is True and report["params"] > 0 and report["macs"] > 0
 

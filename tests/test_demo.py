@@ -298,19 +298,22 @@ def tiny_onnx(tmp_path_factory, checkpoint) -> Path:
     from trt_yolact.export import main as export_main
 
     out = tmp_path_factory.mktemp("onnx")
-    assert export_main(["--weights", str(checkpoint), "--out", str(out), "--name", "tiny"]) == 0
-    return out / "tiny.onnx"
+    args = ["--weights", str(checkpoint), "--out", str(out), "--name", "tiny", "--postprocess", "graph"]
+    assert export_main(args) == 0
+    return out / "tiny.onnx"  # beside it, tiny.postprocess.onnx: the post-processing in the graph
 
 
-def test_an_onnx_export_runs_a_video(tmp_path, capsys, video60, tiny_onnx):
-    """--weights X.onnx: the export runs with ONNX Runtime, its config read from the file's metadata."""
+@pytest.mark.parametrize("name", ["tiny.onnx", "tiny.postprocess.onnx"])
+def test_an_onnx_export_runs_a_video(tmp_path, capsys, video60, tiny_onnx, name):
+    """--weights X.onnx: the export runs with ONNX Runtime, its config read from the file's metadata; with the
+    post-processing in the graph as well."""
     out = tmp_path / "onnx.mp4"
     code = main(
         [
             "--source",
             str(video60),
             "--weights",
-            str(tiny_onnx),
+            str(tiny_onnx.with_name(name)),
             "--out",
             str(out),
             "--no-display",

@@ -1,7 +1,8 @@
 """Speed, size and memory of every model x backend x precision x batch, with the paper-style comparison.
 
     python -m trt_yolact.bench --weights yolact_shapes,yolact_shapes_pruned --backends torch,onnxruntime \\
-        [--precision fp32,fp16] [--batch 1,8] [--pipelines dynamic,static,graph] [--iters 20] [--json bench.json] \\
+        [--precision fp32,fp16] [--postprocess host,graph] [--batch 1,8] [--pipelines dynamic,static,graph] \\
+        [--iters 20] [--json bench.json] \\
         [--plot bench.png] [--md bench.md]
 
 What is measured and how: :mod:`trt_yolact.metrics.speed`.
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from .command_line import (
+    add_postprocess_place_argument,
     add_runtime_arguments,
     add_weights_argument,
     check_outputs_first,
@@ -49,6 +51,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     add_runtime_arguments(parser, several=True, backends=d.backends)
     parser.set_defaults(backends=None)  # None: not given, so that a deployed file runs on its own backend
+    add_postprocess_place_argument(parser)
     parser.add_argument(
         "--batch",
         type=positive_int_list_up_to(MAX_BATCH),
@@ -127,7 +130,9 @@ def _run(args: argparse.Namespace) -> int:
     )
     models = [w if artifact_backend(w) else ModelSource.load(w, args.config) for w in args.weights]
     backends = args.backends or BenchOptions().backends
-    options = BenchOptions(backends, args.precision, args.batch, args.iters, args.warmup, args.settle, runtime)
+    options = BenchOptions(
+        backends, args.precision, args.batch, args.iters, args.warmup, args.settle, runtime, args.postprocess
+    )
     options = replace(options, pipelines=args.pipelines or default_pipelines(args.device))
     with torch.inference_mode():
         rows, skipped = run_benchmark(models, options)

@@ -67,7 +67,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--postprocess",
         choices=("host", "graph"),
         default="host",
-        help="graph: also export the ONNX with in-graph NMS and mask assembly",
+        help="graph: also export the ONNX with in-graph NMS and mask assembly (FP32, FP16, INT8 TensorRT flavour) "
+        "and build its engine",
     )
     parser.add_argument("--out", default=str(d.out_dir), help=f"ONNX and report folder (default: {d.out_dir}/)")
     parser.add_argument(

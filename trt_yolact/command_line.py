@@ -21,6 +21,7 @@ from .config import (
     DEFAULT_MODEL,
     EMBEDDED_MODELS,
     INT8_BACKENDS,
+    POSTPROCESS_PLACES,
     PRECISIONS,
     Int8Options,
     RuntimeOptions,
@@ -375,6 +376,17 @@ def add_postprocess_arguments(
         help=f"drop detections scoring below this (default: {score_threshold})",
     )
     parser.add_argument("--top-k", type=positive_int, default=100, help="at most this many detections per image")
+
+
+def add_postprocess_place_argument(parser: argparse.ArgumentParser) -> None:
+    """``--postprocess host,graph``: where a comparison's checkpoints select their detections."""
+    parser.add_argument(
+        "--postprocess",
+        type=choice_list(POSTPROCESS_PLACES),
+        default=("host",),
+        help="comma-separated, of host (torch post-processing of the raw outputs) and graph (the export with "
+        "the post-processing inside; onnxruntime and tensorrt, fp32 and fp16): rows side by side (default: host)",
+    )
 
 
 # ---- more argument types, and outputs that must not overwrite inputs

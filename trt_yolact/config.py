@@ -194,6 +194,10 @@ BACKBONE_KINDS = ("resnet", "darknet")
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_BACKENDS = ("onnxruntime", "tensorrt")  # INT8 is Q/DQ ONNX: ONNX Runtime runs it, TensorRT builds it
+# Where detections are selected: by torch on the runner's device, or inside the exported graph (which only the
+# deployed backends run; in INT8, only TensorRT's flavour has a graph export: ONNX Runtime's holds the network).
+POSTPROCESS_PLACES = ("host", "graph")
+GRAPH_POSTPROCESS_BACKENDS = ("onnxruntime", "tensorrt")
 DEFAULT_CACHE = "export/cache"
 # The demo models shipped inside the package (trt_yolact/weights/NAME.pth); the first is the default model.
 EMBEDDED_MODELS = ("yolact_shapes", "yolact_shapes_pruned")
@@ -526,6 +530,7 @@ class RuntimeOptions:
     cache_dir: str | os.PathLike = DEFAULT_CACHE  # ONNX files and engines made for a checkpoint
     max_batch: int = 8  # the largest batch of a TensorRT engine made for a checkpoint
     int8: Int8Options = Int8Options()  # for INT8 artifacts made for a checkpoint
+    postprocess: str = "host"  # "graph": a checkpoint runs as its export with the post-processing in the graph
 
     def device_for(self, backend: str) -> str:
         return self.device or ("cuda" if backend == "tensorrt" else "cpu")

@@ -1,7 +1,7 @@
 """COCO box and mask AP of every model x backend x precision on an annotated image set, against torch FP32.
 
 python -m trt_yolact.eval --weights CKPT[,CKPT2] --ann instances.json --images DIR [--backends torch,onnxruntime]
-    [--precision fp32,fp16] [--json out.json] [--plot ap.png] [--max-ap-drop POINTS]
+    [--precision fp32,fp16] [--postprocess host,graph] [--json out.json] [--plot ap.png] [--max-ap-drop POINTS]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pycocotools.coco import COCO
 
 from .command_line import (
     add_postprocess_arguments,
+    add_postprocess_place_argument,
     add_runtime_arguments,
     add_weights_argument,
     check_outputs_first,
@@ -46,6 +47,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add_weights_argument(parser, several=True)
     add_runtime_arguments(parser, several=True)
     add_postprocess_arguments(parser)
+    add_postprocess_place_argument(parser)
     parser.add_argument("--ann", required=True, help="COCO instances JSON")
     parser.add_argument("--images", required=True, help="folder of the annotated images")
     parser.add_argument(
@@ -114,6 +116,7 @@ def _options(args: argparse.Namespace) -> EvalOptions:
         max_images=args.max_images,
         allow_missing_images=args.allow_missing_images,
         postprocess=PostprocessConfig(score_threshold=args.score_threshold, max_detections=args.top_k),
+        postprocess_places=args.postprocess,
     )
 
 
@@ -123,8 +126,8 @@ def _gate(comparison: Comparison, max_ap_drop: float) -> int:
     failing = [r for r in comparison.rows if r.mask_ap_change is not None and -r.mask_ap_change > max_ap_drop]
     for r in failing:
         print(
-            f"error: {r.model} {r.backend} {r.precision} loses {-r.mask_ap_change:.2f} mask AP points "
-            f"(allowed {max_ap_drop})",
+            f"error: {r.model} {r.backend} {r.precision} ({r.postprocess} post-processing) loses "
+            f"{-r.mask_ap_change:.2f} mask AP points (allowed {max_ap_drop})",
             file=sys.stderr,
         )
     if comparison.unavailable:

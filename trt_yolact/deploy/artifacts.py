@@ -159,9 +159,7 @@ class ArtifactChain:
         if precision == "fp16":
             return self._fp16_onnx(postprocess)
         if precision == "int8":
-            if postprocess is not None:
-                raise PrecisionError("INT8 exports hold the network only: use --postprocess graph with fp32")
-            return self.int8_onnx(flavour)
+            return self.int8_onnx(flavour, postprocess=postprocess)
         parent = self.checkpoint().path
         suffix = ".postprocess" if postprocess is not None else ""
         path = self.folder / f"{self.stem}{suffix}.onnx"
@@ -220,54 +218,82 @@ class ArtifactChain:
             raise CalibrationError("INT8 needs calibration images (--calib DIR or ANN.json:IMAGES)")
         return self.int8
 
-    def _int8_parent(self, flavour: str) -> Artifact:
-        """The export a flavour quantizes: FP16 for TensorRT's (whose compute stays FP16), FP32 for ONNX Runtime's."""
-        return self._fp16_onnx(None) if flavour == "tensorrt" else self.onnx("fp32")
+    def _int8_parent(self, flavour: str, postprocess: PostprocessConfig | None = None) -> Artifact:
+        """The export a flavour quantizes: FP16 for TensorRT's (whose compute stays FP16), FP32 for ONNX Runtime's;
+        ``postprocess``: the FP16 export with that post-processing in the graph (TensorRT's flavour only)."""
+        if postprocess is not None and flavour != "tensorrt":
+            raise PrecisionError(
+                "the ONNX Runtime INT8 flavour holds the network only: the post-processing goes into the graph of "
+                "the TensorRT flavour (an INT8 engine), or run the FP32/FP16 export with the post-processing inside"
+            )
+        return self._fp16_onnx(postprocess) if flavour == "tensorrt" else self.onnx("fp32")
 
-    def int8_onnx(self, flavour: str = "onnxruntime", exclude: tuple[str, ...] | None = None) -> Artifact:
+    def int8_onnx(
+        self,
+        flavour: str = "onnxruntime",
+        exclude: tuple[str, ...] | None = None,
+        postprocess: PostprocessConfig | None = None,
+    ) -> Artifact:
         """The INT8 export of ``flavour``, with the layers matching ``exclude`` (default: the setup's) kept in
-        the precision of its parent (FP32 for ONNX Runtime's, FP16 for TensorRT's)."""
+        the precision of its parent (FP32 for ONNX Runtime's, FP16 for TensorRT's); ``postprocess``: TensorRT's
+        flavour of the export with that post-processing in the graph (``STEM.postprocess.int8-trt.onnx``: the
+        network quantized as in the raw one, with the same calibration, the post-processing kept in FP32)."""
         if flavour not in INT8_FLAVOURS:
             raise PrecisionError(f"INT8 flavours are {', '.join(INT8_FLAVOURS)}, not {flavour!r}")
         setup = self._int8_setup()
         exclude = setup.exclusions(flavour) if exclude is None else tuple(exclude)
-        parent = self._int8_parent(flavour)
-        path = self.folder / f"{self.stem}{INT8_SUFFIXES[flavour]}.onnx"
+        parent = self._int8_parent(flavour, postprocess)
+        suffix = ".postprocess" if postprocess is not None else ""
+        path = self.folder / f"{self.stem}{suffix}{INT8_SUFFIXES[flavour]}.onnx"
         calibration = cache_settings(setup.settings, setup.data)
         key = _key("int8", flavour=flavour, calibration=calibration, exclude=sorted(exclude))
         if _recorded_in_onnx(path) == (self._sha256(parent.path), key, __version__):
-            return Artifact(path, "onnx", "int8", reused=True, note=f"{flavour} flavour")
+            return Artifact(path, "onnx", "int8", parent.postprocess, reused=True, note=f"{flavour} flavour")
         record = {"parent_sha256": self._sha256(parent.path), "artifact_options": key}
-        summary = self.write_int8_variant(flavour, exclude, path, record)
+        summary = self.write_int8_variant(flavour, exclude, path, record, postprocess)
         self._hashes.pop(path, None)
-        return Artifact(path, "onnx", "int8", note=f"{flavour} flavour, {summary}")
+        return Artifact(path, "onnx", "int8", parent.postprocess, note=f"{flavour} flavour, {summary}")
 
     def write_int8_variant(
-        self, flavour: str, exclude: tuple[str, ...], path: Path, record: dict[str, str] | None = None
+        self,
+        flavour: str,
+        exclude: tuple[str, ...],
+        path: Path,
+        record: dict[str, str] | None = None,
+        postprocess: PostprocessConfig | None = None,
     ) -> str:
-        """Quantize the chain's export for ``flavour`` with ``exclude`` into ``path`` (the sensitivity
-        search's trial models, outside the chain's folder); returns a summary."""
+        """Quantize the chain's export for ``flavour`` (with ``postprocess`` in its graph) with ``exclude`` into
+        ``path`` (also the sensitivity search's trial models, outside the chain's folder); returns a summary.
+        The ranges and weights come from the raw FP32 export: the graph export's network has the same nodes."""
         setup = self._int8_setup()
         calibration = cache_settings(setup.settings, setup.data)
-        parent, fp32 = self._int8_parent(flavour).path, self.onnx("fp32").path
+        parent, fp32 = self._int8_parent(flavour, postprocess).path, self.onnx("fp32").path
         return write_int8(flavour, parent, fp32, path, self.calibration_ranges(), exclude, calibration, record)
 
     def engine(
-        self, precision: str = "fp16", profile: BuildProfile | str = BuildProfile(), tf32: bool = DEFAULT_TF32
+        self,
+        precision: str = "fp16",
+        profile: BuildProfile | str = BuildProfile(),
+        tf32: bool = DEFAULT_TF32,
+        postprocess: PostprocessConfig | None = None,
     ) -> Artifact:
         """The TensorRT engine in ``precision``, built strongly typed from the ONNX of that precision (for
-        INT8, the TensorRT flavour's Q/DQ ONNX); ``tf32``: let its FP32 layers use TF32."""
-        parent, profile = self.onnx(precision, flavour="tensorrt"), BuildProfile.parse(profile)
+        INT8, the TensorRT flavour's Q/DQ ONNX); ``tf32``: let its FP32 layers use TF32; ``postprocess``: from
+        the export with that post-processing in the graph (``STEM.postprocess.fp16.engine``,
+        ``STEM.postprocess.int8-trt.engine``), which its sidecar records."""
+        parent, profile = self.onnx(precision, postprocess, flavour="tensorrt"), BuildProfile.parse(profile)
         batches = (
             f".b{profile.min_batch}-{profile.opt_batch}-{profile.max_batch}" if self.profile_in_engine_name else ""
         )
         path = self.engine_folder / f"{parent.path.stem}{batches}.engine"
         record = {"config": self.source.config.to_dict(), "source_sha256": self._sha256(self.source.path)}
+        if postprocess is not None:
+            record.update(postprocess="graph", postprocess_config=asdict(postprocess))
         result = build_engine(parent.path, path, profile, precision=precision, extra_metadata=record, tf32=tf32)
         note = "reused" if result.reused else f"built in {result.build_seconds:.0f} s"
         if result.timing_cache_note:
             note += f"; {result.timing_cache_note}"
-        return Artifact(path, "engine", precision, reused=result.reused, note=note)
+        return Artifact(path, "engine", precision, parent.postprocess, reused=result.reused, note=note)
 
 
 def _recorded_in_onnx(path: Path) -> tuple[str, str, str] | None:

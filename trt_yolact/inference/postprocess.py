@@ -152,18 +152,7 @@ def assemble_masks(
     if cfg.crop_masks:
         masks.mul_(box_window(selected.boxes, proto_h, proto_w).to(masks.dtype))
     counts = selected.num_detections.tolist()
-
-    full: dict[int, torch.Tensor] = {}
-    if cfg.full_resolution_masks:
-        groups: dict[tuple[int, int], list[int]] = {}
-        for b, size in enumerate(image_sizes):
-            groups.setdefault(tuple(size), []).append(b)
-        for (height, width), members in groups.items():
-            if masks.device.type == "cpu":
-                crop_boxes = selected.boxes if cfg.crop_masks else None
-                full.update(_upsample_group(masks, members, counts, height, width, crop_boxes))
-            else:
-                full.update(_upsample_whole(masks, members, counts, height, width))
+    full = upsample_masks(masks, selected.boxes, counts, image_sizes, cfg) if cfg.full_resolution_masks else {}
     results = []
     for b, (height, width) in enumerate(image_sizes):
         n = counts[b]
@@ -182,6 +171,29 @@ def assemble_masks(
             )
         )
     return results
+
+
+def upsample_masks(
+    masks: torch.Tensor,
+    boxes: torch.Tensor,
+    counts: list[int],
+    image_sizes: list[tuple[int, int]],
+    cfg: PostprocessConfig = PostprocessConfig(),
+) -> dict[int, torch.Tensor]:
+    """The first ``counts[b]`` masks of each image ``b`` of ``masks [B, D, H', W']`` (probabilities, cropped to
+    the relative ``boxes [B, D, 4]`` when ``cfg.crop_masks``) at the image's own size, thresholded at 0.5:
+    bool ``[counts[b], h, w]`` per image, on the device of ``masks``."""
+    full: dict[int, torch.Tensor] = {}
+    groups: dict[tuple[int, int], list[int]] = {}
+    for b, size in enumerate(image_sizes):
+        groups.setdefault(tuple(size), []).append(b)
+    for (height, width), members in groups.items():
+        if masks.device.type == "cpu":
+            crop_boxes = boxes if cfg.crop_masks else None
+            full.update(_upsample_group(masks, members, counts, height, width, crop_boxes))
+        else:
+            full.update(_upsample_whole(masks, members, counts, height, width))
+    return full
 
 
 def _bilinear_axis(in_size: int, out_size: int, device: torch.device):

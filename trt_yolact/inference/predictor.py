@@ -1,6 +1,8 @@
 """Images -> detections with any runner: pre-processing, inference, batched post-processing, stage timing.
 
-The one pipeline behind predict, eval, bench, the demo, training's validation and build's checks.
+The one pipeline behind predict, eval, bench, the demo, training's validation and build's checks. A runner
+over an artifact with the post-processing in the graph gives detections already selected: the
+post-processing stage then only finishes them per image (:mod:`~trt_yolact.inference.graph_detections`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from ..config import PostprocessConfig, YolactConfig
 from ..errors import BackendUnavailable, ImageError, UsageError
 from ..runtime.base import Runner
 from ..runtime.torch_runner import TorchRunner
-from ..structures import Detections, RawOutputs
+from ..structures import Detections, GraphDetections, RawOutputs
 from .device_pipeline import FrameUploads, StageGraphs, Upload, one_size
+from .graph_detections import check_graph_settings, graph_outputs, graph_to_detections
 from .images import read_image
 from .postprocess import postprocess
 from .preprocess import FramePreprocessor, preprocess
@@ -59,11 +62,13 @@ class StageTimes:
 
 @dataclass
 class Prediction:
-    """What one call produced: the detections, the raw outputs they came from, and the call's timing."""
+    """What one call produced: the detections, the outputs they came from (the raw outputs, or those of the
+    graph post-processing), and the call's timing."""
 
     detections: list[Detections]
-    raw: RawOutputs
+    raw: RawOutputs | None
     times: StageTimes
+    graph: GraphDetections | None = None
 
 
 @dataclass
@@ -71,9 +76,10 @@ class InFlight:
     """A batch whose pre-processing, inference and static post-processing are queued on the device."""
 
     sizes: list[tuple[int, int]]
-    raw: RawOutputs  # in the graph pipeline, the forward graph's outputs: the next replay rewrites them
-    static: StaticDetections
+    raw: RawOutputs | None  # in the graph pipeline, the forward graph's outputs: the next replay rewrites them
+    static: StaticDetections | None
     times: StageTimes
+    graph: GraphDetections | None = None  # instead of raw and static: a runner with the post-processing inside
 
 
 @dataclass
@@ -81,7 +87,9 @@ class Predictor:
     """Images (BGR uint8, any sizes) -> one :class:`Detections` per image, with any runner.
 
     ``times`` sums the stage timings of every call. ``pipeline``: one of :data:`PIPELINES`; every one gives
-    the same detections.
+    the same detections. A runner with the post-processing in its graph must have been exported with the
+    selection settings of ``postprocess_config`` (a :class:`UsageError` otherwise); its detections are finished
+    per image (:mod:`~trt_yolact.inference.graph_detections`) in every pipeline.
     """
 
     runner: Runner
@@ -100,6 +108,8 @@ class Predictor:
             isinstance(self.runner, TorchRunner) and self.runner.device.type == "cuda"
         ):
             raise BackendUnavailable(f"the graph pipeline needs the torch runner on a CUDA GPU, not {self.runner}")
+        if self.runner.postprocess == "graph":
+            check_graph_settings(self.runner.postprocess_config, self.postprocess_config, str(self.runner))
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[Detections]:
         return self.predict(images).detections
@@ -140,6 +150,12 @@ class Predictor:
             batch = self._preprocessor(frames)
             sync()
             after_pre = clock()
+            if self.runner.postprocess == "graph":  # selected in the graph: finish() completes them
+                times = StageTimes(after_pre - start, 0.0, 0.0, len(upload.sizes))
+                graph = graph_outputs(self.runner.run(batch))
+                sync()
+                times.inference = clock() - after_pre
+                return InFlight(upload.sizes, None, None, times, graph)
             raw = self.runner(batch)
             sync()
             after_infer = clock()
@@ -153,13 +169,16 @@ class Predictor:
     def finish(self, batch: InFlight) -> Prediction:
         """Wait for a launched batch and split its detections per image."""
         start = time.perf_counter()
-        detections = split_detections(batch.static, batch.sizes, self.postprocess_config)
+        if batch.graph is not None:
+            detections = graph_to_detections(batch.graph, batch.sizes, self.postprocess_config)
+        else:
+            detections = split_detections(batch.static, batch.sizes, self.postprocess_config)
         if self.pipeline == "graph":  # views of the graphs' outputs, which the next replay rewrites: copy them
             detections = [_owned(d) for d in detections]
         self.runner.synchronize()
         batch.times.postprocess += time.perf_counter() - start
         self.times.add(batch.times)
-        return Prediction(detections, batch.raw, batch.times)
+        return Prediction(detections, batch.raw, batch.times, batch.graph)
 
     def _stage_graphs(self, frames_shape: tuple[int, ...]) -> StageGraphs:
         if frames_shape not in self._graphs:
@@ -172,14 +191,18 @@ class Predictor:
         batch, sizes = preprocess(images, self.config, runner.device)
         runner.synchronize()
         after_pre = clock()
-        raw = runner(batch)
+        graph = graph_outputs(runner.run(batch)) if runner.postprocess == "graph" else None
+        raw = runner(batch) if graph is None else None
         runner.synchronize()
         after_infer = clock()
-        detections = postprocess(raw, sizes, self.postprocess_config)
+        if graph is None:
+            detections = postprocess(raw, sizes, self.postprocess_config)
+        else:
+            detections = graph_to_detections(graph, sizes, self.postprocess_config)
         runner.synchronize()
         times = StageTimes(after_pre - start, after_infer - after_pre, clock() - after_infer, len(sizes))
         self.times.add(times)
-        return Prediction(detections, raw, times)
+        return Prediction(detections, raw, times, graph)
 
 
 def _owned(detections: Detections) -> Detections:

@@ -22,7 +22,7 @@ from ..errors import BackendUnavailable, DatasetError, ImageError
 from ..inference.coco_results import detections_to_coco
 from ..inference.images import read_image
 from ..inference.predictor import Predictor
-from ..inference.sources import backend_precisions, open_runner, runner_for, with_backend
+from ..inference.sources import comparison_configurations, open_runner, runner_for, with_backend
 from ..model.checkpoint import ModelSource, model_name
 from ..runtime.base import Runner
 from ..runtime.open import artifact_backend
@@ -216,6 +216,7 @@ class ComparisonRow:
     segm: dict[str, float]
     images_evaluated: int
     images_missing: int  # listed in the annotations but absent or unreadable (with --allow-missing-images)
+    postprocess: str = "host"  # where detections were selected: "host" (torch) or "graph" (inside the export)
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,7 @@ class EvalOptions:
     max_images: int | None = None
     allow_missing_images: bool = False
     postprocess: PostprocessConfig = PostprocessConfig()
+    postprocess_places: tuple[str, ...] = ("host",)  # "graph": also each export with the post-processing inside
 
 
 @dataclass
@@ -242,23 +244,28 @@ class Comparison:
     first_results: list[dict] | None = None  # the COCO results of the first row
 
 
-def _plan(source: ModelSource | None, options: EvalOptions, skipped: list[str]) -> list[tuple[str | None, str | None]]:
-    """(backend, precision) pairs to evaluate: torch FP32 first for a checkpoint (the reference of its other
-    rows); a deployed file runs as it is. Pairs that cannot exist (torch INT8) are listed in ``skipped``."""
+_Configuration = tuple[str | None, str | None, str | None]  # backend, precision, post-processing place
+
+
+def _plan(source: ModelSource | None, options: EvalOptions, skipped: list[str]) -> list[_Configuration]:
+    """(backend, precision, post-processing place) to evaluate: torch FP32 host first for a checkpoint (the
+    reference of its other rows); a deployed file runs as it is. Configurations that cannot exist (torch INT8,
+    torch with the graph post-processing) are listed in ``skipped``."""
     if source is None:
-        return [(None, None)]
-    pairs, left_out = backend_precisions(options.backends, options.precisions)
+        return [(None, None, None)]
+    reference = ("torch", "fp32", "host")
+    triples, left_out = comparison_configurations(options.backends, options.precisions, options.postprocess_places)
     skipped.extend(f"{source.name} {line}" for line in left_out)
-    return [("torch", "fp32")] + [pair for pair in pairs if pair != ("torch", "fp32")]
+    return [reference] + [triple for triple in triples if triple != reference]
 
 
 def _open(
-    weights: str | None, source: ModelSource | None, backend: str | None, precision: str | None, options: EvalOptions
+    weights: str | None, source: ModelSource | None, configuration: _Configuration, options: EvalOptions
 ) -> tuple[Runner, YolactConfig]:
     runtime = replace(options.runtime, max_batch=options.batch_size)
     if source is None:
         return open_runner(weights, runtime)
-    return runner_for(source, with_backend(runtime, backend, precision)), source.config
+    return runner_for(source, with_backend(runtime, *configuration)), source.config
 
 
 def compare(
@@ -280,15 +287,16 @@ def compare(
     for weights in weights_list:
         source = None if artifact_backend(weights) else ModelSource.load(weights, options.runtime.config)
         name = model_name(weights)
-        for backend, precision in _plan(source, options, comparison.skipped):
+        for configuration in _plan(source, options, comparison.skipped):
             try:
-                runner, config = _open(weights, source, backend, precision, options)
+                runner, config = _open(weights, source, configuration, options)
             except BackendUnavailable as exc:
-                comparison.skipped.append(f"{name} {backend} {precision}: {exc}")
+                comparison.skipped.append(f"{' '.join([name, *(c for c in configuration if c)])}: {exc}")
                 comparison.unavailable.append(comparison.skipped[-1])
                 continue
+            place = "graph" if runner.postprocess == "graph" else "host"
             if progress:
-                print(f"{name}: {runner.backend} {runner.precision}")
+                print(f"{name}: {runner.backend} {runner.precision}, {place} post-processing")
             with runner:
                 predictor = Predictor(runner, config, options.postprocess)
                 result, results = evaluate(
@@ -301,15 +309,17 @@ def compare(
                     options.allow_missing_images,
                     ground_truth,
                 )
-            if source is not None and (backend, precision) == ("torch", "fp32"):
+            if source is not None and configuration == ("torch", "fp32", "host"):
                 reference = result
             if comparison.first_results is None:
                 comparison.first_results, comparison.missing_images = results, result.images_missing
-            comparison.rows.append(_row(name, runner.backend, runner.precision, result, reference))
+            comparison.rows.append(_row(name, runner.backend, runner.precision, result, reference, place))
     return comparison
 
 
-def _row(name: str, backend: str, precision: str, result: EvalResult, reference: EvalResult | None) -> ComparisonRow:
+def _row(
+    name: str, backend: str, precision: str, result: EvalResult, reference: EvalResult | None, postprocess: str
+) -> ComparisonRow:
     def change(kind: str) -> float | None:
         return None if reference is None else 100 * (getattr(result, kind)["AP"] - getattr(reference, kind)["AP"])
 
@@ -326,6 +336,7 @@ def _row(name: str, backend: str, precision: str, result: EvalResult, reference:
         segm=result.segm,
         images_evaluated=result.images_evaluated,
         images_missing=len(result.images_missing),
+        postprocess=postprocess,
     )
 
 
@@ -335,6 +346,7 @@ def comparison_table(rows: list[ComparisonRow]) -> str:
             r.model,
             r.backend,
             r.precision,
+            r.postprocess,
             f"{100 * r.bbox_ap:.2f}",
             _signed(r.bbox_ap_change),
             f"{100 * r.mask_ap:.2f}",
@@ -345,7 +357,19 @@ def comparison_table(rows: list[ComparisonRow]) -> str:
         ]
         for r in rows
     ]
-    header = ["model", "backend", "precision", "box AP", "change", "mask AP", "change", "FPS", "images", "missing"]
+    header = [
+        "model",
+        "backend",
+        "precision",
+        "post",
+        "box AP",
+        "change",
+        "mask AP",
+        "change",
+        "FPS",
+        "images",
+        "missing",
+    ]
     return format_table(body, header)
 
 
@@ -363,7 +387,7 @@ def plot_comparison(rows: list[ComparisonRow]) -> bytes:
     x = np.arange(len(rows))
     ax.bar(x - 0.2, [100 * r.bbox_ap for r in rows], 0.4, label="box AP")
     ax.bar(x + 0.2, [100 * r.mask_ap for r in rows], 0.4, label="mask AP")
-    ax.set_xticks(x, [f"{r.model}\n{r.backend} {r.precision}" for r in rows], fontsize=7)
+    ax.set_xticks(x, [f"{r.model}\n{r.backend} {r.precision} {r.postprocess}" for r in rows], fontsize=7)
     ax.set_ylabel("AP@[.5:.95] (%)")
     ax.legend()
     buffer = io.BytesIO()

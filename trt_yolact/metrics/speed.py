@@ -31,7 +31,7 @@ from ..deploy.onnx_format import deployed_parameter_count
 from ..errors import BackendUnavailable
 from ..inference.images import synthetic_frames
 from ..inference.predictor import Predictor
-from ..inference.sources import backend_precisions, open_runner, runner_for, with_backend
+from ..inference.sources import comparison_configurations, open_runner, runner_for, with_backend
 from ..model.checkpoint import ModelSource, model_name
 from ..model.stats import count_conv_macs, count_params
 from ..runtime.allocator import release_freed_memory
@@ -64,6 +64,7 @@ class BenchRow:
     speed_change_pct: float | None = None
     memory_change_pct: float | None = None
     samples: list[float] = field(default_factory=list, repr=False)
+    postprocess: str = "host"  # where detections were selected: "host" (torch) or "graph" (inside the export)
     pipeline: str = "dynamic"  # one of PIPELINES
 
 
@@ -167,6 +168,7 @@ class BenchOptions:
     warmup: int = 3
     settle: int = 1  # unmeasured iterations of a configuration before each measured one
     runtime: RuntimeOptions = RuntimeOptions()
+    postprocess_places: tuple[str, ...] = ("host",)  # "graph": also each export with the post-processing inside
     pipelines: tuple[str, ...] = ("dynamic",)  # of PIPELINES; "graph" runs for torch on CUDA only
 
 
@@ -194,13 +196,13 @@ class _Model:
             yield open_runner(self.path, replace(options.runtime, max_batch=max(options.batches)))
             return
         runtime = replace(options.runtime, max_batch=max(options.batches))
-        pairs, left_out = backend_precisions(options.backends, options.precisions)
+        triples, left_out = comparison_configurations(options.backends, options.precisions, options.postprocess_places)
         skipped.extend(f"{self.name} {line}" for line in left_out)
-        for backend, precision in pairs:
+        for backend, precision, place in triples:
             try:
-                yield runner_for(self.source, with_backend(runtime, backend, precision)), self.source.config
+                yield runner_for(self.source, with_backend(runtime, backend, precision, place)), self.source.config
             except BackendUnavailable as exc:
-                skipped.append(f"{self.name} {backend} {precision}: {exc}")
+                skipped.append(f"{self.name} {backend} {precision} {place}: {exc}")
 
 
 def _configurations(
@@ -224,6 +226,7 @@ def _configurations(
                     file_bytes=model.file_bytes,
                     params=model.params,
                     macs=model.macs,
+                    postprocess="graph" if runner.postprocess == "graph" else "host",
                     pipeline=pipeline,
                 )
                 m = Measurement(Predictor(runner, config, pipeline=pipeline), synthetic_frames(batch))
@@ -260,11 +263,11 @@ def run_benchmark(
 
 
 def compare_with_first_model(rows: list[BenchRow], baseline: str) -> None:
-    """Paper-style changes against the first (dense) model on the same backend, precision, batch and
-    pipeline."""
-    base = {(r.backend, r.precision, r.batch, r.pipeline): r for r in rows if r.model == baseline}
+    """Paper-style changes against the first (dense) model on the same backend, precision, post-processing
+    place, batch and pipeline."""
+    base = {(r.backend, r.precision, r.postprocess, r.batch, r.pipeline): r for r in rows if r.model == baseline}
     for row in rows:
-        ref = base.get((row.backend, row.precision, row.batch, row.pipeline))
+        ref = base.get((row.backend, row.precision, row.postprocess, row.batch, row.pipeline))
         if ref is None:
             continue
         row.size_change_pct = 100 * (row.file_bytes / ref.file_bytes - 1)
@@ -283,6 +286,7 @@ def table_rows(rows: list[BenchRow]) -> tuple[list[str], list[list[str]]]:
         "model",
         "backend",
         "prec",
+        "post",
         "batch",
         "pipeline",
         "FPS e2e",
@@ -304,6 +308,7 @@ def table_rows(rows: list[BenchRow]) -> tuple[list[str], list[list[str]]]:
             r.model,
             r.backend,
             r.precision,
+            r.postprocess,
             str(r.batch),
             r.pipeline,
             f"{r.fps:.2f}",
@@ -337,7 +342,7 @@ def plot_rows(rows: list[BenchRow]) -> bytes:
 
     figure = Figure(figsize=(11, 4), layout="constrained")
     ax_fps, ax_split = figure.subplots(1, 2)
-    labels = [f"{r.model}\n{r.backend} {r.precision} b{r.batch} {r.pipeline}" for r in rows]
+    labels = [f"{r.model}\n{r.backend} {r.precision} {r.postprocess} b{r.batch} {r.pipeline}" for r in rows]
     x = np.arange(len(rows))
     ax_fps.bar(x - 0.2, [r.fps for r in rows], 0.4, label="end to end")
     ax_fps.bar(x + 0.2, [r.forward_fps for r in rows], 0.4, label="forward only")

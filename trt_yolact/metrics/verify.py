@@ -20,7 +20,7 @@ from ..deploy.tensorrt_build import DEFAULT_TF32, BuildProfile
 from ..deploy.triton import TritonModel, model_name, triton_model, write_repository
 from ..inference.calibration_images import int8_setup
 from ..inference.images import sample_images
-from ..inference.postprocess import postprocess, select_detections
+from ..inference.postprocess import postprocess
 from ..inference.predictor import Prediction, Predictor, StageTimes
 from ..inference.preprocess import preprocess
 from ..model.boxes import pairwise_iou
@@ -133,45 +133,21 @@ def check_runner(
     """Raw outputs and detections of ``runner`` on ``images`` against the reference's."""
     predictor = Predictor(runner, config)
     prediction = predictor.predict(images)
-    raw = RawOutputs(*(t.float().cpu() for t in prediction.raw))
     agreement, identical = detection_agreement(reference.detections, prediction.detections)
+    # An artifact with the post-processing in the graph has no raw outputs: its detections are what it checks.
+    raw = None if prediction.raw is None else RawOutputs(*(t.float().cpu() for t in prediction.raw))
     return ArtifactCheck(
         name=name,
         backend=runner.backend,
         precision=runner.precision,
         path=None,
         size_bytes=None,
-        max_abs_error=max_errors(reference.raw, raw),
+        max_abs_error={} if raw is None else max_errors(reference.raw, raw),
         detection_agreement=agreement,
         same_detections=identical,
         latency_ms=median_latency_ms(predictor, images[0], repeats),
+        note="graph post-processing" if runner.postprocess == "graph" else "",
     )
-
-
-def check_graph_export(
-    runner: Runner, inputs: torch.Tensor, reference_raw: RawOutputs, repeats: int
-) -> tuple[float, bool, float]:
-    """(detection agreement, identical, median ms at batch 1) of an ONNX with the post-processing in the
-    graph, against the torch post-processing of the same raw outputs."""
-    outputs = runner.run(inputs)
-    expected = select_detections(reference_raw, PostprocessConfig())
-    counts = [int(n) for n in outputs["num_dets"].tolist()]
-    identical = counts == expected.num_detections.tolist()
-    matched = total = 0
-    for b, n in enumerate(counts):
-        want = expected.classes[b, : int(expected.num_detections[b])].tolist()
-        got = [int(c) for c in outputs["classes"][b, :n].tolist()]
-        identical &= want == got
-        total += len(want)
-        matched += sum(1 for w, g in zip(want, got) if w == g)
-    runner.run(inputs[:1])  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        runner.run(inputs[:1])
-        runner.synchronize()
-        times.append(1000 * (time.perf_counter() - start))
-    return (matched / total if total else 1.0), identical, float(np.median(times))
 
 
 # ----------------------------------------------------------------------------------------- the build
@@ -208,7 +184,8 @@ class _Checker:
         with runner:
             result = check_runner(name, runner, self.config, self.images, self.reference, self.repeats)
         if artifact is not None:
-            result.path, result.size_bytes, result.note = str(artifact.path), artifact.size_bytes, artifact.note
+            result.path, result.size_bytes = str(artifact.path), artifact.size_bytes
+            result.note = ", ".join(note for note in (result.note, artifact.note) if note)
         if artifact is not None and artifact.kind == "engine":
             result.equivalent_commands = dict((read_sidecar(artifact.path) or {}).get("equivalent_commands", {}))
         return result
@@ -240,16 +217,11 @@ def build_and_verify(weights: str | None, options: BuildOptions = BuildOptions()
     if options.precision == "int8":
         checks += [check.artifact(chain.int8_onnx(flavour)) for flavour in INT8_FLAVOURS]
     if options.graph_postprocess:
-        graph = chain.onnx("fp32", PostprocessConfig())
-        checks.append(_check_graph(graph, check.reference.raw, source.config, images, options.repeats))
-    skipped, engine = [], None
-    reason = tensorrt_unavailable_reason()
-    if reason is not None:
-        skipped.append(f"TensorRT engine skipped: {reason}")
-    else:
-        engine = chain.engine(options.precision, options.profile, options.tf32)
-        checks.append(check.artifact(engine))
-    triton = _write_triton(chain, options, engine, skipped) if options.triton_dir is not None else []
+        checks += [check.artifact(artifact) for artifact in graph_exports(chain, options)]
+    skipped: list[str] = []
+    engine, graph_engine = _engines(chain, options, skipped)
+    checks += [check.artifact(built) for built in (engine, graph_engine) if built is not None]
+    triton = _write_triton(chain, options, engine, skipped, graph_engine) if options.triton_dir is not None else []
     return BuildReport(
         model=source.name,
         source=str(source.path),
@@ -266,9 +238,39 @@ def build_and_verify(weights: str | None, options: BuildOptions = BuildOptions()
     )
 
 
-def triton_models(chain: ArtifactChain, options: BuildOptions, engine: Artifact | None) -> list[TritonModel]:
+def graph_exports(chain: ArtifactChain, options: BuildOptions) -> list[Artifact]:
+    """The exports with the post-processing in the graph that a build checks: one for each raw export it checks
+    (FP32, FP16) and for INT8 the TensorRT flavour's, the one its INT8 engine is built from."""
+    graph = PostprocessConfig()
+    exports = [chain.onnx(precision, graph) for precision in CHECKED_ONNX[options.precision]]
+    if options.precision == "int8":
+        exports.append(chain.int8_onnx("tensorrt", postprocess=graph))
+    return exports
+
+
+def _engines(
+    chain: ArtifactChain, options: BuildOptions, skipped: list[str]
+) -> tuple[Artifact | None, Artifact | None]:
+    """The build's engine and, with ``--postprocess graph``, the engine of the export with the post-processing
+    inside; None where not built (where TensorRT cannot run, with a line in ``skipped`` for each)."""
+    reason = tensorrt_unavailable_reason()
+    if reason is not None:
+        skipped.append(f"TensorRT engine skipped: {reason}")
+        if options.graph_postprocess:
+            skipped.append(f"TensorRT engine with the graph post-processing skipped: {reason}")
+        return None, None
+    engine = chain.engine(options.precision, options.profile, options.tf32)
+    if not options.graph_postprocess:
+        return engine, None
+    return engine, chain.engine(options.precision, options.profile, options.tf32, postprocess=PostprocessConfig())
+
+
+def triton_models(
+    chain: ArtifactChain, options: BuildOptions, engine: Artifact | None, graph_engine: Artifact | None = None
+) -> list[TritonModel]:
     """The Triton models of a build: the engine (``<model>``, its interface that of the ONNX it was built
-    from), the FP32 ONNX (``<model>_onnx``) and, when built, the graph post-processing ONNX."""
+    from), the FP32 ONNX (``<model>_onnx``) and, when built, the graph post-processing ONNX and its engine
+    (``<model>_postprocess_onnx``, ``<model>_postprocess``)."""
     name, profile = model_name(chain.source.name), options.profile
     fp32 = chain.onnx("fp32").path
     models = [triton_model(f"{name}_onnx", fp32, fp32, profile)]
@@ -277,17 +279,24 @@ def triton_models(chain: ArtifactChain, options: BuildOptions, engine: Artifact 
     if options.graph_postprocess:
         graph = chain.onnx("fp32", PostprocessConfig()).path
         models.append(triton_model(f"{name}_postprocess_onnx", graph, graph, profile))
+    if graph_engine is not None:
+        parent = chain.onnx(options.precision, PostprocessConfig(), flavour="tensorrt").path
+        models.append(triton_model(f"{name}_postprocess", graph_engine.path, parent, profile))
     return models
 
 
 def _write_triton(
-    chain: ArtifactChain, options: BuildOptions, engine: Artifact | None, skipped: list[str]
+    chain: ArtifactChain,
+    options: BuildOptions,
+    engine: Artifact | None,
+    skipped: list[str],
+    graph_engine: Artifact | None = None,
 ) -> list[str]:
     """Write the build's Triton repository; without an engine one line in ``skipped`` says the plan model was
     not written. Returns the model folders."""
     if engine is None:
         skipped.append(f"Triton plan model {model_name(chain.source.name)} skipped: no TensorRT engine was built")
-    folders = write_repository(options.triton_dir, triton_models(chain, options, engine))
+    folders = write_repository(options.triton_dir, triton_models(chain, options, engine, graph_engine))
     return [str(folder) for folder in folders]
 
 
@@ -321,23 +330,3 @@ def _eager_reference(model: torch.nn.Module, config: YolactConfig, images: list[
     with torch.no_grad():
         raw = model(inputs)
     return Prediction(postprocess(raw, sizes), raw, StageTimes())
-
-
-def _check_graph(
-    artifact: Artifact, reference_raw: RawOutputs, config: YolactConfig, images: list[np.ndarray], repeats: int
-) -> ArtifactCheck:
-    inputs, _ = preprocess(images, config)
-    with open_artifact(artifact.path) as runner:
-        agreement, identical, latency = check_graph_export(runner, inputs, reference_raw, repeats)
-        precision = runner.precision
-    return ArtifactCheck(
-        name=artifact.path.name,
-        backend="onnxruntime",
-        precision=precision,
-        path=str(artifact.path),
-        size_bytes=artifact.size_bytes,
-        detection_agreement=agreement,
-        same_detections=identical,
-        latency_ms=latency,
-        note="graph post-processing",
-    )

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..config import YolactConfig
+from ..config import PostprocessConfig, YolactConfig
 from ..errors import RunnerError, UsageError
 from ..structures import OUTPUT_NAMES, UNBATCHED_OUTPUTS, RawOutputs
 
@@ -31,6 +31,10 @@ class Runner(ABC):
     input_dtype: torch.dtype = torch.float32
     output_names: tuple[str, ...] = OUTPUT_NAMES
     config: YolactConfig | None = None  # the model config the artifact records, when it records one
+    # "graph": the artifact has the post-processing inside (outputs GRAPH_OUTPUT_NAMES, not the raw ones),
+    # exported with ``postprocess_config`` (None: the artifact does not record it)
+    postprocess: str = "none"
+    postprocess_config: PostprocessConfig | None = None
 
     def __init__(self) -> None:
         self._active = False

@@ -152,6 +152,7 @@ class OnnxRuntimeRunner(Runner):
             raise RunnerError(f"{self.onnx_path}: {exc}") from None
         self.config = self.metadata.get("config")
         self.postprocess = self.metadata.get("postprocess", "none")
+        self.postprocess_config = self.metadata.get("postprocess_config")
         inputs = self.session.get_inputs()
         if [i.name for i in inputs] != [INPUT_NAME]:
             raise RunnerError(

@@ -30,8 +30,9 @@ from ..deploy.engine_format import (
 )
 from ..deploy.onnx_format import HOST_OUTPUTS, INPUT_NAME, NETWORK_OUTPUT_NAMES, prior_boxes
 from ..errors import ConfigError, RunnerError
-from ..structures import OUTPUT_NAMES
+from ..structures import GRAPH_OUTPUT_NAMES
 from .base import Runner
+from .graph_outputs import has_graph_outputs, recorded_postprocess_config
 
 
 def _torch_dtypes(trt: Any) -> dict[Any, torch.dtype]:
@@ -85,8 +86,10 @@ class TensorRTRunner(Runner):
 
     The batch profile comes from the engine (batches above its max are split, below its min padded); an
     engine with an FP16 input takes FP16. The ``priors`` are made from the sidecar's ``config`` and
-    ``prior_grid`` (an engine of an earlier export that has them as an output still runs). Not thread safe:
-    one execution context and one CUDA stream, use one runner per thread.
+    ``prior_grid`` (an engine of an earlier export that has them as an output still runs). An engine of an export
+    with the post-processing in the graph has the outputs of ``GraphDetections`` instead (``postprocess ==
+    "graph"``, its settings read from the sidecar). Not thread safe: one execution context and one CUDA stream,
+    use one runner per thread.
     """
 
     backend = "tensorrt"
@@ -161,11 +164,16 @@ class TensorRTRunner(Runner):
                 self._output_dtypes[tensor_name] = dtype
         if inputs != [INPUT_NAME] or self.input_dtype not in (torch.float32, torch.float16):
             raise RunnerError(f"engine must have exactly one float32/float16 input {INPUT_NAME!r}, has {inputs}")
-        missing = [n for n in NETWORK_OUTPUT_NAMES if n not in self._output_dtypes]
+        graph = has_graph_outputs(self._output_dtypes)  # an engine of the export with the post-processing inside
+        if graph:
+            self.output_names, self.postprocess = GRAPH_OUTPUT_NAMES, "graph"
+            self.postprocess_config = recorded_postprocess_config(self.metadata)
+        required = GRAPH_OUTPUT_NAMES if graph else NETWORK_OUTPUT_NAMES
+        missing = [n for n in required if n not in self._output_dtypes]
         if missing:
             has = sorted(self._output_dtypes)
             raise RunnerError(f"engine lacks outputs {missing} (has {has}); {rebuild_command(self.engine_path)}")
-        self._host_outputs = self._made_on_host()
+        self._host_outputs = {} if graph else self._made_on_host()
         # What the engine holds on the GPU outside torch's allocator: its weights (about the plan's size) and
         # the activation memory its context allocated; `bench` adds this to torch's CUDA peak.
         self.device_memory_bytes = engine_activation_bytes(self._engine) + self.engine_path.stat().st_size
@@ -208,7 +216,7 @@ class TensorRTRunner(Runner):
                 outputs[tensor_name] = out
             self._enqueue(caller, [images, *outputs.values()])
         outputs.update(self._host_outputs)
-        return {name: outputs[name] for name in OUTPUT_NAMES}
+        return {name: outputs[name] for name in self.output_names}
 
     def _enqueue(self, caller: torch.cuda.Stream, buffers: list[torch.Tensor]) -> None:
         """Run the context on the runner's stream between the caller's work: the input is complete before
