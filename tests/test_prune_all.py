@@ -265,6 +265,7 @@ def run(args: list[str], capsys) -> tuple[int, str, str]:
 def test_cli_scope_all_reports_every_group_and_writes_the_checkpoint(checkpoint, tmp_path, capsys):
     out, report_path = tmp_path / "p.pth", tmp_path / "r.json"
     args = ["--weights", str(checkpoint), "--scope", "all", "--ratio-backbone", "0.5", "--ratio-neck", "0.3"]
+    args += ["--importance", "l2"]
     args += ["--min-keep", "4", "--round-to", "4", "--out", str(out), "--report", str(report_path)]
     code, printed, err = run(args, capsys)
     assert code == 0, err
@@ -293,7 +294,7 @@ def test_cli_scope_all_reports_every_group_and_writes_the_checkpoint(checkpoint,
 )
 def test_cli_bad_rules_get_one_line_and_no_file(checkpoint, tmp_path, capsys, extra, message):
     out = tmp_path / "p.pth"
-    code, _, err = run(["--weights", str(checkpoint), *extra, "--out", str(out)], capsys)
+    code, _, err = run(["--weights", str(checkpoint), "--importance", "l2", *extra, "--out", str(out)], capsys)
     assert code != 0 and message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
 
@@ -364,7 +365,7 @@ def test_taylor_importance_is_zero_for_a_dead_channel_and_leaves_the_model_alone
 
 def test_cli_taylor_needs_annotated_images_and_uses_them(shapes_data, tmp_path, capsys):
     weights = save_checkpoint(tmp_path / "shapes.pth", load_model("yolact_shapes"))
-    args = ["--weights", str(weights), "--scope", "all", "--ratio", "0.5", "--importance", "taylor", "--dry-run"]
+    args = ["--weights", str(weights), "--scope", "all", "--ratio", "0.5", "--dry-run"]  # taylor: the default
     code, _, err = run(args, capsys)
     assert code != 0 and "--taylor-data" in err and len(err.strip().splitlines()) == 1
     data = f"{shapes_data['val_annotations']}:{shapes_data['val_images']}"

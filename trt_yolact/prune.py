@@ -57,8 +57,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--importance",
         choices=IMPORTANCES,
-        default="l2",
-        help="how BN-free groups rank channels: weight magnitude l2 (default) or l1, or first-order taylor scores",
+        default="taylor",
+        help="how --scope all ranks the BN-free groups' channels: first-order taylor scores on --taylor-data "
+        "(default: it kept the most AP on the demo model), or weight magnitude l2 / l1",
     )
     parser.add_argument("--taylor-data", metavar="ANN.json:IMAGES", help="annotated images for --importance taylor")
     parser.add_argument(

@@ -535,7 +535,10 @@ def prune_with_options(
     given = None
     if options.importance == "taylor" and options.scope == "all":
         if scores is None:
-            raise UsageError("--importance taylor scores channels on annotated images: give --taylor-data ANN:IMAGES")
+            raise UsageError(
+                "--importance taylor (the default) scores channels on annotated images: give --taylor-data "
+                "ANN.json:IMAGES, or rank by weight magnitude with --importance l2"
+            )
         given = scores(model, groups)
     kept, importances, used = select_group_channels(model, groups, options, given)
     pruned, notes = prune_to(model, groups, kept, options.compensate)
