@@ -13,6 +13,7 @@ import torch
 from trt_yolact.data.synthetic import SHAPE_CLASSES, generate_dataset
 from trt_yolact.inference.predictor import Predictor
 from trt_yolact.metrics.coco_eval import evaluate
+from trt_yolact.model.channel_groups import channel_groups
 from trt_yolact.model.checkpoint import EMBEDDED_MODELS, embedded_model_path, load_model
 from trt_yolact.model.stats import count_params
 from trt_yolact.runtime.torch_runner import TorchRunner
@@ -54,6 +55,18 @@ def test_pruned_model_is_the_dense_one_slimmed():
     assert (
         embedded_model_path("yolact_shapes_pruned").stat().st_size
         <= 0.4 * embedded_model_path("yolact_shapes").stat().st_size
+    )
+
+
+def test_slim_model_is_the_dense_one_pruned_whole():
+    dense, slim = load_model("yolact_shapes"), load_model("yolact_shapes_slim")
+    assert dense.state_dict().keys() == slim.state_dict().keys(), "same architecture, every group narrower"
+    widths = {g.name: g.width for g in channel_groups(slim, "all")}
+    narrower = {g.kind for g in channel_groups(dense, "all") if widths[g.name] < g.width}
+    assert narrower == {"internal", "stem", "stage", "fpn", "protonet", "prototypes", "head"}
+    assert (
+        embedded_model_path("yolact_shapes_slim").stat().st_size
+        <= 0.2 * embedded_model_path("yolact_shapes").stat().st_size
     )
 
 

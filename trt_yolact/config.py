@@ -200,7 +200,7 @@ POSTPROCESS_PLACES = ("host", "graph")
 GRAPH_POSTPROCESS_BACKENDS = ("onnxruntime", "tensorrt")
 DEFAULT_CACHE = "export/cache"
 # The demo models shipped inside the package (trt_yolact/weights/NAME.pth); the first is the default model.
-EMBEDDED_MODELS = ("yolact_shapes", "yolact_shapes_pruned")
+EMBEDDED_MODELS = ("yolact_shapes", "yolact_shapes_pruned", "yolact_shapes_slim")
 DEFAULT_MODEL = EMBEDDED_MODELS[0]  # where the ONNX files and engines a backend needs for a checkpoint are kept
 INPUT_NORMALIZATIONS = ("mean_std", "scale")
 # Input sides a model and the commands accept: below, the FPN's coarsest levels vanish; above, one image's

@@ -85,8 +85,15 @@ def _per_class_fast_nms(boxes, scores, valid, cfg: PostprocessConfig):
     sorted_scores, order = stable_topk(class_scores, min(cfg.top_k, class_scores.shape[-1]))  # [B, C, K]
     # Each box is suppressed by any higher-scoring box of its class that overlaps it too much.
     keep = fast_nms_keep(_gather_rows(boxes, order), cfg.nms_threshold) & (sorted_scores > _INVALID)
-    batch, num_classes, _ = sorted_scores.shape
-    classes = torch.arange(num_classes, device=scores.device).view(1, -1, 1).expand_as(order)
+    return flatten_classes(sorted_scores, order, keep)
+
+
+def flatten_classes(
+    sorted_scores: torch.Tensor, order: torch.Tensor, keep: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-class ``[B, C, K]`` scores, prior indices and keep flags as ``[B, C*K]`` rows, with each row's class."""
+    batch, num_classes, _ = order.shape
+    classes = torch.arange(num_classes, device=order.device).view(1, -1, 1).expand_as(order)
     return (
         sorted_scores.reshape(batch, -1),
         classes.reshape(batch, -1),

@@ -28,7 +28,7 @@ from ..config import PostprocessConfig
 from ..errors import UsageError
 from ..model.boxes import decode, sanitize_coordinates
 from ..structures import Detections, RawOutputs, SelectedDetections
-from .postprocess import _gather_rows, _upsample_group, _upsample_whole, fast_nms_keep
+from .postprocess import _gather_rows, _upsample_group, _upsample_whole, fast_nms_keep, flatten_classes
 
 _LOW_BITS = 0xFFFFFFFF
 
@@ -57,14 +57,7 @@ def _per_class(boxes: torch.Tensor, scores: torch.Tensor, candidate: torch.Tenso
     order, valid = stable_topk_where(class_scores, candidate[:, None, :].expand_as(class_scores), k)
     sorted_scores = torch.gather(class_scores, -1, order)
     keep = fast_nms_keep(_gather_rows(boxes, order), cfg.nms_threshold) & valid
-    batch, num_classes, _ = order.shape
-    classes = torch.arange(num_classes, device=scores.device).view(1, -1, 1).expand_as(order)
-    return (
-        sorted_scores.reshape(batch, -1),
-        classes.reshape(batch, -1),
-        order.reshape(batch, -1),
-        keep.reshape(batch, -1),
-    )
+    return flatten_classes(sorted_scores, order, keep)
 
 
 def _cross_class(boxes: torch.Tensor, scores: torch.Tensor, candidate: torch.Tensor, cfg: PostprocessConfig):
