@@ -30,14 +30,16 @@ python -m trt_yolact.prune --weights "$work/sparse_all/last.pth" --scope all --r
     --ratio-neck "$ratio_neck" --importance l2 --input-size 320 --out "$work/slim_raw.pth" \
     --report "$work/prune_all_report.json"
 python -m trt_yolact.eval --weights "$work/slim_raw.pth" "${test_set[@]}" --json "$work/slim_raw_ap.json"  # before fine-tuning
-# Fine-tuning in two stages: the pruned network starts from no AP at all (65 % of the BN-ranked channels, the
-# residual streams' among them, and half the FPN, protonet and head widths are gone), so a second, longer
-# schedule follows the first.
+# Fine-tuning in three stages: the pruned network starts from no AP at all (65 % of the BN-ranked channels, the
+# residual streams' among them, and half the FPN, protonet and head widths are gone): a second, longer
+# schedule follows the first, then a third at a lower learning rate.
 "${train[@]}" --weights "$work/slim_raw.pth" --lr 0.008 --warmup-iters 100 --iters 3500 \
     --lr-steps 0.6,0.85 --clip-grad 5 --seed 2 --out "$work/finetune_all"
 "${train[@]}" --weights "$work/finetune_all/model_final.pth" --lr 0.008 --warmup-iters 100 --iters 6000 \
     --lr-steps 0.7,0.9 --clip-grad 5 --seed 3 --out "$work/finetune_all2"
-python benchmarks/ship_model.py "$work/finetune_all2/model_final.pth" trt_yolact/weights/yolact_shapes_slim.pth \
+"${train[@]}" --weights "$work/finetune_all2/model_final.pth" --lr 0.002 --warmup-iters 100 --iters 3000 \
+    --lr-steps 0.6,0.85 --clip-grad 5 --seed 4 --out "$work/finetune_all3"
+python benchmarks/ship_model.py "$work/finetune_all3/model_final.pth" trt_yolact/weights/yolact_shapes_slim.pth \
     --input-size 320 --name yolact_shapes --note "yolact_shapes_slim: yolact_shapes -> sparsity (scope all) -> prune --scope all -> fine-tune (benchmarks/slimming_all.sh), run at 320 px"
 python -m trt_yolact.fuse --weights yolact_shapes_slim --half --out "$work/yolact_shapes_slim_fused.pth"
 python -m trt_yolact.eval --weights yolact_shapes,yolact_shapes_pruned,yolact_shapes_slim "${test_set[@]}" \
