@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from test_engine_builder import FakeTRT
-from test_prune import TINY_DARKNET, TINY_RESNET, images, module, tiny_model
+from test_prune import TINY_DARKNET, TINY_RESNET, images, module, run_cli, tiny_model
 from torch import nn
 
 from trt_yolact.config import Int8Options
@@ -26,7 +26,6 @@ from trt_yolact.model.checkpoint import ModelSource, build_model, load_model, sa
 from trt_yolact.model.fuse import fuse_model
 from trt_yolact.model.prune import group_magnitude, prune_model, prune_to
 from trt_yolact.model.yolact import Yolact
-from trt_yolact.prune import main
 from trt_yolact.runtime.open import open_artifact
 from trt_yolact.training.importance import annotated_batches, taylor_importance
 from trt_yolact.training.sparsity import apply_sparsity_penalty, gamma_statistics
@@ -256,18 +255,12 @@ def checkpoint(tmp_path):
     return save_checkpoint(tmp_path / "tiny.pth", tiny_model(TINY_RESNET))
 
 
-def run(args: list[str], capsys) -> tuple[int, str, str]:
-    code = main(args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_cli_scope_all_reports_every_group_and_writes_the_checkpoint(checkpoint, tmp_path, capsys):
     out, report_path = tmp_path / "p.pth", tmp_path / "r.json"
     args = ["--weights", str(checkpoint), "--scope", "all", "--ratio-backbone", "0.5", "--ratio-neck", "0.3"]
     args += ["--importance", "l2"]
     args += ["--min-keep", "4", "--round-to", "4", "--out", str(out), "--report", str(report_path)]
-    code, printed, err = run(args, capsys)
+    code, printed, err = run_cli(args, capsys)
     assert code == 0, err
     report = json.loads(report_path.read_text())
     assert report["scope"] == "all" and report["ratio"] == 0.5 and report["ratio_neck"] == 0.3
@@ -294,7 +287,7 @@ def test_cli_scope_all_reports_every_group_and_writes_the_checkpoint(checkpoint,
 )
 def test_cli_bad_rules_get_one_line_and_no_file(checkpoint, tmp_path, capsys, extra, message):
     out = tmp_path / "p.pth"
-    code, _, err = run(["--weights", str(checkpoint), "--importance", "l2", *extra, "--out", str(out)], capsys)
+    code, _, err = run_cli(["--weights", str(checkpoint), "--importance", "l2", *extra, "--out", str(out)], capsys)
     assert code != 0 and message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
 
@@ -303,7 +296,7 @@ def test_cli_scope_all_on_a_fused_checkpoint_gets_one_line_and_no_file(tmp_path,
     fused = tmp_path / "fused.pth"
     save_checkpoint(fused, fuse_model(tiny_model(TINY_RESNET)), fused=True)
     out = tmp_path / "p.pth"
-    code, _, err = run(["--weights", str(fused), "--scope", "all", "--ratio", "0.5", "--out", str(out)], capsys)
+    code, _, err = run_cli(["--weights", str(fused), "--scope", "all", "--ratio", "0.5", "--out", str(out)], capsys)
     assert code != 0 and "fused" in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
 
@@ -366,10 +359,10 @@ def test_taylor_importance_is_zero_for_a_dead_channel_and_leaves_the_model_alone
 def test_cli_taylor_needs_annotated_images_and_uses_them(shapes_data, tmp_path, capsys):
     weights = save_checkpoint(tmp_path / "shapes.pth", load_model("yolact_shapes"))
     args = ["--weights", str(weights), "--scope", "all", "--ratio", "0.5", "--dry-run"]  # taylor: the default
-    code, _, err = run(args, capsys)
+    code, _, err = run_cli(args, capsys)
     assert code != 0 and "--taylor-data" in err and len(err.strip().splitlines()) == 1
     data = f"{shapes_data['val_annotations']}:{shapes_data['val_images']}"
     report_path = tmp_path / "report.json"
-    code, _, err = run([*args, "--taylor-data", data, "--taylor-images", "4", "--report", str(report_path)], capsys)
+    code, _, err = run_cli([*args, "--taylor-data", data, "--taylor-images", "4", "--report", str(report_path)], capsys)
     assert code == 0, err
     assert json.loads(report_path.read_text())["importance"] == "taylor"

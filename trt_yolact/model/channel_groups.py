@@ -25,9 +25,9 @@ from torch import nn
 from .yolact import PROTONET_CONVS, PROTOTYPE_CONV, DarkNetBackbone, DarkNetBlock, ResNetBackbone, Yolact
 
 SCOPES = ("internal", "all")
-# Group kinds. The first three are ranked by batch-norm scales, the others (no batch norm) by magnitude.
+# Group kinds ranked by batch-norm scales; the others ("fpn", "protonet", "prototypes", "head") have no batch
+# norm and are ranked by magnitude or Taylor scores.
 BN_KINDS = ("internal", "stem", "stage")
-MAGNITUDE_KINDS = ("fpn", "protonet", "prototypes", "head")
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ from ..tables import format_table
 from .channel_groups import SCOPES, ChannelGroup, channel_groups
 from .checkpoint import build_model, choose_config, config_advice, read_checkpoint, save_checkpoint
 from .fuse import fuse_model, is_fused_state_dict
-from .stats import checkpoint_bytes, conv_macs_by_module, count_conv_macs, count_params, input_hw
+from .stats import checkpoint_bytes, conv_macs_by_module, count_params, input_hw
 from .yolact import PROTOTYPE_CONV, Yolact
 
 BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var")
@@ -392,17 +392,16 @@ def _complement(kept: torch.Tensor, width: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def silenced_copy(model: Yolact, groups: Sequence[ChannelGroup], kept: Mapping[str, torch.Tensor]) -> Yolact:
-    """A float64 copy of ``model`` in which every removed channel outputs what pruning assumes it does: a
+def silenced_copy(model: Yolact, groups: Sequence[ChannelGroup], removed: Mapping[str, torch.Tensor]) -> Yolact:
+    """A float64 copy of ``model`` in which every ``removed`` channel outputs what pruning assumes it does: a
     constant (its BN's shift, or its conv's bias, after the activation), whatever the input."""
     silent = copy.deepcopy(model).double().eval()
     for group in groups:
-        removed = _complement(kept[group.name], group.width)
         for producer in group.producers:
             if producer.bn is not None:
-                silent.get_submodule(producer.bn).weight[removed] = 0.0
+                silent.get_submodule(producer.bn).weight[removed[group.name]] = 0.0
             else:
-                silent.get_submodule(producer.conv).weight[group.rows(producer, removed)] = 0.0
+                silent.get_submodule(producer.conv).weight[group.rows(producer, removed[group.name])] = 0.0
     return silent
 
 
@@ -418,11 +417,12 @@ def compensation_folds(
     consumer's input at the removed channels. A consumer run several times (the shared head, once per level)
     is folded only when every call saw the same constants.
     """
-    silent = silenced_copy(model, groups, kept)
-    seen: dict[str, list[torch.Tensor]] = {}
+    removed_of = {group.name: _complement(kept[group.name], group.width) for group in groups}
+    silent = silenced_copy(model, groups, removed_of)
+    seen: dict[tuple[str, str], list[torch.Tensor]] = {}
     hooks = []
     for group in groups:
-        removed = _complement(kept[group.name], group.width)
+        removed = removed_of[group.name]
         if not group.compensable or removed.numel() == 0:
             continue
         for consumer in group.consumers:
@@ -448,8 +448,7 @@ def compensation_folds(
         if float((bounds - constant).abs().max()) > 1e-9 * (1.0 + float(constant.abs().max())):
             notes.append(f"{consumer.conv}: removed {group.name} channels are not one constant here; not compensated")
             continue
-        removed = _complement(kept[group.name], group.width)
-        weight = model.get_submodule(consumer.conv).weight.detach().double().cpu()[:, removed]
+        weight = model.get_submodule(consumer.conv).weight.detach().double().cpu()[:, removed_of[group.name]]
         delta = (weight.sum(dim=(2, 3)) * constant.cpu()).sum(dim=1)
         target, sign = (f"{consumer.bn}.running_mean", -1.0) if consumer.bn else (f"{consumer.conv}.bias", 1.0)
         folds[target] = folds.get(target, 0.0) + sign * delta
@@ -479,10 +478,9 @@ def _group_rows(
     groups: Sequence[ChannelGroup],
     kept: Mapping[str, torch.Tensor],
     importances: Mapping[str, torch.Tensor],
-    input_size: int | tuple[int, int] | None,
+    macs_before: Mapping[str, int],
+    macs_after: Mapping[str, int],
 ) -> list[GroupPrune]:
-    macs_before = conv_macs_by_module(model, input_size)
-    macs_after = conv_macs_by_module(pruned, input_size)
     rows = []
     for group in groups:
         removed = _complement(kept[group.name], group.width)
@@ -542,6 +540,8 @@ def prune_with_options(
         given = scores(model, groups)
     kept, importances, used = select_group_channels(model, groups, options, given)
     pruned, notes = prune_to(model, groups, kept, options.compensate)
+    macs_before = conv_macs_by_module(model, options.input_size)
+    macs_after = conv_macs_by_module(pruned, options.input_size)
     report = PruneReport(
         config=model.config.name,
         scope=options.scope,
@@ -550,11 +550,11 @@ def prune_with_options(
         min_keep=options.min_keep,
         round_to=options.round_to,
         input_size=input_hw(model, options.input_size),
-        layers=_group_rows(model, pruned, groups, kept, importances, options.input_size),
+        layers=_group_rows(model, pruned, groups, kept, importances, macs_before, macs_after),
         params_before=count_params(model),
         params_after=count_params(pruned),
-        macs_before=count_conv_macs(model, options.input_size),
-        macs_after=count_conv_macs(pruned, options.input_size),
+        macs_before=sum(macs_before.values()),
+        macs_after=sum(macs_after.values()),
         bytes_before=checkpoint_bytes(model),
         bytes_after=checkpoint_bytes(pruned),
         ratio_neck=options.neck_ratio if options.scope == "all" else None,
@@ -569,9 +569,10 @@ def gammas_by_stage(source: nn.Module | Mapping[str, torch.Tensor]) -> dict[int,
     """|gamma| of the prunable BNs of a model or a state dict, concatenated per backbone stage."""
     stages: dict[int, list[torch.Tensor]] = {}
     if isinstance(source, nn.Module):
-        for bn_name, bn in zip(_internal_bn_names(source), prunable_batchnorms(source)):
-            stage = int(bn_name.split(".")[2])
-            stages.setdefault(stage, []).append(bn.weight.detach().abs().float().cpu())
+        for group in channel_groups(source, "internal"):
+            bn = group.producers[0].bn
+            stage = int(bn.split(".")[2])
+            stages.setdefault(stage, []).append(source.get_submodule(bn).weight.detach().abs().float().cpu())
     else:
         for key, value in source.items():
             match = PRUNABLE_GAMMA_KEY.match(key)
@@ -581,10 +582,6 @@ def gammas_by_stage(source: nn.Module | Mapping[str, torch.Tensor]) -> dict[int,
     if not stages:
         raise PruneError("no prunable batch-norm scales found (a fused model, or not a YOLACT backbone?)")
     return {stage: torch.cat(values) for stage, values in sorted(stages.items())}
-
-
-def _internal_bn_names(model: nn.Module) -> list[str]:
-    return [group.producers[0].bn for group in channel_groups(model, "internal")]
 
 
 GAMMA_PLOT_FLOOR = 1e-6
