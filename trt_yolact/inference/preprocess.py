@@ -40,12 +40,11 @@ def to_bgr_uint8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def normalize_resized(resized: torch.Tensor, config: YolactConfig) -> torch.Tensor:
-    """Float BGR ``[B,3,S,S]`` (already resized) -> normalised RGB network input.
+def _normalize_rgb(rgb: torch.Tensor, config: YolactConfig) -> torch.Tensor:
+    """Float RGB ``[B,3,S,S]`` (already resized) -> the normalised network input, in place.
 
-    The channels are swapped first, into a new tensor that the steps after it change in place; each element
-    still sees the original's subtraction and division, so the result is the same to the bit."""
-    rgb = resized[:, [2, 1, 0]]
+    The original normalises in BGR and swaps the channels last; the mean and std are swapped here instead, so
+    each element still sees the original's subtraction and division and the result is the same to the bit."""
     if config.normalization == "mean_std":
         mean = torch.tensor(config.mean[::-1], dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
         std = torch.tensor(config.std[::-1], dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
@@ -54,10 +53,24 @@ def normalize_resized(resized: torch.Tensor, config: YolactConfig) -> torch.Tens
 
 
 def _resized(arrays: Sequence[np.ndarray], size: int, device: str | torch.device) -> torch.Tensor:
-    """Same-sized BGR uint8 images -> float ``[N,3,size,size]``, resized on ``device``."""
-    stacked = torch.from_numpy(np.stack(arrays)).to(device)
-    stacked = stacked.permute(0, 3, 1, 2).contiguous().float()
-    return F.interpolate(stacked, (size, size), mode="bilinear", align_corners=False)
+    """Same-sized BGR uint8 images -> float RGB ``[N,3,size,size]``, resized on ``device``.
+
+    One pass per channel converts to float, to planar layout and to RGB order at once: the resize treats every
+    channel alike, so swapping before it gives the values the original gets by swapping after it. On the CPU
+    the images go one at a time, so that the float copy is still in cache when the resize reads it; a GPU
+    takes them in one upload."""
+    device = torch.device(device)
+    step = 1 if device.type == "cpu" else len(arrays)
+    height, width = arrays[0].shape[:2]
+    planar = torch.empty((step, 3, height, width), dtype=torch.float32, device=device)
+    resized = torch.empty((len(arrays), 3, size, size), dtype=torch.float32, device=device)
+    for start in range(0, len(arrays), step):
+        chunk = arrays[start : start + step]
+        pixels = torch.from_numpy(chunk[0][None] if step == 1 else np.stack(chunk)).to(device)
+        for rgb_channel, bgr_channel in enumerate((2, 1, 0)):
+            planar[:, rgb_channel].copy_(pixels[..., bgr_channel])
+        resized[start : start + step] = F.interpolate(planar, (size, size), mode="bilinear", align_corners=False)
+    return resized
 
 
 def preprocess(
@@ -80,11 +93,11 @@ def preprocess(
     for index, hw in enumerate(sizes):
         groups.setdefault(hw, []).append(index)
     if len(groups) == 1:  # one size (a video, a camera): the resized stack is the batch, in order
-        return normalize_resized(_resized(arrays, config.max_size, device), config), sizes
+        return _normalize_rgb(_resized(arrays, config.max_size, device), config), sizes
     batch = torch.empty((len(arrays), 3, config.max_size, config.max_size), dtype=torch.float32, device=device)
     for indices in groups.values():
         batch[indices] = _resized([arrays[i] for i in indices], config.max_size, device)
-    return normalize_resized(batch, config), sizes
+    return _normalize_rgb(batch, config), sizes
 
 
 # ---- device pre-processing from uint8 frames: one upload, then resize + normalise + layout on the device
