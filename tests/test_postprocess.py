@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -181,8 +182,6 @@ def test_stable_topk_equals_a_stable_sort(values, k):
 def test_windowed_upsampling_equals_interpolate(crop, sizes):
     """Full-resolution masks are computed only where they can be non-zero; the result must be what
     F.interpolate of the whole low-resolution mask gives, images smaller than the prototypes included."""
-    import torch.nn.functional as F
-
     raw = random_raw(13, batch=2, priors=80, classes=4, proto=17)
     cfg = PostprocessConfig(crop_masks=crop)
     low = postprocess(raw, sizes, PostprocessConfig(crop_masks=crop, full_resolution_masks=False))
@@ -190,6 +189,37 @@ def test_windowed_upsampling_equals_interpolate(crop, sizes):
     for lo, hi in zip(low, full):
         reference = F.interpolate(lo.masks[None], hi.image_size, mode="bilinear", align_corners=False)[0] > 0.5
         assert torch.equal(hi.masks, reference)
+
+
+@pytest.mark.parametrize("size", [(57, 70), (61, 44), (17, 19), (200, 171)])
+def test_windows_skip_only_pixels_that_cannot_pass_half(size, monkeypatch):
+    """Windows are drawn around the cells that may reach 0.5: on masks whose values crowd around 0.5 (a few
+    ulps either side, exactly 0.5, the window threshold itself and the value below it), the result must
+    equal the same arithmetic over the whole image."""
+    from trt_yolact.inference import postprocess as module
+
+    generator = torch.Generator().manual_seed(11)
+    half = torch.tensor(0.5)
+    steps = torch.randint(-40, 41, (2, 7, 17, 19), generator=generator)
+    towards = torch.where(steps < 0, 0.0, 1.0)
+    masks = torch.nextafter(half.expand_as(steps), towards)
+    for ulps in range(2, 5):
+        masks = torch.where(steps.abs() >= ulps * 10, torch.nextafter(masks, towards), masks)
+    masks = torch.where(steps == 0, half, masks)
+    sparse = torch.rand(masks.shape, generator=generator) < 0.8  # most cells far below, as around an object
+    masks = torch.where(sparse, torch.rand(masks.shape, generator=generator) * 0.4, masks)
+    masks[0, 0] = module._MAY_REACH_HALF
+    masks[0, 1] = torch.nextafter(torch.tensor(module._MAY_REACH_HALF), torch.tensor(0.0))
+    counts = [7, 5]
+    windowed = module._upsample_group(masks, [0, 1], counts, *size)
+    monkeypatch.setattr(module, "_MAY_REACH_HALF", -1.0)  # every cell may: windows cover the image
+    whole = module._upsample_group(masks, [0, 1], counts, *size)
+    reference = F.interpolate(masks, size=size, mode="bilinear", align_corners=False) > 0.5
+    for b in (0, 1):
+        assert torch.equal(windowed[b], whole[b])
+        # F.interpolate itself rounds differently by an ulp now and then: at most where a value is that close.
+        assert (windowed[b] != reference[b, : counts[b]]).float().mean() < 1e-3
+    assert any(windowed[b].any() for b in (0, 1))
 
 
 @pytest.mark.parametrize("crop", [True, False])
@@ -206,7 +236,7 @@ def test_gpu_upsampling_path_equals_the_windowed_path(crop):
     if crop:
         masks = masks * box_window(boxes, 17, 19)
     counts, members = [4, 0, 6], [0, 1, 2]
-    windowed = _upsample_group(masks, members, counts, 57, 70, boxes if crop else None)
+    windowed = _upsample_group(masks, members, counts, 57, 70)
     whole = _upsample_whole(masks, members, counts, 57, 70)
     assert sorted(whole) == members
     for b in members:

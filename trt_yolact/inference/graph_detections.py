@@ -24,6 +24,7 @@ from ..config import PostprocessConfig
 from ..errors import RunnerError, UsageError
 from ..model.boxes import sanitize_coordinates
 from ..structures import GRAPH_OUTPUT_NAMES, Detections, GraphDetections
+from .mask_memory import MaskMemory
 from .postprocess import upsample_masks
 
 # Settings that decide which detections the graph selects: they must be the ones it was exported with.
@@ -71,15 +72,19 @@ def _real_counts(graph: GraphDetections, cfg: PostprocessConfig) -> list[int]:
 
 
 def graph_to_detections(
-    graph: GraphDetections, image_sizes: list[tuple[int, int]], cfg: PostprocessConfig = PostprocessConfig()
+    graph: GraphDetections,
+    image_sizes: list[tuple[int, int]],
+    cfg: PostprocessConfig = PostprocessConfig(),
+    memory: MaskMemory | None = None,
 ) -> list[Detections]:
     """One :class:`Detections` per image, on the device of ``graph``, as
-    :func:`~trt_yolact.inference.postprocess.postprocess` makes them from the raw outputs."""
+    :func:`~trt_yolact.inference.postprocess.postprocess` makes them from the raw outputs (``memory``: where
+    full-resolution masks on the CPU are allocated)."""
     if len(image_sizes) != graph.scores.shape[0]:
         raise UsageError(f"{len(image_sizes)} image sizes for a batch of {graph.scores.shape[0]}")
     counts = _real_counts(graph, cfg)
     masks = graph.masks.float()
-    full = upsample_masks(masks, graph.boxes, counts, image_sizes, cfg) if cfg.full_resolution_masks else {}
+    full = upsample_masks(masks, counts, image_sizes, memory) if cfg.full_resolution_masks else {}
     results = []
     for b, (height, width) in enumerate(image_sizes):
         n = counts[b]

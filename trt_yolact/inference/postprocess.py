@@ -14,8 +14,9 @@ import torch.nn.functional as F
 
 from ..config import PostprocessConfig
 from ..errors import UsageError
-from ..model.boxes import box_window, decode, pairwise_iou, sanitize_coordinates
+from ..model.boxes import box_window_factors, decode, pairwise_iou, sanitize_coordinates
 from ..structures import Detections, RawOutputs, SelectedDetections
+from .mask_memory import MaskMemory
 
 _INVALID = -1.0  # below any probability: marks padded slots
 
@@ -147,8 +148,11 @@ def assemble_masks(
     selected: SelectedDetections,
     image_sizes: list[tuple[int, int]],
     cfg: PostprocessConfig = PostprocessConfig(),
+    memory: MaskMemory | None = None,
 ) -> list[Detections]:
-    """Masks = sigmoid(proto @ coeffs^T), cropped to the box, upsampled to each image's own size."""
+    """Masks = sigmoid(proto @ coeffs^T), cropped to the box, upsampled to each image's own size.
+
+    ``memory``: where full-resolution masks on the CPU are allocated (recycled between batches); None: fresh."""
     if len(image_sizes) != selected.scores.shape[0]:
         raise UsageError(f"{len(image_sizes)} image sizes for a batch of {selected.scores.shape[0]}")
     proto = raw.proto  # [B, H', W', K]
@@ -157,9 +161,11 @@ def assemble_masks(
     masks = torch.matmul(selected.coeffs, proto.reshape(batch, proto_h * proto_w, -1).transpose(1, 2))
     masks = torch.sigmoid_(masks).reshape(batch, -1, proto_h, proto_w)  # [B, D, H', W']
     if cfg.crop_masks:
-        masks.mul_(box_window(selected.boxes, proto_h, proto_w).to(masks.dtype))
+        # By the window's row and column factors: two in-place passes instead of a full-size window.
+        inside_y, inside_x = box_window_factors(selected.boxes, proto_h, proto_w)
+        masks.mul_(inside_y.to(masks.dtype)[..., :, None]).mul_(inside_x.to(masks.dtype)[..., None, :])
     counts = selected.num_detections.tolist()
-    full = upsample_masks(masks, selected.boxes, counts, image_sizes, cfg) if cfg.full_resolution_masks else {}
+    full = upsample_masks(masks, counts, image_sizes, memory) if cfg.full_resolution_masks else {}
     results = []
     for b, (height, width) in enumerate(image_sizes):
         n = counts[b]
@@ -182,22 +188,20 @@ def assemble_masks(
 
 def upsample_masks(
     masks: torch.Tensor,
-    boxes: torch.Tensor,
     counts: list[int],
     image_sizes: list[tuple[int, int]],
-    cfg: PostprocessConfig = PostprocessConfig(),
+    memory: MaskMemory | None = None,
 ) -> dict[int, torch.Tensor]:
-    """The first ``counts[b]`` masks of each image ``b`` of ``masks [B, D, H', W']`` (probabilities, cropped to
-    the relative ``boxes [B, D, 4]`` when ``cfg.crop_masks``) at the image's own size, thresholded at 0.5:
-    bool ``[counts[b], h, w]`` per image, on the device of ``masks``."""
+    """The first ``counts[b]`` masks of each image ``b`` of ``masks [B, D, H', W']`` (probabilities, cropped
+    or not) at the image's own size, thresholded at 0.5: bool ``[counts[b], h, w]`` per image, on the device
+    of ``masks``. ``memory``: where the CPU path allocates them; None: fresh memory."""
     full: dict[int, torch.Tensor] = {}
     groups: dict[tuple[int, int], list[int]] = {}
     for b, size in enumerate(image_sizes):
         groups.setdefault(tuple(size), []).append(b)
     for (height, width), members in groups.items():
         if masks.device.type == "cpu":
-            crop_boxes = boxes if cfg.crop_masks else None
-            full.update(_upsample_group(masks, members, counts, height, width, crop_boxes))
+            full.update(_upsample_group(masks, members, counts, height, width, memory))
         else:
             full.update(_upsample_whole(masks, members, counts, height, width))
     return full
@@ -220,15 +224,17 @@ def _upsample_group(
     counts: list[int],
     height: int,
     width: int,
-    boxes: torch.Tensor | None,
+    memory: MaskMemory | None = None,
 ) -> dict[int, torch.Tensor]:
     """Bilinear upsampling of the real masks of images that share one size, thresholded at 0.5.
 
-    A cropped low-resolution mask is zero outside its padded box, and so is its upsampled version outside
-    the pixels whose bilinear taps reach the box: only that window is computed (the arithmetic of the CPU
-    ``F.interpolate``, bit for bit), which makes the cost follow the box area rather than the image area.
-    Padding slots are skipped. ``boxes``: relative boxes used for the crop, or None when masks were not
-    cropped. The CPU path: on a GPU, :func:`_upsample_whole` replaces it.
+    An upsampled pixel can pass 0.5 only where one of its bilinear taps comes near it: only the window of
+    pixels whose taps reach such low-resolution cells is computed (:func:`_mask_windows`), which makes the
+    cost follow the mask's area, within its box when cropped, rather than the image area. The arithmetic is
+    the CPU ``F.interpolate``'s products and two-term sums; the kernel's own rounding can still differ by an
+    ulp, which changes a pixel only where the interpolated value is within an ulp of 0.5. Padding slots are
+    skipped. ``memory``: where the output is allocated; None: fresh memory. The CPU path: on a GPU,
+    :func:`_upsample_whole` replaces it.
 
     Separable: the horizontal pass runs on the few low-resolution rows a window reads, the vertical pass
     then reads two of those per output row, with the same products and two-term sums as ``F.interpolate``.
@@ -243,13 +249,13 @@ def _upsample_group(
     row_weights = torch.stack((row_w0, row_w1), 1).view(-1, 1).numpy()
     col_taps = torch.stack((cols0, cols1), 1).view(-1).numpy()
     col_weights = torch.stack((col_w0, col_w1), 1).view(-1).numpy()
-    windows = _mask_windows(boxes, members, counts, (proto_h, proto_w), (rows0, rows1, cols0, cols1))
+    windows = _mask_windows(masks, members, counts, (rows0, rows1, cols0, cols1))
     low = masks.detach().numpy()
+    memory = memory or MaskMemory(max_bytes=0)
     out = {}
     for b in members:
-        # NumPy's zeros come from calloc, whose fresh pages are zero already: only the windows get written.
-        full = np.zeros((counts[b], height, width), dtype=np.bool_)
-        out[b] = torch.from_numpy(full)  # the same memory: NumPy writes the windows into the returned tensor
+        out[b] = memory.zeros((counts[b], height, width), windows[b])
+        full = out[b].numpy()  # the same memory: NumPy writes the windows into the returned tensor
         for d, (ya, yb, xa, xb) in enumerate(windows[b]):
             if ya >= yb or xa >= xb:
                 continue
@@ -263,35 +269,44 @@ def _upsample_group(
     return out
 
 
+# A bilinear sample combines its four taps with weights in [0, 1] whose sums exceed 1 by float32 rounding only
+# (a relative 6 * 2**-24 at most over both passes, products and sums included): where no tap reaches this
+# value, the sample stays below 0.5.
+_MAY_REACH_HALF = 0.5 * (1 - 1e-6)
+
+
 def _mask_windows(
-    boxes: torch.Tensor | None,
+    masks: torch.Tensor,
     members: list[int],
     counts: list[int],
-    proto_size: tuple[int, int],
     taps: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
 ) -> dict[int, list[tuple[int, int, int, int]]]:
     """Per image, the output window ``(y0, y1, x0, x1)`` of each real mask: the pixels whose bilinear taps
-    reach a low-resolution cell the crop kept (the whole image when masks were not cropped)."""
+    reach the bounding box of its low-resolution cells that may reach 0.5. Every pixel outside it is below
+    0.5 (the crop's zeros among them), so it is the only part to compute; empty when no cell may."""
     rows0, rows1, cols0, cols1 = taps
-    if boxes is None:
-        whole = (0, rows0.numel(), 0, cols0.numel())
-        return {b: [whole] * counts[b] for b in members}
-    proto_h, proto_w = proto_size
-    boxes = boxes[members]  # only this size group's images: each group calls this once
-    # Low-res cells kept by the crop: c >= x1 and c < x2 (as crop_masks), i.e. ceil(x1)..ceil(x2)-1.
-    x1, x2 = sanitize_coordinates(boxes[..., 0], boxes[..., 2], proto_w, padding=1)
-    y1, y2 = sanitize_coordinates(boxes[..., 1], boxes[..., 3], proto_h, padding=1)
-    # Output pixels whose taps touch those cells (tap indices grow with the output index); whole group at once.
+    # [M, D, H', W']: this size group's images (each group calls this once); no copy when they are the batch.
+    group = masks if len(members) == masks.shape[0] else masks[members]
+    first_row, last_row = _true_span(group.amax(dim=-1) >= _MAY_REACH_HALF)
+    first_col, last_col = _true_span(group.amax(dim=-2) >= _MAY_REACH_HALF)
+    # Output pixels with a tap in that box (tap indices grow with the output index); whole group at once.
     bounds = torch.stack(
         (
-            torch.searchsorted(rows1, y1.ceil().long()),
-            torch.searchsorted(rows0, y2.ceil().long() - 1, right=True),
-            torch.searchsorted(cols1, x1.ceil().long()),
-            torch.searchsorted(cols0, x2.ceil().long() - 1, right=True),
+            torch.searchsorted(rows1, first_row),
+            torch.searchsorted(rows0, last_row, right=True),
+            torch.searchsorted(cols1, first_col),
+            torch.searchsorted(cols0, last_col, right=True),
         ),
         dim=-1,
     ).tolist()  # [len(members)][D][4]
     return {b: [tuple(w) for w in image[: counts[b]]] for b, image in zip(members, bounds)}
+
+
+def _true_span(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """First and last index of True along the last dim of ``flags``; ``(n, -1)`` where none is."""
+    n = flags.shape[-1]
+    index = torch.arange(n, device=flags.device)
+    return torch.where(flags, index, n).amin(dim=-1), torch.where(flags, index, -1).amax(dim=-1)
 
 
 def _upsample_whole(
@@ -314,7 +329,10 @@ def _upsample_whole(
 
 
 def postprocess(
-    raw: RawOutputs, image_sizes: list[tuple[int, int]], cfg: PostprocessConfig = PostprocessConfig()
+    raw: RawOutputs,
+    image_sizes: list[tuple[int, int]],
+    cfg: PostprocessConfig = PostprocessConfig(),
+    memory: MaskMemory | None = None,
 ) -> list[Detections]:
-    """Raw outputs of a batch -> one :class:`Detections` per image."""
-    return assemble_masks(raw, select_detections(raw, cfg), image_sizes, cfg)
+    """Raw outputs of a batch -> one :class:`Detections` per image; ``memory`` as in :func:`assemble_masks`."""
+    return assemble_masks(raw, select_detections(raw, cfg), image_sizes, cfg, memory)

@@ -22,6 +22,7 @@ from ..structures import Detections, GraphDetections, RawOutputs
 from .device_pipeline import FrameUploads, StageGraphs, Upload, one_size
 from .graph_detections import check_graph_settings, graph_outputs, graph_to_detections
 from .images import read_image
+from .mask_memory import MaskMemory
 from .postprocess import postprocess
 from .preprocess import FramePreprocessor, preprocess
 from .static_postprocess import StaticDetections, postprocess_static_tensors, split_detections
@@ -100,6 +101,7 @@ class Predictor:
     _uploads: FrameUploads | None = field(default=None, init=False, repr=False)
     _preprocessor: FramePreprocessor | None = field(default=None, init=False, repr=False)
     _graphs: dict[tuple[int, ...], StageGraphs] = field(default_factory=dict, init=False, repr=False)
+    _mask_memory: MaskMemory = field(default_factory=MaskMemory, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:
@@ -170,9 +172,9 @@ class Predictor:
         """Wait for a launched batch and split its detections per image."""
         start = time.perf_counter()
         if batch.graph is not None:
-            detections = graph_to_detections(batch.graph, batch.sizes, self.postprocess_config)
+            detections = graph_to_detections(batch.graph, batch.sizes, self.postprocess_config, self._mask_memory)
         else:
-            detections = split_detections(batch.static, batch.sizes, self.postprocess_config)
+            detections = split_detections(batch.static, batch.sizes, self.postprocess_config, self._mask_memory)
         if self.pipeline == "graph":  # views of the graphs' outputs, which the next replay rewrites: copy them
             detections = [_owned(d) for d in detections]
         self.runner.synchronize()
@@ -196,9 +198,9 @@ class Predictor:
         runner.synchronize()
         after_infer = clock()
         if graph is None:
-            detections = postprocess(raw, sizes, self.postprocess_config)
+            detections = postprocess(raw, sizes, self.postprocess_config, self._mask_memory)
         else:
-            detections = graph_to_detections(graph, sizes, self.postprocess_config)
+            detections = graph_to_detections(graph, sizes, self.postprocess_config, self._mask_memory)
         runner.synchronize()
         times = StageTimes(after_pre - start, after_infer - after_pre, clock() - after_infer, len(sizes))
         self.times.add(times)

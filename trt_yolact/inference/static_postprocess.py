@@ -26,9 +26,10 @@ import torch.nn.functional as F
 
 from ..config import PostprocessConfig
 from ..errors import UsageError
-from ..model.boxes import decode, sanitize_coordinates
+from ..model.boxes import box_window_factors, decode, sanitize_coordinates
 from ..structures import Detections, RawOutputs, SelectedDetections
-from .postprocess import _gather_rows, _upsample_group, _upsample_whole, fast_nms_keep, flatten_classes
+from .mask_memory import MaskMemory
+from .postprocess import _gather_rows, fast_nms_keep, flatten_classes, upsample_masks
 
 _LOW_BITS = 0xFFFFFFFF
 
@@ -117,8 +118,8 @@ def static_masks(
 ) -> torch.Tensor:
     """``[B, D, H', W']`` mask probabilities, cropped to the boxes, zero in empty slots: the product
     :func:`.postprocess.assemble_masks` computes, for every slot. The crop (the original's rule, as
-    :func:`~trt_yolact.model.boxes.box_window`) is applied as its row and column factors, 0 or 1, with the
-    validity folded into the rows: two in-place passes instead of a full-size window."""
+    :func:`~trt_yolact.model.boxes.box_window`) is applied as its row and column factors, with the validity
+    folded into the rows."""
     proto = raw.proto  # [B, H', W', K]
     batch, proto_h, proto_w, _ = proto.shape
     masks = torch.matmul(selected.coeffs, proto.reshape(batch, proto_h * proto_w, -1).transpose(1, 2))
@@ -126,14 +127,8 @@ def static_masks(
     rows = valid[..., None].to(masks.dtype)  # [B, D, 1]
     if not cfg.crop_masks:
         return masks.mul_(rows[..., None])
-    boxes = selected.boxes
-    x1, x2 = sanitize_coordinates(boxes[..., 0], boxes[..., 2], proto_w, padding=1)
-    y1, y2 = sanitize_coordinates(boxes[..., 1], boxes[..., 3], proto_h, padding=1)
-    columns = torch.arange(proto_w, device=boxes.device, dtype=x1.dtype)
-    grid_rows = torch.arange(proto_h, device=boxes.device, dtype=y1.dtype)
-    inside_x = ((columns >= x1[..., None]) & (columns < x2[..., None])).to(masks.dtype)  # [B, D, W']
-    inside_y = ((grid_rows >= y1[..., None]) & (grid_rows < y2[..., None])).to(masks.dtype) * rows  # [B, D, H']
-    return masks.mul_(inside_y[..., :, None]).mul_(inside_x[..., None, :])
+    inside_y, inside_x = box_window_factors(selected.boxes, proto_h, proto_w)
+    return masks.mul_((inside_y.to(masks.dtype) * rows)[..., :, None]).mul_(inside_x.to(masks.dtype)[..., None, :])
 
 
 def full_size_static(
@@ -162,17 +157,22 @@ def postprocess_static_tensors(
 
 
 def split_detections(
-    static: StaticDetections, image_sizes: list[tuple[int, int]], cfg: PostprocessConfig = PostprocessConfig()
+    static: StaticDetections,
+    image_sizes: list[tuple[int, int]],
+    cfg: PostprocessConfig = PostprocessConfig(),
+    memory: MaskMemory | None = None,
 ) -> list[Detections]:
     """Static detections -> one :class:`Detections` per image (the one host synchronisation: the counts).
 
     Full-resolution masks not computed statically are made here as :mod:`.postprocess` makes them on the
-    device: the windowed upsampling of the real masks on the CPU, one resize per image on a GPU."""
+    device: the windowed upsampling of the real masks on the CPU (allocated from ``memory`` when given), one
+    resize per image on a GPU."""
     selected = static.selected
     if len(image_sizes) != selected.scores.shape[0]:
         raise UsageError(f"{len(image_sizes)} image sizes for a batch of {selected.scores.shape[0]}")
     counts = selected.num_detections.tolist()
-    full = _full_size_masks(static, image_sizes, counts, cfg)
+    made_statically = not cfg.full_resolution_masks or static.full_masks is not None
+    full = {} if made_statically else upsample_masks(static.masks, counts, image_sizes, memory)
     results = []
     for b, (height, width) in enumerate(image_sizes):
         n = counts[b]
@@ -191,26 +191,6 @@ def split_detections(
             Detections(pixel_boxes, selected.scores[b, :n], selected.classes[b, :n], masks, (height, width), rel)
         )
     return results
-
-
-def _full_size_masks(
-    static: StaticDetections, image_sizes: list[tuple[int, int]], counts: list[int], cfg: PostprocessConfig
-) -> dict[int, torch.Tensor]:
-    """Per image, its real masks at full size, made as :func:`.postprocess.assemble_masks` makes them (per
-    group of images of one size); {} when they are low-resolution or were made statically."""
-    if not cfg.full_resolution_masks or static.full_masks is not None:
-        return {}
-    groups: dict[tuple[int, int], list[int]] = {}
-    for b, size in enumerate(image_sizes):
-        groups.setdefault(tuple(size), []).append(b)
-    full: dict[int, torch.Tensor] = {}
-    for (height, width), members in groups.items():
-        if static.masks.device.type == "cpu":
-            crop_boxes = static.selected.boxes if cfg.crop_masks else None
-            full.update(_upsample_group(static.masks, members, counts, height, width, crop_boxes))
-        else:
-            full.update(_upsample_whole(static.masks, members, counts, height, width))
-    return full
 
 
 def postprocess_static(

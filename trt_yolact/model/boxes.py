@@ -84,15 +84,24 @@ def sanitize_coordinates(
     return torch.clamp(first - padding, min=0), torch.clamp(second + padding, max=size)
 
 
-def box_window(boxes: torch.Tensor, height: int, width: int, padding: int = 1) -> torch.Tensor:
-    """``[..., N, H, W]`` bool: the cells of an ``H x W`` grid inside each padded relative box
-    (columns ``x1 <= c < x2`` after :func:`sanitize_coordinates`, the original's crop rule)."""
+def box_window_factors(
+    boxes: torch.Tensor, height: int, width: int, padding: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The window of :func:`box_window` as its factors: bool rows ``[..., N, H]`` and columns ``[..., N, W]``,
+    whose outer product is the window. Multiplying by both is the crop without a full-size window."""
     x1, x2 = sanitize_coordinates(boxes[..., 0], boxes[..., 2], width, padding)
     y1, y2 = sanitize_coordinates(boxes[..., 1], boxes[..., 3], height, padding)
     columns = torch.arange(width, device=boxes.device, dtype=x1.dtype)
     rows = torch.arange(height, device=boxes.device, dtype=y1.dtype)
-    inside_x = (columns >= x1[..., None]) & (columns < x2[..., None])  # [..., N, W]
-    inside_y = (rows >= y1[..., None]) & (rows < y2[..., None])  # [..., N, H]
+    inside_y = (rows >= y1[..., None]) & (rows < y2[..., None])
+    inside_x = (columns >= x1[..., None]) & (columns < x2[..., None])
+    return inside_y, inside_x
+
+
+def box_window(boxes: torch.Tensor, height: int, width: int, padding: int = 1) -> torch.Tensor:
+    """``[..., N, H, W]`` bool: the cells of an ``H x W`` grid inside each padded relative box
+    (columns ``x1 <= c < x2`` after :func:`sanitize_coordinates`, the original's crop rule)."""
+    inside_y, inside_x = box_window_factors(boxes, height, width, padding)
     return inside_y[..., :, None] & inside_x[..., None, :]
 
 
