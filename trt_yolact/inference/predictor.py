@@ -8,11 +8,12 @@ post-processing stage then only finishes them per image (:mod:`~trt_yolact.infer
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..config import PostprocessConfig, YolactConfig
 from ..errors import BackendUnavailable, ImageError, UsageError
@@ -138,35 +139,42 @@ class Predictor:
         start = clock() if started is None else started
         frames = upload.wait()
         if self.pipeline == "graph":
-            graphs = self._stage_graphs(tuple(frames.shape))
-            graphs.pre(frames)
+            return self._launch_graphs(frames, upload.sizes, start, sync)
+        if self._preprocessor is None:
+            self._preprocessor = FramePreprocessor(self.config, self.runner.device)
+        batch = self._preprocessor(frames)
+        sync()
+        after_pre = clock()
+        if self.runner.postprocess == "graph":  # selected in the graph: finish() completes them
+            graph = graph_outputs(self.runner.run(batch))
             sync()
-            after_pre = clock()
-            raw = RawOutputs(*graphs.forward())
-            sync()
-            after_infer = clock()
-            static = graphs.post()
-        else:
-            if self._preprocessor is None:
-                self._preprocessor = FramePreprocessor(self.config, self.runner.device)
-            batch = self._preprocessor(frames)
-            sync()
-            after_pre = clock()
-            if self.runner.postprocess == "graph":  # selected in the graph: finish() completes them
-                times = StageTimes(after_pre - start, 0.0, 0.0, len(upload.sizes))
-                graph = graph_outputs(self.runner.run(batch))
-                sync()
-                times.inference = clock() - after_pre
-                return InFlight(upload.sizes, None, None, times, graph)
-            raw = self.runner(batch)
-            sync()
-            after_infer = clock()
-            # One resize of every slot on a GPU (as the dynamic path's one resize per image); the CPU keeps
-            # the windowed upsampling of the real masks, in split_detections.
-            image_size = upload.sizes[0] if raw.proto.device.type == "cuda" else None
-            static = postprocess_static_tensors(raw, self.postprocess_config, image_size)
+            times = StageTimes(after_pre - start, clock() - after_pre, 0.0, len(upload.sizes))
+            return InFlight(upload.sizes, None, None, times, graph)
+        raw = self.runner(batch)
+        sync()
+        after_infer = clock()
+        # One resize of every slot on a GPU (as the dynamic path's one resize per image); the CPU keeps the
+        # windowed upsampling of the real masks, in split_detections.
+        image_size = upload.sizes[0] if raw.proto.device.type == "cuda" else None
+        static = postprocess_static_tensors(raw, self.postprocess_config, image_size)
         times = StageTimes(after_pre - start, after_infer - after_pre, clock() - after_infer, len(upload.sizes))
         return InFlight(upload.sizes, raw, static, times)
+
+    def _launch_graphs(
+        self, frames: torch.Tensor, sizes: list[tuple[int, int]], start: float, sync: Callable[[], None]
+    ) -> InFlight:
+        """:meth:`launch` in the graph pipeline: the three stages replayed from their CUDA graphs."""
+        clock = time.perf_counter
+        graphs = self._stage_graphs(tuple(frames.shape))
+        graphs.pre(frames)
+        sync()
+        after_pre = clock()
+        raw = RawOutputs(*graphs.forward())
+        sync()
+        after_infer = clock()
+        static = graphs.post()
+        times = StageTimes(after_pre - start, after_infer - after_pre, clock() - after_infer, len(sizes))
+        return InFlight(sizes, raw, static, times)
 
     def finish(self, batch: InFlight) -> Prediction:
         """Wait for a launched batch and split its detections per image."""
