@@ -2,8 +2,8 @@
 
 A batch's full-resolution masks are tens of megabytes of booleans that are almost all zero. Fresh memory
 costs its zeroing (a memset, or a page fault per page on first touch) every batch, which is more than the
-windowed upsampling that then writes only each mask's box window. :class:`MaskMemory` hands out zeroed
-arrays and takes their memory back once nothing made from them is alive any more; a recycled block only
+windowed upsampling that then writes only each mask's window. :class:`MaskMemory` hands out zeroed
+masks and takes their memory back once nothing made from them is alive any more; a recycled block only
 clears the windows written into it last time.
 """
 
@@ -41,15 +41,15 @@ class _Block:
 
 @dataclass
 class MaskMemory:
-    """Zeroed bool mask arrays ``[count, height, width]``, recycled from arrays the caller has dropped.
+    """Zeroed bool masks ``[count, height, width]`` on the CPU, in memory recycled from masks the caller has
+    dropped.
 
-    An array is handed out for writing only inside the given windows: they are what gets cleared when its
-    memory comes back. Its memory is reused only when the array, and so every torch tensor made from it
-    with ``torch.from_numpy`` (and every view of those), has been freed: masks a caller keeps are never
-    overwritten. Safe to share between threads.
+    Masks are handed out for writing only inside the given windows: they are what gets cleared when their
+    memory comes back. It comes back only once the tensor, every view of it and every NumPy array made from
+    those are gone: masks a caller keeps are never overwritten. Safe to share between threads.
 
     Args:
-        max_bytes: memory kept for reuse; beyond it, arrays are handed out fresh and not recycled.
+        max_bytes: memory kept for reuse; beyond it, masks are handed out in fresh memory, not recycled.
     """
 
     max_bytes: int = 512 * 2**20
