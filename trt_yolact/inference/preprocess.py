@@ -52,24 +52,29 @@ def _normalize_rgb(rgb: torch.Tensor, config: YolactConfig) -> torch.Tensor:
     return rgb.div_(255)
 
 
-def _resized(arrays: Sequence[np.ndarray], size: int, device: str | torch.device) -> torch.Tensor:
-    """Same-sized BGR uint8 images -> float RGB ``[N,3,size,size]``, resized on ``device``.
+def _planar_rgb(pixels: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """uint8 BGR ``[N,H,W,3]`` -> float RGB ``[N,3,H,W]`` in ``out``: one pass per channel converts to float,
+    to planar layout and to RGB order at once. The resize after it treats every channel alike, so swapping
+    before it gives the values the original gets by swapping after it."""
+    for rgb_channel, bgr_channel in enumerate((2, 1, 0)):
+        out[:, rgb_channel].copy_(pixels[..., bgr_channel])
+    return out
 
-    One pass per channel converts to float, to planar layout and to RGB order at once: the resize treats every
-    channel alike, so swapping before it gives the values the original gets by swapping after it. On the CPU
-    the images go one at a time, so that the float copy is still in cache when the resize reads it; a GPU
-    takes them in one upload."""
+
+def _resized(arrays: Sequence[np.ndarray], size: int, device: str | torch.device) -> torch.Tensor:
+    """Same-sized BGR uint8 images -> float RGB ``[N,3,size,size]``, resized on ``device``: on a GPU in one
+    upload and one resize; on the CPU one image at a time, so that its float copy is still in cache when the
+    resize reads it."""
     device = torch.device(device)
-    step = 1 if device.type == "cpu" else len(arrays)
-    height, width = arrays[0].shape[:2]
-    planar = torch.empty((step, 3, height, width), dtype=torch.float32, device=device)
-    resized = torch.empty((len(arrays), 3, size, size), dtype=torch.float32, device=device)
-    for start in range(0, len(arrays), step):
-        chunk = arrays[start : start + step]
-        pixels = torch.from_numpy(chunk[0][None] if step == 1 else np.stack(chunk)).to(device)
-        for rgb_channel, bgr_channel in enumerate((2, 1, 0)):
-            planar[:, rgb_channel].copy_(pixels[..., bgr_channel])
-        resized[start : start + step] = F.interpolate(planar, (size, size), mode="bilinear", align_corners=False)
+    count, (height, width) = len(arrays), arrays[0].shape[:2]
+    resize = lambda planar: F.interpolate(planar, (size, size), mode="bilinear", align_corners=False)  # noqa: E731
+    if device.type != "cpu":
+        pixels = torch.from_numpy(np.stack(arrays)).to(device)
+        return resize(_planar_rgb(pixels, torch.empty((count, 3, height, width), device=device)))
+    planar = torch.empty((1, 3, height, width))
+    resized = torch.empty((count, 3, size, size))
+    for index, array in enumerate(arrays):
+        resized[index] = resize(_planar_rgb(torch.from_numpy(array)[None], planar))[0]
     return resized
 
 

@@ -171,8 +171,8 @@ def split_detections(
     if len(image_sizes) != selected.scores.shape[0]:
         raise UsageError(f"{len(image_sizes)} image sizes for a batch of {selected.scores.shape[0]}")
     counts = selected.num_detections.tolist()
-    made_statically = not cfg.full_resolution_masks or static.full_masks is not None
-    full = {} if made_statically else upsample_masks(static.masks, counts, image_sizes, memory)
+    to_upsample = cfg.full_resolution_masks and static.full_masks is None  # not made statically already
+    full = upsample_masks(static.masks, counts, image_sizes, memory) if to_upsample else {}
     results = []
     for b, (height, width) in enumerate(image_sizes):
         n = counts[b]
